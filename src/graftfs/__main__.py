@@ -1,0 +1,3 @@
+from graftfs.cli.main import main
+
+main()

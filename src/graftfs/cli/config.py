@@ -1,0 +1,111 @@
+"""The GrootFS YAML config file and its precedence rules: a flag that was given wins, else the file, else
+the default. Garden's release writes the file with every key present and zero-valued, so empty values
+must parse and mostly mean "unset".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import InvalidArgument
+
+DEFAULT_STORE = "/var/lib/graftfs"
+
+
+@dataclass
+class Config:
+    store: str = DEFAULT_STORE
+    log_level: str = "fatal"
+    log_file: str = ""
+    tardis_bin: str = "tardis"
+    newuidmap_bin: str = "newuidmap"
+    newgidmap_bin: str = "newgidmap"
+    metron_endpoint: str = ""
+    # create
+    exclude_image_from_quota: bool = False
+    skip_layer_validation: bool = False
+    with_clean: bool = False
+    without_mount: bool = False
+    disk_limit_size_bytes: int = 0
+    insecure_registries: list[str] = field(default_factory=list)
+    clean_log_file: str = ""
+    remote_layer_client_certificates_path: str = ""
+    # clean
+    threshold_bytes: int = 0
+    # init
+    store_size_bytes: int = 0
+    with_direct_io: bool = False
+
+
+def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name) or {}
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"invalid config file: `{name}` must be a mapping")
+    return value
+
+
+def _int(value: Any, key: str) -> int:
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"invalid config file: `{key}` must be an integer")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if value is None or value == "":
+        return False
+    if not isinstance(value, bool):
+        raise InvalidArgument(f"invalid config file: `{key}` must be true or false")
+    return value
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def load(path: str) -> Config:
+    """Read a config file. Unknown keys are ignored (yaml.v2 non-strict, as GrootFS)."""
+    cfg = Config()
+    if not path:
+        return cfg
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise InvalidArgument(f"invalid config path: open {path}: {exc.strerror}") from None
+    import yaml  # only configured runs pay for it
+
+    try:
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
+    except yaml.YAMLError as exc:
+        raise InvalidArgument(f"invalid config file: {' '.join(str(exc).split())}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument("invalid config file: expected a mapping at the top level")
+    # For these four an empty string counts as unset, so the default applies.
+    for key in ("store", "tardis_bin", "newuidmap_bin", "newgidmap_bin"):
+        if doc.get(key):
+            setattr(cfg, key, _str(doc[key]))
+    for key in ("log_level", "log_file", "metron_endpoint"):
+        if doc.get(key) is not None:
+            setattr(cfg, key, _str(doc[key]))
+    if not cfg.log_level:
+        cfg.log_level = "fatal"
+    create = _section(doc, "create")
+    cfg.exclude_image_from_quota = _bool(create.get("exclude_image_from_quota"), "exclude_image_from_quota")
+    cfg.skip_layer_validation = _bool(create.get("skip_layer_validation"), "skip_layer_validation")
+    cfg.with_clean = _bool(create.get("with_clean"), "with_clean")
+    cfg.without_mount = _bool(create.get("without_mount"), "without_mount")
+    cfg.disk_limit_size_bytes = _int(create.get("disk_limit_size_bytes"), "disk_limit_size_bytes")
+    registries = create.get("insecure_registries") or []
+    if not isinstance(registries, list):
+        raise InvalidArgument("invalid config file: `insecure_registries` must be a list")
+    cfg.insecure_registries = [_str(r) for r in registries]
+    cfg.clean_log_file = _str(create.get("clean_log_file"))
+    cfg.remote_layer_client_certificates_path = _str(create.get("remote_layer_client_certificates_path"))
+    cfg.threshold_bytes = _int(_section(doc, "clean").get("threshold_bytes"), "threshold_bytes")
+    init = _section(doc, "init")
+    cfg.store_size_bytes = _int(init.get("store_size_bytes"), "store_size_bytes")
+    cfg.with_direct_io = _bool(init.get("with_direct_io"), "with_direct_io")
+    return cfg

@@ -1,0 +1,95 @@
+"""One error hierarchy for all of graftfs.
+
+Every failure the core can report is one of these classes (modelled on containerd's errdefs: a closed set of
+kinds, wrapped with context on the way up, translated only at the edges). The Garden CLI prints ``str(err)``
+as one line on stdout and exits with ``exit_code``; the Python API raises them as they are.
+
+Context is added GrootFS-style, ``outer: inner``, with :meth:`GraftfsError.wrap`, so an operator sees the
+whole chain (``pulling the image: streaming blob `sha256:..`: layerID digest mismatch: ...``) while code
+can still branch on the class.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+
+class GraftfsError(Exception):
+    """Base class. ``str()`` is a single human-readable line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        # Errors go to one line of stdout (Garden captures it whole): never let a newline split them.
+        super().__init__(" ".join(message.splitlines()))
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+    def wrap(self, context: str) -> Self:
+        """Return a copy of this error, of the same class, with ``context: `` in front."""
+        new = type(self).__new__(type(self))
+        GraftfsError.__init__(new, f"{context}: {self.message}")
+        new.__dict__.update(self.__dict__)
+        new.__cause__ = self
+        return new
+
+
+class InvalidArgument(GraftfsError):
+    """The caller asked for something malformed: a bad ID, URL, flag or config value."""
+
+
+class NotFound(GraftfsError):
+    """An image, store, blob or tag that does not exist."""
+
+
+class AlreadyExists(GraftfsError):
+    """An image ID that is already taken."""
+
+
+class FailedPrecondition(GraftfsError):
+    """The store or the machine is not in a state that allows the operation (e.g. store not initialized)."""
+
+
+class Unsupported(GraftfsError):
+    """A feature the image or request needs that this build or this kernel does not offer."""
+
+
+class VerificationError(GraftfsError):
+    """Content did not match its digest, size or diffID."""
+
+
+class UnsafeArchive(GraftfsError):
+    """A layer tried to create, change or remove something outside its own directory."""
+
+
+class InvalidImage(GraftfsError):
+    """An image (layout, manifest, config or layer) that is malformed."""
+
+
+class LockTimeout(GraftfsError):
+    """A bounded lock wait ran out. The message names the lock."""
+
+
+class KernelError(GraftfsError):
+    """A system call (mount, umount, mknod ...) failed in a way the caller cannot fix by retrying."""
+
+    def __init__(self, message: str, errno: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+__all__ = [
+    "AlreadyExists",
+    "FailedPrecondition",
+    "GraftfsError",
+    "InvalidArgument",
+    "InvalidImage",
+    "KernelError",
+    "LockTimeout",
+    "NotFound",
+    "UnsafeArchive",
+    "Unsupported",
+    "VerificationError",
+]

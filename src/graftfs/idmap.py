@@ -1,0 +1,83 @@
+"""UID/GID mappings (``NS:HOST:SIZE``), as recorded by ``init-store`` in ``meta/namespace.json``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .errors import FailedPrecondition, InvalidArgument
+
+MAX_ID = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, order=True)
+class Mapping:
+    namespace_id: int
+    host_id: int
+    size: int
+
+    @classmethod
+    def parse(cls, text: str) -> Mapping:
+        parts = text.strip().split(":")
+        try:
+            ns, host, size = (int(p) for p in parts)
+        except ValueError:
+            raise InvalidArgument(f"invalid mapping `{text}`: expected NAMESPACE_ID:HOST_ID:SIZE") from None
+        if min(ns, host) < 0 or size < 1 or ns + size - 1 > MAX_ID or host + size - 1 > MAX_ID:
+            raise InvalidArgument(f"invalid mapping `{text}`: IDs out of range")
+        return cls(ns, host, size)
+
+    def __str__(self) -> str:
+        return f"{self.namespace_id}:{self.host_id}:{self.size}"
+
+
+def parse_all(values: Iterable[str]) -> list[Mapping]:
+    """Repeatable flags that may also hold comma-separated lists (urfave/cli string slices)."""
+    return [Mapping.parse(v) for value in values for v in value.split(",") if v.strip()]
+
+
+class IdMap:
+    """Translate a container ID to the host: ``host + id - namespace`` within a range.
+
+    GrootFS computes ``host + id - 1`` (right only for ranges that start at 1); this is the kernel's rule.
+    IDs outside every range are left as they are, as GrootFS does.
+    """
+
+    def __init__(self, mappings: Sequence[Mapping]) -> None:
+        self.mappings = sorted(mappings)
+
+    def __bool__(self) -> bool:
+        return bool(self.mappings)
+
+    def __call__(self, container_id: int) -> int:
+        for m in self.mappings:
+            if m.namespace_id <= container_id < m.namespace_id + m.size:
+                return m.host_id + container_id - m.namespace_id
+        return container_id
+
+
+@dataclass(frozen=True)
+class Namespace:
+    uid_mappings: list[Mapping] = field(default_factory=list)
+    gid_mappings: list[Mapping] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        doc = {
+            "uid-mappings": sorted(str(m) for m in self.uid_mappings),
+            "gid-mappings": sorted(str(m) for m in self.gid_mappings),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+    @classmethod
+    def from_json(cls, data: str) -> Namespace:
+        try:
+            doc = json.loads(data or "{}")
+        except ValueError:
+            raise FailedPrecondition("store metadata meta/namespace.json is corrupt") from None
+        return cls(parse_all(doc.get("uid-mappings") or []), parse_all(doc.get("gid-mappings") or []))
+
+    @property
+    def owner(self) -> tuple[int, int]:
+        """Who owns the store and each image: the host IDs that container root maps to."""
+        return IdMap(self.uid_mappings)(0), IdMap(self.gid_mappings)(0)

@@ -1,0 +1,1 @@
+"""Layer streams: verification while reading, decompression, and unpacking into a volume directory."""

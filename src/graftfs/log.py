@@ -1,0 +1,102 @@
+"""Structured logs in the lager format GrootFS and Garden use.
+
+Garden re-logs an image plugin's stderr line by line through lager's ``chug`` parser, so each line is one
+JSON object: ``{"timestamp","level","source","message","data"}``. Logs are quiet by default (level
+``fatal``), never go to stdout (stdout carries the result document), and never contain secrets: values of
+keys that look like credentials are replaced before anything is serialised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import IO, Any
+
+LEVELS = {"debug": 0, "info": 1, "error": 2, "fatal": 3}
+_SECRET_WORDS = ("password", "token", "secret", "authorization", "credential")
+
+
+def parse_level(name: str) -> int:
+    """GrootFS semantics: case-insensitive, anything unknown means fatal."""
+    return LEVELS.get(name.strip().lower(), LEVELS["fatal"])
+
+
+def _redact(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            out[key] = "<redacted>"
+        elif isinstance(value, dict):
+            out[key] = _redact(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _timestamp() -> str:
+    ns = time.time_ns()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + f".{ns % 1_000_000_000:09d}Z"
+
+
+class Logger:
+    """A lager-style logger: ``session()`` extends the dotted message prefix and carries data along."""
+
+    def __init__(
+        self,
+        level: int = LEVELS["fatal"],
+        stream: IO[str] | None = None,
+        prefix: str = "graftfs",
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self.level = level
+        self._stream = stream
+        self._prefix = prefix
+        self._data = data or {}
+
+    @classmethod
+    def open(cls, level_name: str, log_file: str) -> Logger:
+        level = parse_level(level_name)
+        if not log_file:
+            return cls(level, sys.stderr)
+        # GrootFS quirk kept on purpose: with a log file the effective level is at least info, so a
+        # configured file is never silently empty.
+        level = min(level, LEVELS["info"])
+        fd = os.open(log_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        return cls(level, os.fdopen(fd, "a", buffering=1))
+
+    def session(self, name: str, **data: Any) -> Logger:
+        return Logger(self.level, self._stream, f"{self._prefix}.{name}", {**self._data, **data})
+
+    def enabled(self, level: str) -> bool:
+        return self._stream is not None and LEVELS[level] >= self.level
+
+    def _emit(self, level: str, action: str, data: dict[str, Any]) -> None:
+        if not self.enabled(level):
+            return
+        line = {
+            "timestamp": _timestamp(),
+            "level": level,
+            "source": "graftfs",
+            "message": f"{self._prefix}.{action}",
+            "data": _redact({**self._data, **data}),
+        }
+        assert self._stream is not None
+        try:
+            self._stream.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
+            self._stream.flush()
+        except OSError:
+            pass  # a closed or full log sink must never fail the operation it describes
+
+    def debug(self, action: str, **data: Any) -> None:
+        self._emit("debug", action, data)
+
+    def info(self, action: str, **data: Any) -> None:
+        self._emit("info", action, data)
+
+    def error(self, action: str, err: BaseException | str, **data: Any) -> None:
+        self._emit("error", action, {**data, "error": str(err)})
+
+
+NULL = Logger()

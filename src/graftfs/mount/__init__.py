@@ -1,0 +1,1 @@
+"""Mount specs are data; they are performed in exactly one place (:func:`graftfs.mount.kernel.mount`)."""

@@ -1,0 +1,64 @@
+"""Overlay mount specs as data.
+
+An image's mount is built here and either performed by :mod:`graftfs.mount.kernel` or returned to the
+caller (``create --without-mount``) in the runtime-spec form GrootFS prints.
+
+The kernel copies mount options into a single page, so the option string must stay under 4096 bytes. With
+128 layers, absolute lowerdir paths would not fit. Like GrootFS (and containerd, with its numeric snapshot
+dirs), graftfs names lower layers by short symlinks in ``<store>/l/`` and performs the mount from inside the
+store directory, so each lower costs ``l/<12 hex>:`` = 15 bytes: 270 layers fit in a page.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import Unsupported
+
+PAGE_LIMIT = 4096 - 1  # option string plus its NUL terminator must fit in one page
+OVERLAY_MAX_STACK = 500  # fs/overlayfs: OVL_MAX_STACK
+
+
+@dataclass(frozen=True)
+class OverlaySpec:
+    """An overlay mount. ``lowers`` are top-most first and, like upper/work, relative to ``cwd``."""
+
+    cwd: str
+    lowers: tuple[str, ...]
+    upper: str
+    work: str
+    target: str
+    extra_options: tuple[str, ...] = ()
+
+    def options(self, absolute: bool = False) -> str:
+        def p(path: str) -> str:
+            return os.path.join(self.cwd, path) if absolute else path
+
+        opts = [
+            "lowerdir=" + ":".join(p(lower) for lower in self.lowers),
+            f"upperdir={p(self.upper)}",
+            f"workdir={p(self.work)}",
+            *self.extra_options,
+        ]
+        return ",".join(opts)
+
+    def check(self) -> None:
+        if len(self.lowers) > OVERLAY_MAX_STACK:
+            raise Unsupported(f"image has {len(self.lowers)} layers; overlayfs stacks at most {OVERLAY_MAX_STACK}")
+        size = len(self.options().encode())
+        if size > PAGE_LIMIT:
+            raise Unsupported(
+                f"image has {len(self.lowers)} layers; their overlay mount options take {size} bytes, "
+                f"more than the kernel's {PAGE_LIMIT}"
+            )
+
+    def runtime_mount(self) -> dict[str, object]:
+        """The runtime-spec mount GrootFS prints with --without-mount (absolute paths: the runtime's cwd
+        is not the store)."""
+        return {
+            "destination": "/",
+            "type": "overlay",
+            "source": "overlay",
+            "options": [self.options(absolute=True)],
+        }

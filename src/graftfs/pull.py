@@ -1,0 +1,81 @@
+"""Build one volume from one layer: open the blob, verify while streaming, unpack.
+
+This is the only place where a source, a layer stream and the unpacker meet; the store calls
+:meth:`LayerBuilder.build` under the volume's lock with an empty directory to fill.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .errors import GraftfsError, KernelError
+from .idmap import IdMap, Namespace
+from .layers.stream import LayerStream
+from .layers.unpack import UnpackOptions, unpack
+from .log import Logger
+from .sources.base import ImageSpec, LayerInfo, Source
+from .store.layout import Layout
+
+
+class LayerBuilder:
+    def __init__(self, layout: Layout, source: Source, spec: ImageSpec, namespace: Namespace, log: Logger) -> None:
+        self.layout = layout
+        self.source = source
+        self.spec = spec
+        self.log = log
+        self.root = os.geteuid() == 0
+        self.uid_map = IdMap(namespace.uid_mappings)
+        self.gid_map = IdMap(namespace.gid_mappings)
+
+    def build(self, index: int, directory: str) -> int:
+        layer = self.spec.layers[index]
+        start = time.monotonic()
+        try:
+            size = self._unpack(index, layer, directory)
+        except GraftfsError as exc:
+            raise exc.wrap(f"streaming blob `{layer.blob}`").wrap("pulling the image") from exc
+        except OSError as exc:
+            raise KernelError(
+                f"pulling the image: unpacking layer `{layer.blob}`: {exc.strerror or exc}", exc.errno or 0
+            ) from exc
+        self.log.debug("layer-unpacked", volume=layer.volume_id, bytes=size, seconds=time.monotonic() - start)
+        return size
+
+    def _options(self, index: int, layer: LayerInfo) -> UnpackOptions:
+        opts = UnpackOptions(
+            preserve_owner=self.root,
+            devices=self.root,
+            uid_map=self.uid_map,
+            gid_map=self.gid_map,
+            base_directory=layer.base_directory,
+        )
+        if layer.base_directory:
+            # Directories the base directory implies take their owner and mode from the layers below,
+            # as GrootFS does, so unpacking under /home/vcap does not turn /home into root:root 0755.
+            parts = [p for p in layer.base_directory.split("/") if p and p != "."]
+            for depth in range(1, len(parts) + 1):
+                rel = "/".join(parts[:depth])
+                for below in reversed(self.spec.layers[:index]):
+                    try:
+                        st = os.lstat(os.path.join(self.layout.volume(below.volume_id), rel))
+                    except OSError:
+                        continue
+                    opts.implied_dirs[rel] = (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+                    break
+        return opts
+
+    def _unpack(self, index: int, layer: LayerInfo, directory: str) -> int:
+        with self.source.open_blob(layer) as blob:
+            stream = LayerStream(blob, layer.expect)
+            try:
+                result = unpack(stream.tar, directory, self._options(index, layer))
+            except Exception:
+                # Corrupt bytes usually break decompression or tar parsing before the digest can be
+                # compared; if the blob is wrong, that is the error worth reporting.
+                explained = stream.explain()
+                if explained is not None:
+                    raise explained from None
+                raise
+            stream.finish()
+        return result.bytes_written

@@ -1,0 +1,27 @@
+"""Image sources: where manifests, configs and layer blobs come from.
+
+A source turns a reference into an :class:`~graftfs.sources.base.ImageSpec` (the layers bottom-first, each
+with what must be verified, and the image config) and opens a layer's blob as a stream. It never unpacks
+or writes to the store; verification happens in :mod:`graftfs.layers.stream` while the blob is read.
+"""
+
+from __future__ import annotations
+
+from ..errors import Unsupported
+from ..reference import ImageRef
+from .base import ImageSpec, LayerInfo, Source
+
+
+def open_source(ref: ImageRef, *, skip_layer_validation: bool = False) -> Source:
+    if ref.kind == "tar":
+        from .tarball import TarballSource
+
+        return TarballSource(ref)
+    if ref.kind == "oci":
+        from .oci_layout import OCILayoutSource
+
+        return OCILayoutSource(ref, verify=not skip_layer_validation)
+    raise Unsupported(f"pulling `{ref.original}` from a registry is not supported by this build yet")
+
+
+__all__ = ["ImageSpec", "LayerInfo", "Source", "open_source"]

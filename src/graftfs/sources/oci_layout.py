@@ -1,0 +1,181 @@
+"""OCI image layouts on local disk (``oci:///path[:tag]``), per the OCI image-layout spec.
+
+Everything read from the layout is checked: the manifest and config against the digests and sizes that
+point to them (they are small and read whole), and the layers while they stream (see layers.stream).
+Digests double as file names under ``blobs/``, so they are validated before they touch a path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import IO, Any
+
+from ..errors import GraftfsError, InvalidImage, NotFound, VerificationError
+from ..layers.stream import Expect
+from ..reference import ImageRef
+from . import platform
+from .base import ImageSpec, LayerInfo, chain_ids, check_digest
+
+REF_NAME = "org.opencontainers.image.ref.name"
+BASE_DIRECTORY = "org.cloudfoundry.experimental.image.base-directory"
+INDEX_TYPES = {
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+}
+LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "",
+}
+MAX_JSON = 4 << 20  # manifests and configs are small; a huge one is an attack or a mistake
+MAX_INDEX_DEPTH = 4
+
+
+class OCILayoutSource:
+    def __init__(self, ref: ImageRef, verify: bool = True) -> None:
+        self.path = ref.path
+        self.tag = ref.tag
+        self.verify = verify
+
+    # -- blobs ---------------------------------------------------------------------------------------------
+
+    def _blob_path(self, digest: str) -> str:
+        algo, _, hexpart = check_digest(digest, "blob").partition(":")
+        return os.path.join(self.path, "blobs", algo, hexpart)
+
+    def _read_json(self, desc: dict[str, Any], what: str) -> dict[str, Any]:
+        digest = check_digest(desc.get("digest"), what)
+        size = desc.get("size", -1)
+        try:
+            with open(self._blob_path(digest), "rb") as f:
+                data = f.read(MAX_JSON + 1)
+        except FileNotFoundError:
+            raise NotFound(f"{what} blob `{digest}` not found in OCI layout {self.path}") from None
+        if len(data) > MAX_JSON:
+            raise InvalidImage(f"{what} `{digest}` is larger than {MAX_JSON} bytes")
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            raise VerificationError(f"{what} digest mismatch: expected: {digest}, actual: {actual}")
+        if isinstance(size, int) and size >= 0 and size != len(data):
+            raise VerificationError(f"{what} size mismatch: expected: {size}, actual {len(data)}")
+        return _parse(data, f"{what} `{digest}`")
+
+    # -- resolution ----------------------------------------------------------------------------------------
+
+    def resolve(self) -> ImageSpec:
+        try:
+            with open(os.path.join(self.path, "index.json"), "rb") as f:
+                index = _parse(f.read(MAX_JSON + 1), "index.json")
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound("Image source doesn't exist") from None
+        manifests = _descriptors(index, "index.json")
+        if self.tag:
+            manifests = [d for d in manifests if (d.get("annotations") or {}).get(REF_NAME) == self.tag]
+            if not manifests:
+                raise NotFound(f"tag `{self.tag}` not found in OCI layout {self.path}")
+        desc = self._pick(manifests, "index.json")
+        try:
+            return self._from_descriptor(desc, depth=0)
+        except GraftfsError as exc:
+            raise exc.wrap("fetching image reference") from exc
+
+    def _pick(self, descriptors: list[dict[str, Any]], where: str) -> dict[str, Any]:
+        if len(descriptors) == 1:
+            return descriptors[0]
+        if not descriptors:
+            raise InvalidImage(f"{where} lists no manifests")
+        chosen = platform.choose(descriptors)
+        if chosen is None:
+            os_, arch, variant = platform.host()
+            want = f"{os_}/{arch}" + (f"/{variant}" if variant else "")
+            if not any("platform" in d for d in descriptors):
+                raise InvalidImage(f"{where} lists {len(descriptors)} images: choose one with oci:///path:tag")
+            raise NotFound(f"no image for platform {want} in {where}")
+        return chosen
+
+    def _from_descriptor(self, desc: dict[str, Any], depth: int) -> ImageSpec:
+        doc = self._read_json(desc, "manifest")
+        if desc.get("mediaType") in INDEX_TYPES or doc.get("mediaType") in INDEX_TYPES or "manifests" in doc:
+            if depth >= MAX_INDEX_DEPTH:
+                raise InvalidImage("image indexes are nested too deeply")
+            return self._from_descriptor(self._pick(_descriptors(doc, "image index"), "image index"), depth + 1)
+        return self._from_manifest(doc)
+
+    def _from_manifest(self, manifest: dict[str, Any]) -> ImageSpec:
+        cfg_desc = manifest.get("config")
+        layers = manifest.get("layers")
+        if not isinstance(cfg_desc, dict) or not isinstance(layers, list):
+            raise InvalidImage("manifest has no config or no layers")
+        config = self._read_json(cfg_desc, "config")
+        rootfs = config.get("rootfs") or {}
+        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+            raise InvalidImage(
+                f"image config lists {len(diff_ids) if isinstance(diff_ids, list) else 0} diff_ids "
+                f"for {len(layers)} layers"
+            )
+        for d in diff_ids:
+            check_digest(d, "diff_id")
+        out = []
+        for layer, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
+            if not isinstance(layer, dict):
+                raise InvalidImage("manifest layer is not a descriptor")
+            media_type = layer.get("mediaType", "")
+            if media_type not in LAYER_TYPES:
+                raise InvalidImage(f"unsupported layer media type `{media_type}`")
+            digest = check_digest(layer.get("digest"), "layer")
+            size = layer.get("size", -1)
+            expect = (
+                Expect(digest=digest, size=size if isinstance(size, int) else -1, diff_id=diff_id)
+                if self.verify
+                else Expect()
+            )
+            annotations = layer.get("annotations") or {}
+            out.append(
+                LayerInfo(
+                    volume_id=chain.partition(":")[2],
+                    blob=digest,
+                    expect=expect,
+                    media_type=media_type,
+                    base_directory=str(annotations.get(BASE_DIRECTORY, "")),
+                    urls=tuple(u for u in layer.get("urls") or () if isinstance(u, str)),
+                )
+            )
+        return ImageSpec(layers=tuple(out), config=config)
+
+    def open_blob(self, layer: LayerInfo) -> IO[bytes]:
+        path = self._blob_path(layer.blob)
+        try:
+            return open(path, "rb", buffering=0)
+        except FileNotFoundError:
+            if layer.urls:
+                raise NotFound(
+                    f"layer `{layer.blob}` is not in the layout and fetching foreign layers from "
+                    f"{layer.urls[0]} is not supported by this build yet"
+                ) from None
+            raise NotFound(f"layer blob `{layer.blob}` not found in OCI layout {self.path}") from None
+
+
+def _parse(data: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise InvalidImage(f"invalid {what}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidImage(f"invalid {what}: not a JSON object")
+    return doc
+
+
+def _descriptors(doc: dict[str, Any], what: str) -> list[dict[str, Any]]:
+    manifests = doc.get("manifests")
+    if not isinstance(manifests, list) or not all(isinstance(d, dict) for d in manifests):
+        raise InvalidImage(f"invalid {what}: no manifests list")
+    return manifests

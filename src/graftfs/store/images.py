@@ -1,0 +1,195 @@
+"""Images: a stack of shared volumes plus a private upper layer, one directory per container.
+
+An image is *committed* when its dependency record (``meta/dependencies/image:<id>.json``) exists: that
+record is what ``clean`` reads to know which volumes are in use, so it is written (atomically) after the
+image directory is complete and before anything is mounted. An image directory without a record is the
+remains of a create or delete that was interrupted; whoever next takes that image's lock removes it.
+
+Each image has a lock (``locks/image-<id>.lock``) held by create and delete, so two processes never work
+on one ID at once, and a crashed one is detected by its lock being free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from ..errors import AlreadyExists, KernelError, NotFound
+from ..mount import kernel
+from ..mount.spec import OverlaySpec
+from .fsutil import atomic_write, disk_usage, read_int, remove_tree, temp_name
+from .layout import Layout, validate_image_id
+from .locks import FileLock
+
+IMAGE_LOCK_WAIT = 30.0
+
+
+@dataclass(frozen=True)
+class DiskUsage:
+    total_bytes_used: int
+    exclusive_bytes_used: int
+    quota_size_bytes: int
+    committed_space_bytes: int
+
+
+class Images:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def lock(self, image_id: str) -> FileLock:
+        return FileLock(self.layout.locks, f"image-{image_id}")
+
+    def is_committed(self, image_id: str) -> bool:
+        return os.path.isfile(self.layout.dependency_file(image_id))
+
+    def dependencies(self, image_id: str) -> list[str]:
+        try:
+            with open(self.layout.dependency_file(image_id), encoding="utf-8") as f:
+                deps = json.load(f)
+        except FileNotFoundError:
+            return []
+        return [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+
+    def ids(self) -> list[str]:
+        """Committed images, in directory order (GrootFS prints them unsorted)."""
+        try:
+            names = os.listdir(self.layout.images)
+        except FileNotFoundError:
+            return []
+        return [n for n in names if not n.startswith(".") and self.is_committed(n)]
+
+    def overlay(self, image_id: str, volume_ids: Sequence[str], extra_options: Sequence[str] = ()) -> OverlaySpec:
+        rel = os.path.join("images", image_id)
+        return OverlaySpec(
+            cwd=self.layout.root,
+            # Overlay wants the top-most layer first; volumes are listed bottom-first.
+            lowers=tuple(os.path.join("l", self.layout.short_id(v)) for v in reversed(volume_ids)),
+            upper=os.path.join(rel, "diff"),
+            work=os.path.join(rel, "workdir"),
+            target=os.path.join(self.layout.image(image_id), "rootfs"),
+            extra_options=tuple(extra_options),
+        )
+
+    def create(
+        self,
+        image_id: str,
+        volume_ids: Sequence[str],
+        base_size: int,
+        owner: tuple[int, int] = (0, 0),
+    ) -> str:
+        """Lay out and commit the image directory. The caller holds the image lock and the volumes' lease.
+        Returns the image path. Mounting is separate (:meth:`mount`)."""
+        validate_image_id(image_id)
+        path = self.layout.image(image_id)
+        if self.is_committed(image_id):
+            raise AlreadyExists(f"image for id `{image_id}` already exists")
+        if os.path.lexists(path):
+            self.remove_uncommitted(image_id)
+        # Build under a temporary name, then rename: a crash leaves a dot-name that no listing shows.
+        tmp = temp_name(os.path.join(self.layout.images, "." + image_id), "creating")
+        os.mkdir(tmp, 0o700)
+        try:
+            for sub in ("diff", "workdir", "rootfs"):
+                os.mkdir(os.path.join(tmp, sub), 0o755)
+                if owner != (0, 0):
+                    os.chown(os.path.join(tmp, sub), *owner)
+            if owner != (0, 0):
+                os.chown(tmp, *owner)
+            atomic_write(os.path.join(tmp, "image_info"), str(base_size).encode(), 0o600, sync=False)
+            os.rename(tmp, path)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        atomic_write(self.layout.dependency_file(image_id), json.dumps(list(volume_ids)).encode())
+        return path
+
+    def mount(self, spec: OverlaySpec) -> None:
+        kernel.mount_overlay(spec)
+
+    def delete(self, image_id: str) -> None:
+        """Unmount and remove. Raises NotFound when there is nothing at all under that ID."""
+        validate_image_id(image_id)
+        path = self.layout.image(image_id)
+        if not os.path.lexists(path) and not self.is_committed(image_id):
+            raise NotFound(f"Image `{image_id}` not found.")
+        self._unmount(path)
+        # Un-commit first: from here on the image is garbage to anyone who looks, never a half image.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.layout.dependency_file(image_id))
+        self._remove_dir(path)
+
+    def remove_uncommitted(self, image_id: str) -> None:
+        path = self.layout.image(image_id)
+        self._unmount(path)
+        self._remove_dir(path)
+
+    def _unmount(self, path: str) -> None:
+        rootfs = os.path.join(path, "rootfs")
+        kernel.unmount(rootfs)
+        if kernel.is_mountpoint(rootfs):
+            raise KernelError(f"deleting image path '{path}' failed: rootfs is still mounted")
+
+    def _remove_dir(self, path: str) -> None:
+        if not os.path.lexists(path):
+            return
+        # Rename out of the way first so a crash in the middle of a long rmtree leaves a dot-name.
+        doomed = temp_name(os.path.join(self.layout.images, "." + os.path.basename(path)), "deleting")
+        os.rename(path, doomed)
+        remove_tree(doomed)
+        if os.path.lexists(doomed):
+            raise KernelError(f"deleting image path '{path}' failed")
+
+    def sweep(self) -> Iterator[str]:
+        """Remove dot-named leftovers and uncommitted image dirs whose creator is gone."""
+        for name in os.listdir(self.layout.images):
+            path = os.path.join(self.layout.images, name)
+            if name.startswith("."):
+                real = name[1:].rsplit("-", 3)[0]
+                lock = self.lock(real)
+                if lock.try_acquire():
+                    try:
+                        self._unmount(path)
+                        remove_tree(path)
+                        yield name
+                    finally:
+                        lock.release()
+            elif not self.is_committed(name):
+                lock = self.lock(name)
+                if lock.try_acquire():
+                    try:
+                        if not self.is_committed(name):
+                            self.remove_uncommitted(name)
+                            yield name
+                    finally:
+                        lock.release()
+        # Dependency records without an image directory (a delete killed between its two steps).
+        for name in os.listdir(self.layout.dependencies):
+            if name.startswith("image:") and name.endswith(".json"):
+                image_id = name[len("image:") : -len(".json")]
+                if not os.path.lexists(self.layout.image(image_id)):
+                    lock = self.lock(image_id)
+                    if lock.try_acquire():
+                        try:
+                            if not os.path.lexists(self.layout.image(image_id)):
+                                os.unlink(os.path.join(self.layout.dependencies, name))
+                        finally:
+                            lock.release()
+
+    def usage(self, image_id: str) -> DiskUsage:
+        validate_image_id(image_id)
+        path = self.layout.image(image_id)
+        if not self.is_committed(image_id) or not os.path.isdir(path):
+            raise NotFound(f"Image `{image_id}` not found.")
+        base = read_int(os.path.join(path, "image_info"))
+        quota = read_int(os.path.join(path, "image_quota"))
+        # Without a quota backend, measure what the container wrote: its upper dir (GrootFS reports 0).
+        exclusive = disk_usage(os.path.join(path, "diff"))
+        return DiskUsage(
+            total_bytes_used=base + exclusive,
+            exclusive_bytes_used=exclusive,
+            quota_size_bytes=quota,
+            committed_space_bytes=base + quota,
+        )

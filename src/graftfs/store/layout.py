@@ -1,0 +1,102 @@
+"""Where everything lives in a store. The directories Garden and operators look at are GrootFS's::
+
+<store>/images/<id>/{rootfs,diff,workdir,image_info}   one per container
+<store>/volumes/<volume-id>/                           one unpacked layer, shared; named by chain ID
+<store>/l/<short-id> -> ../volumes/<volume-id>         short lowerdir names (mount option size limit)
+<store>/meta/volume-<volume-id>                        {"Size": bytes of regular files}
+<store>/meta/dependencies/image:<id>.json              the volumes an image uses; its commit record
+<store>/meta/namespace.json                            the store's UID/GID mappings
+<store>/locks/*.lock                                   flock files
+<store>/tmp/                                           TMPDIR for graftfs processes
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import InvalidArgument
+
+INCOMPLETE = "incomplete"  # volumes/<id>-incomplete-<ns>-<rand>: a volume being built
+GC_PREFIX = "gc."  # volumes/gc.<id>: a volume marked for collection
+SHORT_ID_LEN = 12
+
+
+def validate_image_id(image_id: str) -> str:
+    if "/" in image_id:
+        raise InvalidArgument(f"id `{image_id}` contains invalid characters: `/`")
+    if not image_id or image_id in (".", "..") or image_id.startswith("."):
+        raise InvalidArgument(f"id `{image_id}` is not a valid image id")
+    if "\x00" in image_id or len(image_id.encode("utf-8", "surrogateescape")) > 200:
+        raise InvalidArgument(f"id `{image_id}` is not a valid image id")
+    return image_id
+
+
+@dataclass(frozen=True)
+class Layout:
+    root: str
+
+    @classmethod
+    def at(cls, path: str) -> Layout:
+        return cls(os.path.abspath(path))
+
+    @property
+    def images(self) -> str:
+        return os.path.join(self.root, "images")
+
+    @property
+    def volumes(self) -> str:
+        return os.path.join(self.root, "volumes")
+
+    @property
+    def links(self) -> str:
+        return os.path.join(self.root, "l")
+
+    @property
+    def meta(self) -> str:
+        return os.path.join(self.root, "meta")
+
+    @property
+    def dependencies(self) -> str:
+        return os.path.join(self.root, "meta", "dependencies")
+
+    @property
+    def locks(self) -> str:
+        return os.path.join(self.root, "locks")
+
+    @property
+    def tmp(self) -> str:
+        return os.path.join(self.root, "tmp")
+
+    @property
+    def namespace_file(self) -> str:
+        return os.path.join(self.root, "meta", "namespace.json")
+
+    def directories(self) -> list[str]:
+        return [self.images, self.volumes, self.links, self.meta, self.dependencies, self.locks, self.tmp]
+
+    def is_initialized(self) -> bool:
+        return all(os.path.isdir(d) for d in self.directories()) and os.path.isfile(self.namespace_file)
+
+    # -- images ---------------------------------------------------------------------------------------------
+
+    def image(self, image_id: str) -> str:
+        return os.path.join(self.images, image_id)
+
+    def dependency_file(self, image_id: str) -> str:
+        return os.path.join(self.dependencies, f"image:{image_id}.json")
+
+    # -- volumes --------------------------------------------------------------------------------------------
+
+    def volume(self, volume_id: str) -> str:
+        return os.path.join(self.volumes, volume_id)
+
+    def volume_meta(self, volume_id: str) -> str:
+        return os.path.join(self.meta, f"volume-{volume_id}")
+
+    @staticmethod
+    def short_id(volume_id: str) -> str:
+        return volume_id[:SHORT_ID_LEN]
+
+    def link(self, volume_id: str) -> str:
+        return os.path.join(self.links, self.short_id(volume_id))

@@ -1,0 +1,213 @@
+"""Layer volumes: one directory per chain ID, unpacked once, shared by every image that uses it.
+
+Lifecycle and locking (``locks/volume-<id>.lock``, one per volume):
+
+* **build**: under the volume's exclusive lock, in ``volumes/<id>-incomplete-<ns>-<rand>``; its size record
+  and short link are written first and the directory is renamed into place last, so a volume that exists
+  under its own name is complete. A build killed half way leaves only an ``-incomplete-`` directory, which
+  the next builder of that volume (who holds the lock, so the old builder is dead) or ``clean`` removes.
+* **use**: a create holds the shared lock of every volume of its image from the moment it sees them until
+  the image's dependency record is written. Concurrent creates of one image share; the first to find a
+  volume missing builds it while the others wait on the lock, then they all use the result.
+* **collect**: ``clean`` takes the exclusive lock *without waiting*: a volume some create holds is simply
+  not collected this time. A create never waits for a clean longer than the clean's few renames.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import FailedPrecondition
+from .fsutil import atomic_write, read_text, remove_tree, temp_name
+from .layout import GC_PREFIX, INCOMPLETE, Layout
+from .locks import FileLock
+
+#: How long a create waits for another process that is building the same layer. Large layers on slow disks
+#: take minutes; the bound is there so a wedged builder cannot hang every create forever.
+BUILD_WAIT = 600.0
+_MAX_ROUNDS = 5
+
+
+def volume_lock(layout: Layout, volume_id: str) -> FileLock:
+    return FileLock(layout.locks, f"volume-{volume_id}")
+
+
+@dataclass
+class Lease:
+    """Shared locks on a set of volumes: while held, ``clean`` will not collect them."""
+
+    locks: list[FileLock] = field(default_factory=list)
+    built: list[str] = field(default_factory=list)  # volumes this lease had to build (for metrics/logs)
+    lock_wait: float = 0.0
+
+    def release(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks.clear()
+
+
+Builder = Callable[[int, str], int]
+"""``build(index, directory) -> size``: unpack layer ``index`` into the empty ``directory``."""
+
+
+class Volumes:
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def exists(self, volume_id: str) -> bool:
+        return os.path.isdir(self.layout.volume(volume_id))
+
+    def size(self, volume_id: str) -> int:
+        try:
+            return int(json.loads(read_text(self.layout.volume_meta(volume_id), "{}")).get("Size", 0))
+        except (ValueError, AttributeError):
+            return 0
+
+    def ids(self) -> list[str]:
+        """Complete volumes (not those being built or collected)."""
+        try:
+            names = os.listdir(self.layout.volumes)
+        except FileNotFoundError:
+            return []
+        return [n for n in names if not n.startswith(GC_PREFIX) and f"-{INCOMPLETE}-" not in n]
+
+    def lease(self, volume_ids: Sequence[str], build: Builder) -> Lease:
+        """Make sure every volume exists (building missing ones bottom-up) and hold it shared."""
+        lease = Lease()
+        try:
+            for index, volume_id in enumerate(volume_ids):
+                lock = self._hold(index, volume_id, build, lease)
+                lease.locks.append(lock)
+                lease.lock_wait += lock.waited
+        except BaseException:
+            lease.release()
+            raise
+        return lease
+
+    def _hold(self, index: int, volume_id: str, build: Builder, lease: Lease) -> FileLock:
+        for _ in range(_MAX_ROUNDS):
+            lock = volume_lock(self.layout, volume_id)
+            lock.acquire(shared=True, timeout=BUILD_WAIT)
+            if self.exists(volume_id):
+                return lock
+            lock.release()
+            with volume_lock(self.layout, volume_id).held(shared=False, timeout=BUILD_WAIT):
+                if not self.exists(volume_id):
+                    self._build(index, volume_id, build)
+                    lease.built.append(volume_id)
+            # flock cannot downgrade atomically; take the shared lock afresh and look again.
+        raise FailedPrecondition(f"volume {volume_id} kept disappearing while it was being used")
+
+    def _build(self, index: int, volume_id: str, build: Builder) -> None:
+        self.remove_incomplete(volume_id)
+        final = self.layout.volume(volume_id)
+        tmp = temp_name(final, INCOMPLETE)
+        os.mkdir(tmp, 0o755)
+        try:
+            size = build(index, tmp)
+            atomic_write(self.layout.volume_meta(volume_id), json.dumps({"Size": size}).encode() + b"\n")
+            self._link(volume_id)
+            os.rename(tmp, final)  # the commit point
+        except BaseException:
+            remove_tree(tmp)
+            raise
+
+    def _link(self, volume_id: str) -> None:
+        link = self.layout.link(volume_id)
+        target = os.path.join("..", "volumes", volume_id)
+        try:
+            current = os.readlink(link)
+        except FileNotFoundError:
+            current = None
+        if current == target:
+            return
+        if current is not None and not current.endswith(GC_PREFIX + volume_id):
+            # Two volumes whose IDs share 48 leading bits: astronomically unlikely, but never mount the
+            # wrong layer because of it.
+            live = os.path.basename(current)
+            if os.path.isdir(self.layout.volume(live)):
+                raise FailedPrecondition(f"short link {link} is taken by volume {live}")
+        tmp = temp_name(link, "tmp")
+        os.symlink(target, tmp)
+        os.rename(tmp, link)
+
+    def remove_incomplete(self, volume_id: str) -> None:
+        prefix = f"{volume_id}-{INCOMPLETE}-"
+        for name in os.listdir(self.layout.volumes):
+            if name.startswith(prefix):
+                remove_tree(os.path.join(self.layout.volumes, name))
+
+    # -- collection ----------------------------------------------------------------------------------------
+
+    def try_lock_exclusive(self, volume_id: str) -> FileLock | None:
+        lock = volume_lock(self.layout, volume_id)
+        if lock.try_acquire(shared=False):
+            return lock
+        lock.release()
+        return None
+
+    def collect(self, volume_id: str) -> None:
+        """Remove a volume. The caller holds its exclusive lock. Rename first, so a crash half way through
+        a large ``rmtree`` leaves a ``gc.`` directory that no image can mistake for the layer."""
+        doomed = os.path.join(self.layout.volumes, GC_PREFIX + volume_id)
+        os.rename(self.layout.volume(volume_id), doomed)
+        self._forget(volume_id)
+        remove_tree(doomed)
+
+    def _forget(self, volume_id: str) -> None:
+        link = self.layout.link(volume_id)
+        try:
+            if os.path.basename(os.readlink(link)) in (volume_id, GC_PREFIX + volume_id):
+                os.unlink(link)
+        except (FileNotFoundError, OSError):
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.layout.volume_meta(volume_id))
+
+    def sweep(self, in_use: Iterable[str] = ()) -> list[str]:
+        """Remove leftovers of interrupted work: ``gc.`` directories, ``-incomplete-`` builds whose builder
+        is gone, size records and links of volumes that do not exist."""
+        removed = []
+        live = set(in_use)
+        for name in os.listdir(self.layout.volumes):
+            path = os.path.join(self.layout.volumes, name)
+            if name.startswith(GC_PREFIX):
+                remove_tree(path)
+                removed.append(name)
+            elif f"-{INCOMPLETE}-" in name:
+                volume_id = name.split(f"-{INCOMPLETE}-", 1)[0]
+                lock = self.try_lock_exclusive(volume_id)
+                if lock is not None:  # nobody is building it: the builder died
+                    try:
+                        remove_tree(path)
+                        removed.append(name)
+                    finally:
+                        lock.release()
+        existing = set(self.ids()) | live
+        for name in os.listdir(self.layout.meta):
+            if name.startswith("volume-") and name[len("volume-") :] not in existing:
+                volume_id = name[len("volume-") :]
+                lock = self.try_lock_exclusive(volume_id)
+                if lock is not None:
+                    try:
+                        if not self.exists(volume_id):
+                            self._forget(volume_id)
+                    finally:
+                        lock.release()
+        for name in os.listdir(self.layout.links):
+            link = os.path.join(self.layout.links, name)
+            if not os.path.exists(link) and os.path.islink(link):
+                # Dangling: its volume was collected. A builder re-creates it before committing.
+                target = os.path.basename(os.readlink(link))
+                lock = self.try_lock_exclusive(target)
+                if lock is not None:
+                    try:
+                        if not os.path.exists(link):
+                            os.unlink(link)
+                    finally:
+                        lock.release()
+        return removed
