@@ -1,0 +1,110 @@
+"""Fixtures for tests that drive the installed ``graftfs`` command as root against the real kernel.
+
+Everything lives under pytest's tmp dirs. Every test is checked afterwards for mounts it left under its
+temp dir; whatever is left is unmounted (so one failure does not cascade) and the test fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+def graftfs_command() -> list[str]:
+    """The installed console script next to this interpreter (what Garden would run)."""
+    script = Path(sys.executable).with_name("graftfs")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("graftfs")
+    return [found] if found else [sys.executable, "-m", "graftfs"]
+
+
+GRAFTFS = graftfs_command()
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    return [p for p in points if p.startswith(prefix)]
+
+
+@dataclass
+class Graftfs:
+    store: Path
+    log_level: str = "fatal"
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        argv = [*GRAFTFS, "--store", str(self.store), "--log-level", self.log_level, *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+        if check and result.returncode != 0:
+            raise AssertionError(f"{argv} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
+        assert isinstance(result, subprocess.CompletedProcess)
+        return result
+
+    def create(self, url: str, image_id: str, *flags: str) -> dict[str, object]:
+        out = self.run("create", *flags, url, image_id).stdout
+        doc = json.loads(out)
+        assert isinstance(doc, dict)
+        return doc
+
+    def fails(self, *args: str) -> str:
+        result = self.run(*args, check=False)
+        assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+        lines = result.stdout.splitlines()
+        assert len(lines) == 1, f"expected one line on stdout, got {result.stdout!r}"
+        return lines[0]
+
+    def rootfs(self, image_id: str) -> Path:
+        return self.store / "images" / image_id / "rootfs"
+
+    def volumes(self) -> set[str]:
+        return set(os.listdir(self.store / "volumes"))
+
+
+def snapshot(path: Path) -> dict[str, tuple[int, int, bytes | str]]:
+    """Every entry under ``path`` with its mode, size and content (or link target): to prove nothing
+    changed."""
+    out: dict[str, tuple[int, int, bytes | str]] = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            st = os.lstat(full)
+            if os.path.islink(full):
+                content: bytes | str = os.readlink(full)
+            elif os.path.isfile(full):
+                content = Path(full).read_bytes()
+            else:
+                content = b""
+            out[os.path.relpath(full, path)] = (st.st_mode, st.st_size, content)
+    return out
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    left = mounts_under(tmp_path)
+    for point in sorted(left, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    assert not left, f"test left mounts behind: {left}"
+
+
+@pytest.fixture
+def gfs(workdir: Path) -> Graftfs:
+    g = Graftfs(workdir / "store")
+    g.run("init-store")
+    return g
+
+
+@pytest.fixture(autouse=True)
+def _root_only() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root")
