@@ -1,0 +1,255 @@
+"""The Garden/GrootFS command-line contract: commands, flags, config file, outputs, errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import GRAFTFS, Graftfs
+from tests.integration.test_safety import store_state
+from tests.support.images import TarBuilder, busybox_layer, write_oci_layout, write_rootfs_tar
+
+
+@pytest.fixture
+def image(workdir: Path) -> str:
+    return write_oci_layout(workdir / "layout", [busybox_layer()], env=["PATH=/bin"]).url()
+
+
+def test_version_and_help() -> None:
+    out = subprocess.run([*GRAFTFS, "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("graftfs version ")
+    out = subprocess.run([*GRAFTFS, "--help"], capture_output=True, text=True, check=True).stdout
+    assert "init-store" in out and "create" in out
+
+
+def test_unknown_flag_prints_usage_and_exits_1(gfs: Graftfs) -> None:
+    result = gfs.run("create", "--no-such-flag", "x", "y", check=False)
+    assert result.returncode == 1
+    assert result.stdout.startswith("Incorrect Usage: flag provided but not defined: -no-such-flag")
+
+
+def test_create_with_wrong_argument_count(gfs: Graftfs) -> None:
+    assert gfs.fails("create", "only-one") == "invalid arguments - usage: create [options] <image> <id>"
+
+
+def test_invalid_id_is_refused(gfs: Graftfs, image: str) -> None:
+    assert gfs.fails("create", image, "a/b") == "id `a/b` contains invalid characters: `/`"
+    assert "not a valid image id" in gfs.fails("create", image, "..")
+
+
+def test_unknown_scheme_is_a_clear_error_not_a_crash(gfs: Graftfs) -> None:
+    before = store_state(gfs)
+    line = gfs.fails("create", "http://example.com/x.tar", "x")
+    assert line.startswith("unsupported image URL scheme `http`")
+    assert store_state(gfs) == before
+
+
+def test_missing_sources(gfs: Graftfs, workdir: Path) -> None:
+    assert gfs.fails("create", f"oci://{workdir}/nothing", "x") == "Image source doesn't exist"
+    assert "no such file or directory" in gfs.fails("create", str(workdir / "missing.tar"), "x")
+    assert gfs.fails("create", str(workdir), "x") == "invalid base image: directory provided instead of a tar file"
+
+
+def test_existing_id_is_refused_and_the_image_survives(gfs: Graftfs, image: str) -> None:
+    gfs.create(image, "dup")
+    before = store_state(gfs)
+    assert gfs.fails("create", image, "dup") == "image for id `dup` already exists"
+    assert store_state(gfs) == before
+    assert (gfs.rootfs("dup") / "bin" / "busybox").exists()
+    gfs.run("delete", "dup")
+
+
+def test_create_needs_an_initialized_store(workdir: Path, image: str) -> None:
+    g = Graftfs(workdir / "nostore")
+    assert "no store found at" in g.fails("create", image, "x")
+    assert not (workdir / "nostore").exists()
+
+
+def test_delete_is_idempotent_and_unknown_ids_exit_0(gfs: Graftfs, image: str) -> None:
+    gfs.create(image, "gone")
+    assert gfs.run("delete", "gone").stdout == "Image gone deleted\n"
+    assert gfs.run("delete", "gone").stdout == "Image `gone` not found. Skipping delete.\n"
+    result = gfs.run("delete", "/elsewhere/images/x")
+    assert result.stdout == "path `/elsewhere/images/x` is outside store path Skipping delete.\n"
+    assert gfs.fails("delete") == "id was not specified"
+
+
+def test_delete_by_path(gfs: Graftfs, image: str) -> None:
+    gfs.create(image, "bypath")
+    assert gfs.run("delete", str(gfs.store / "images" / "bypath")).stdout == "Image bypath deleted\n"
+
+
+def test_list(gfs: Graftfs, image: str) -> None:
+    assert gfs.run("list").stdout == "Store empty\n"
+    gfs.create(image, "one")
+    gfs.create(image, "two")
+    listed = gfs.run("list").stdout.splitlines()
+    assert sorted(listed) == [str(gfs.store / "images" / "one"), str(gfs.store / "images" / "two")]
+    gfs.run("delete", "one")
+    gfs.run("delete", "two")
+    missing = Graftfs(gfs.store.parent / "missing")
+    assert missing.fails("list") == f"no store found at {missing.store}"
+
+
+def test_stats_of_unknown_image(gfs: Graftfs) -> None:
+    assert gfs.fails("stats", "nope") == "Image `nope` not found."
+
+
+def test_capacity_reports_the_configured_size(gfs: Graftfs, workdir: Path) -> None:
+    assert gfs.run("capacity").stdout == '{"capacity":0}\n'
+    config = workdir / "config.yml"
+    config.write_text("init:\n  store_size_bytes: 123456\n")
+    assert gfs.run("--config", str(config), "capacity").stdout == '{"capacity":123456}\n'
+
+
+def test_config_file_keys_and_precedence(workdir: Path, image: str) -> None:
+    config = workdir / "config.yml"
+    store = workdir / "from-config"
+    config.write_text(f"store: {store}\ncreate:\n  without_mount: true\n")
+    run = [*GRAFTFS, "--config", str(config)]
+    subprocess.run([*run, "init-store"], check=True)
+    assert store.is_dir()
+    out = subprocess.run([*run, "create", image, "cfg"], capture_output=True, text=True, check=True).stdout
+    assert "mounts" in json.loads(out)  # create.without_mount from the file
+    out = subprocess.run([*run, "create", "--with-mount", image, "cfg2"], capture_output=True, text=True, check=True)
+    assert "mounts" not in json.loads(out.stdout)  # the flag wins
+    subprocess.run([*run, "delete", "cfg"], check=True, capture_output=True)
+    subprocess.run([*run, "delete", "cfg2"], check=True, capture_output=True)
+
+
+def test_config_written_with_every_key_zero_valued_parses(workdir: Path) -> None:
+    # What GrootFS's own tests and garden-runc-release's thresholder write: yaml.Marshal(config.Config{}).
+    config = workdir / "zero.yml"
+    config.write_text(
+        'store: ""\ntardis_bin: ""\nnewuidmap_bin: ""\nnewgidmap_bin: ""\nmetron_endpoint: ""\nlog_level: ""\n'
+        'log_file: ""\ncreate:\n  exclude_image_from_quota: false\n  skip_layer_validation: false\n'
+        '  with_clean: false\n  clean_log_file: ""\n  without_mount: false\n  disk_limit_size_bytes: 0\n'
+        '  insecure_registries: []\n  remote_layer_client_certificates_path: ""\nclean:\n  threshold_bytes: 0\n'
+        'init:\n  store_size_bytes: 0\n  owneruser: ""\n  ownergroup: ""\n  with_direct_io: false\n'
+    )
+    out = subprocess.run(
+        [*GRAFTFS, "--config", str(config), "--store", str(workdir / "s"), "capacity"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout == '{"capacity":0}\n'
+
+
+def test_bad_config(workdir: Path) -> None:
+    g = Graftfs(workdir / "s")
+    assert g.fails("--config", str(workdir / "nope.yml"), "list").startswith("invalid config path: ")
+    bad = workdir / "bad.yml"
+    bad.write_text("store: [unclosed\n")
+    assert g.fails("--config", str(bad), "list").startswith("invalid config file: ")
+
+
+def test_negative_values_are_refused(gfs: Graftfs, image: str) -> None:
+    assert gfs.fails("create", "--disk-limit-size-bytes", "-1", image, "x") == (
+        "invalid argument: disk limit cannot be negative"
+    )
+    assert gfs.fails("create", "--with-clean", "--without-clean", image, "x") == (
+        "with-clean and without-clean cannot be used together"
+    )
+
+
+def test_logs_are_json_lines_on_stderr_and_never_on_stdout(gfs: Graftfs, image: str, workdir: Path) -> None:
+    result = gfs.run("--log-level", "debug", "create", "--password", "hunter2", image, "logged")
+    json.loads(result.stdout)
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert lines and all({"timestamp", "level", "source", "message", "data"} <= set(line) for line in lines)
+    assert "hunter2" not in result.stderr
+    quiet = gfs.run("delete", "logged")
+    assert quiet.stderr == ""
+    log_file = workdir / "graftfs.log"
+    gfs.run("--log-file", str(log_file), "create", image, "filelog")
+    assert any(json.loads(line)["level"] == "info" for line in log_file.read_text().splitlines())
+    gfs.run("delete", "filelog")
+
+
+def test_clean_keeps_layers_in_use_and_honours_the_threshold(gfs: Graftfs, workdir: Path) -> None:
+    base = busybox_layer()
+    a = write_oci_layout(workdir / "a", [base, TarBuilder().file("a", b"a").build()])
+    b = write_oci_layout(workdir / "b", [base, TarBuilder().file("b", b"b").build()])
+    gfs.create(a.url(), "a")
+    gfs.create(b.url(), "b")
+    gfs.run("delete", "b")
+    assert len(gfs.volumes()) == 3
+    assert gfs.run("clean", "--threshold-bytes", str(1 << 40)).stdout == "threshold not reached: skipping clean\n"
+    assert len(gfs.volumes()) == 3
+    assert gfs.run("clean", "--threshold-bytes", "1").stdout == "clean completed\n"
+    assert gfs.volumes() == {c.partition(":")[2] for c in a.chain_ids}
+    assert (gfs.rootfs("a") / "a").read_bytes() == b"a"
+    assert gfs.run("clean").stdout == "clean completed\n"
+    assert len(gfs.volumes()) == 2
+    gfs.run("delete", "a")
+    gfs.run("clean")
+    assert gfs.volumes() == set()
+    assert os.listdir(gfs.store / "l") == []
+    assert sorted(os.listdir(gfs.store / "meta")) == ["dependencies", "namespace.json"]
+
+
+def test_clean_without_a_store_is_not_an_error(workdir: Path) -> None:
+    g = Graftfs(workdir / "missing")
+    result = g.run("clean")
+    assert result.stdout == f"no store found at {g.store}\n"
+    assert result.stderr == f"no store found at {g.store}"
+
+
+def test_init_store_records_mappings_and_refuses_different_ones(workdir: Path) -> None:
+    g = Graftfs(workdir / "mapped")
+    g.run(
+        "init-store",
+        "--uid-mapping",
+        "0:4294967294:1",
+        "--uid-mapping",
+        "1:1:4294967293",
+        "--gid-mapping",
+        "0:4294967294:1,1:1:4294967293",
+    )
+    doc = json.loads((g.store / "meta" / "namespace.json").read_text())
+    assert doc == {
+        "uid-mappings": ["0:4294967294:1", "1:1:4294967293"],
+        "gid-mappings": ["0:4294967294:1", "1:1:4294967293"],
+    }
+    assert os.stat(g.store).st_uid == 4294967294 and (os.stat(g.store).st_mode & 0o777) == 0o700
+    g.run(
+        "init-store",
+        "--uid-mapping",
+        "1:1:4294967293,0:4294967294:1",
+        "--gid-mapping",
+        "0:4294967294:1",
+        "--gid-mapping",
+        "1:1:4294967293",
+    )
+    assert g.fails("init-store", "--uid-mapping", "0:1000:1") == (
+        "provided UID mappings do not match those already configured in the store"
+    )
+
+
+def test_delete_store_unmounts_and_removes_everything(gfs: Graftfs, image: str, workdir: Path) -> None:
+    gfs.create(image, "x")
+    gfs.create(image, "y")
+    gfs.run("delete-store")
+    assert not gfs.store.exists()
+    gfs.run("delete-store")  # absent store: fine
+
+
+def test_with_clean_spawns_a_clean(gfs: Graftfs, workdir: Path) -> None:
+    old = write_rootfs_tar(workdir / "old.tar", busybox_layer())
+    gfs.create(str(old), "old")
+    gfs.run("delete", "old")
+    assert len(gfs.volumes()) == 1
+    new = write_oci_layout(workdir / "new", [TarBuilder().file("f", b"f").build()])
+    gfs.create(new.url(), "new", "--with-clean")
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(gfs.volumes()) != 1:
+        time.sleep(0.05)
+    assert gfs.volumes() == {c.partition(":")[2] for c in new.chain_ids}
+    gfs.run("delete", "new")
