@@ -42,9 +42,13 @@ class Graftfs:
     store: Path
     log_level: str = "fatal"
 
-    def run(self, *args: str, check: bool = True, timeout: float = 120, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 120, **kwargs: object
+    ) -> subprocess.CompletedProcess[str]:
         argv = [*GRAFTFS, "--store", str(self.store), "--log-level", self.log_level, *args]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs)  # type: ignore[call-overload]
+        result = subprocess.run(
+            argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs
+        )  # type: ignore[call-overload]
         if check and result.returncode != 0:
             raise AssertionError(f"{argv} exited {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}")
         assert isinstance(result, subprocess.CompletedProcess)

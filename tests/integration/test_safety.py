@@ -59,7 +59,9 @@ def escape_tars(outside: Path) -> dict[str, bytes]:
         "symlink-then-write": TarBuilder().symlink("link", str(outside)).file("link/evil", b"x").build(),
         "symlink-then-overwrite": TarBuilder().symlink("link", str(outside)).file("link/secret", b"pwned").build(),
         "hardlink-out": TarBuilder().raw(raw_entry("hl", kind=tarfile.LNKTYPE, linkname=f"{up}/secret")).build(),
-        "hardlink-absolute": TarBuilder().raw(raw_entry("hl", kind=tarfile.LNKTYPE, linkname=f"{outside}/secret")).build(),
+        "hardlink-absolute": TarBuilder()
+        .raw(raw_entry("hl", kind=tarfile.LNKTYPE, linkname=f"{outside}/secret"))
+        .build(),
         "hardlink-via-symlink": TarBuilder()
         .symlink("link", str(outside))
         .raw(raw_entry("hl", kind=tarfile.LNKTYPE, linkname="link/secret"))
@@ -81,7 +83,9 @@ def escape_tars(outside: Path) -> dict[str, bytes]:
         "whiteout-out",
     ],
 )
-def test_escaping_tarballs_are_refused_and_change_nothing(gfs: Graftfs, workdir: Path, outside: Path, case: str) -> None:
+def test_escaping_tarballs_are_refused_and_change_nothing(
+    gfs: Graftfs, workdir: Path, outside: Path, case: str
+) -> None:
     tar = workdir / f"{case}.tar"
     tar.write_bytes(escape_tars(outside)[case])
     before_outside, before_store = snapshot(outside), store_state(gfs)
@@ -147,8 +151,7 @@ def test_twenty_concurrent_creates_unpack_each_layer_once(gfs: Graftfs, workdir:
     info = write_oci_layout(workdir / "l", layers)
     argv = [*GRAFTFS, "--store", str(gfs.store), "--log-level", "debug", "create", info.url()]
     procs = [
-        subprocess.Popen([*argv, f"c{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(20)
+        subprocess.Popen([*argv, f"c{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(20)
     ]
     results = [(p, *p.communicate(timeout=120)) for p in procs]
     for proc, out, err in results:
