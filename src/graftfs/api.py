@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 from . import reference
 from .errors import (
@@ -27,33 +24,65 @@ from .errors import (
 from .idmap import Mapping, Namespace
 from .log import NULL, Logger
 from .store.fsutil import atomic_write, read_text, remove_tree
-from .store.gc import CleanResult, clean
 from .store.images import DiskUsage, Images
 from .store.layout import Layout, validate_image_id
 from .store.volumes import Volumes
 
+TYPE_CHECKING = False  # the CLI imports this module on every run: keep typing and dataclasses out
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
+    from .store.gc import CleanResult
+
 IMAGE_LOCK_WAIT = 30.0
 
 
-@dataclass(frozen=True)
 class CreateOptions:
-    mount: bool = True
-    skip_layer_validation: bool = False
-    disk_limit_bytes: int = 0
-    exclude_image_from_quota: bool = False
+    """How to create an image (the create flags). Keyword-only, so new options never break callers."""
+
+    __slots__ = ("disk_limit_bytes", "exclude_image_from_quota", "mount", "skip_layer_validation")
+
+    def __init__(
+        self,
+        *,
+        mount: bool = True,
+        skip_layer_validation: bool = False,
+        disk_limit_bytes: int = 0,
+        exclude_image_from_quota: bool = False,
+    ) -> None:
+        self.mount = mount
+        self.skip_layer_validation = skip_layer_validation
+        self.disk_limit_bytes = disk_limit_bytes
+        self.exclude_image_from_quota = exclude_image_from_quota
 
 
-@dataclass(frozen=True)
 class Image:
     """A created image. ``mount`` is set when the caller must perform the mount (``mount=False``)."""
 
-    id: str
-    path: str
-    rootfs: str
-    env: list[str] = field(default_factory=list)
-    mount: dict[str, Any] | None = None
-    config: dict[str, Any] = field(default_factory=dict)
-    layers_built: int = 0
+    __slots__ = ("config", "env", "id", "layers_built", "mount", "path", "rootfs")
+
+    def __init__(
+        self,
+        *,
+        id: str,
+        path: str,
+        rootfs: str,
+        env: list[str],
+        mount: dict[str, Any] | None,
+        config: dict[str, Any],
+        layers_built: int,
+    ) -> None:
+        self.id = id
+        self.path = path
+        self.rootfs = rootfs
+        self.env = env
+        self.mount = mount
+        self.config = config
+        self.layers_built = layers_built
+
+    def __repr__(self) -> str:
+        return f"Image(id={self.id!r}, rootfs={self.rootfs!r})"
 
 
 class Store:
@@ -115,7 +144,8 @@ class Store:
 
     # -- images -----------------------------------------------------------------------------------------------
 
-    def create(self, url: str, image_id: str, options: CreateOptions = CreateOptions()) -> Image:
+    def create(self, url: str, image_id: str, options: CreateOptions | None = None) -> Image:
+        options = options or CreateOptions()
         validate_image_id(image_id)
         self.require()
         log = self.log.session("create", imageID=image_id)
@@ -213,6 +243,8 @@ class Store:
             raise InvalidArgument("invalid argument: clean threshold cannot be negative")
         if not os.path.isdir(self.path):
             raise NotFound(f"no store found at {self.path}")
+        from .store.gc import clean
+
         start = time.monotonic()
         result = clean(self.layout, threshold_bytes)
         self.log.info(

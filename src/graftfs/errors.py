@@ -11,7 +11,9 @@ can still branch on the class.
 
 from __future__ import annotations
 
-from typing import Self
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; annotations are strings anyway
+if TYPE_CHECKING:
+    from typing import Self
 
 
 class GraftfsError(Exception):

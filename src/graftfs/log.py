@@ -12,7 +12,10 @@ import json
 import os
 import sys
 import time
-from typing import IO, Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 LEVELS = {"debug": 0, "info": 1, "error": 2, "fatal": 3}
 _SECRET_WORDS = ("password", "token", "secret", "authorization", "credential")

@@ -15,12 +15,14 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 from ..errors import GraftfsError, InvalidArgument, NotFound
 from .config import Config
+
+TYPE_CHECKING = False  # typing, dataclasses and friends cost more than the interpreter's own start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 VERSION = "0.1.0"
 
@@ -29,12 +31,14 @@ class UsageError(Exception):
     pass
 
 
-@dataclass(frozen=True)
 class Flag:
-    name: str
-    kind: str  # "str" | "int" | "bool" | "list"
-    help: str = ""
-    hidden: bool = False
+    __slots__ = ("help", "hidden", "kind", "name")
+
+    def __init__(self, name: str, kind: str, help: str = "", hidden: bool = False) -> None:
+        self.name = name
+        self.kind = kind  # "str" | "int" | "bool" | "list"
+        self.help = help
+        self.hidden = hidden
 
 
 GLOBAL_FLAGS = [
@@ -52,14 +56,24 @@ GLOBAL_FLAGS = [
 ]
 
 
-@dataclass(frozen=True)
 class Command:
-    name: str
-    usage: str
-    help: str
-    flags: tuple[Flag, ...]
-    run: Callable[[Config, dict[str, Any], list[str]], int]
-    hidden: bool = False
+    __slots__ = ("flags", "help", "hidden", "name", "run", "usage")
+
+    def __init__(
+        self,
+        name: str,
+        usage: str,
+        help: str,
+        flags: tuple[Flag, ...],
+        run: Callable[[Config, dict[str, Any], list[str]], int],
+        hidden: bool = False,
+    ) -> None:
+        self.name = name
+        self.usage = usage
+        self.help = help
+        self.flags = flags
+        self.run = run
+        self.hidden = hidden
 
 
 def parse_flags(args: Sequence[str], flags: Sequence[Flag]) -> tuple[dict[str, Any], list[str]]:
@@ -238,7 +252,7 @@ def cmd_stats(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
     usage = _store(cfg).stats(args[0])
     from .output import go_json
 
-    sys.stdout.write(go_json({"disk_usage": usage.__dict__}) + "\n")
+    sys.stdout.write(go_json({"disk_usage": usage.as_dict()}) + "\n")
     return 0
 
 

@@ -12,7 +12,6 @@ store directory, so each lower costs ``l/<12 hex>:`` = 15 bytes: 270 layers fit 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from ..errors import Unsupported
 
@@ -20,16 +19,26 @@ PAGE_LIMIT = 4096 - 1  # option string plus its NUL terminator must fit in one p
 OVERLAY_MAX_STACK = 500  # fs/overlayfs: OVL_MAX_STACK
 
 
-@dataclass(frozen=True)
 class OverlaySpec:
     """An overlay mount. ``lowers`` are top-most first and, like upper/work, relative to ``cwd``."""
 
-    cwd: str
-    lowers: tuple[str, ...]
-    upper: str
-    work: str
-    target: str
-    extra_options: tuple[str, ...] = ()
+    __slots__ = ("cwd", "extra_options", "lowers", "target", "upper", "work")
+
+    def __init__(
+        self,
+        cwd: str,
+        lowers: tuple[str, ...],
+        upper: str,
+        work: str,
+        target: str,
+        extra_options: tuple[str, ...] = (),
+    ) -> None:
+        self.cwd = cwd
+        self.lowers = lowers
+        self.upper = upper
+        self.work = work
+        self.target = target
+        self.extra_options = extra_options
 
     def options(self, absolute: bool = False) -> str:
         def p(path: str) -> str:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import time
 
 
 def temp_name(base: str, tag: str) -> str:
     # Time first so leftovers sort by age; randomness so two processes never pick the same name.
-    return f"{base}-{tag}-{time.time_ns()}-{secrets.token_hex(4)}"
+    return f"{base}-{tag}-{time.time_ns()}-{os.urandom(4).hex()}"
 
 
 def fsync_dir(path: str) -> None:
@@ -57,6 +55,8 @@ def read_int(path: str) -> int:
 
 def remove_tree(path: str) -> None:
     """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree."""
+    import shutil
+
     try:
         shutil.rmtree(path)
     except NotADirectoryError:

@@ -9,7 +9,6 @@ records once it holds its locks (a create that committed in between is seen), an
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from .fsutil import read_int
 from .images import Images
@@ -20,13 +19,13 @@ from .volumes import Volumes
 GC_LOCK_WAIT = 3.0  # GrootFS's bound: a second clean gives up rather than queue
 
 
-@dataclass
 class CleanResult:
-    ran: bool
-    collected: list[str] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)
-    used_bytes: int = 0
-    unused_bytes: int = 0
+    def __init__(self, ran: bool) -> None:
+        self.ran = ran
+        self.collected: list[str] = []
+        self.leftovers: list[str] = []
+        self.used_bytes = 0
+        self.unused_bytes = 0
 
 
 def committed_quota(layout: Layout, images: Images) -> int:

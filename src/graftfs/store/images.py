@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from ..errors import AlreadyExists, KernelError, NotFound
 from ..mount import kernel
@@ -24,15 +22,29 @@ from .fsutil import atomic_write, disk_usage, read_int, remove_tree, temp_name
 from .layout import Layout, validate_image_id
 from .locks import FileLock
 
-IMAGE_LOCK_WAIT = 30.0
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
 
 
-@dataclass(frozen=True)
 class DiskUsage:
-    total_bytes_used: int
-    exclusive_bytes_used: int
-    quota_size_bytes: int
-    committed_space_bytes: int
+    """GrootFS's ``disk_usage`` document. Field order is the JSON key order."""
+
+    __slots__ = ("committed_space_bytes", "exclusive_bytes_used", "quota_size_bytes", "total_bytes_used")
+
+    def __init__(self, total: int, exclusive: int, quota: int, committed: int) -> None:
+        self.total_bytes_used = total
+        self.exclusive_bytes_used = exclusive
+        self.quota_size_bytes = quota
+        self.committed_space_bytes = committed
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "total_bytes_used": self.total_bytes_used,
+            "exclusive_bytes_used": self.exclusive_bytes_used,
+            "quota_size_bytes": self.quota_size_bytes,
+            "committed_space_bytes": self.committed_space_bytes,
+        }
 
 
 class Images:
@@ -187,9 +199,4 @@ class Images:
         quota = read_int(os.path.join(path, "image_quota"))
         # Without a quota backend, measure what the container wrote: its upper dir (GrootFS reports 0).
         exclusive = disk_usage(os.path.join(path, "diff"))
-        return DiskUsage(
-            total_bytes_used=base + exclusive,
-            exclusive_bytes_used=exclusive,
-            quota_size_bytes=quota,
-            committed_space_bytes=base + quota,
-        )
+        return DiskUsage(total=base + exclusive, exclusive=exclusive, quota=quota, committed=base + quota)

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 from ..errors import InvalidArgument
 
@@ -32,9 +31,11 @@ def validate_image_id(image_id: str) -> str:
     return image_id
 
 
-@dataclass(frozen=True)
 class Layout:
-    root: str
+    __slots__ = ("root",)
+
+    def __init__(self, root: str) -> None:
+        self.root = root
 
     @classmethod
     def at(cls, path: str) -> Layout:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ..errors import LockTimeout
 
@@ -58,10 +56,13 @@ class FileLock:
             os.close(self.fd)  # closing the only fd drops the flock
             self.fd = -1
 
-    @contextmanager
-    def held(self, shared: bool = False, timeout: float = 30.0) -> Iterator[FileLock]:
+    def held(self, shared: bool = False, timeout: float = 30.0) -> FileLock:
+        """``with lock.held(): ...`` (a plain context manager: contextlib is not worth its import here)."""
         self.acquire(shared, timeout)
-        try:
-            yield self
-        finally:
-            self.release()
+        return self
+
+    def __enter__(self) -> FileLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -18,13 +18,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 
 from ..errors import FailedPrecondition
 from .fsutil import atomic_write, read_text, remove_tree, temp_name
 from .layout import GC_PREFIX, INCOMPLETE, Layout
 from .locks import FileLock
+
+TYPE_CHECKING = False  # keep typing and collections.abc off the start-up path
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
 
 #: How long a create waits for another process that is building the same layer. Large layers on slow disks
 #: take minutes; the bound is there so a wedged builder cannot hang every create forever.
@@ -36,13 +38,13 @@ def volume_lock(layout: Layout, volume_id: str) -> FileLock:
     return FileLock(layout.locks, f"volume-{volume_id}")
 
 
-@dataclass
 class Lease:
     """Shared locks on a set of volumes: while held, ``clean`` will not collect them."""
 
-    locks: list[FileLock] = field(default_factory=list)
-    built: list[str] = field(default_factory=list)  # volumes this lease had to build (for metrics/logs)
-    lock_wait: float = 0.0
+    def __init__(self) -> None:
+        self.locks: list[FileLock] = []
+        self.built: list[str] = []  # volumes this lease had to build (for metrics and logs)
+        self.lock_wait = 0.0
 
     def release(self) -> None:
         for lock in self.locks:
@@ -50,8 +52,9 @@ class Lease:
         self.locks.clear()
 
 
-Builder = Callable[[int, str], int]
-"""``build(index, directory) -> size``: unpack layer ``index`` into the empty ``directory``."""
+if TYPE_CHECKING:
+    Builder = Callable[[int, str], int]
+    """``build(index, directory) -> size``: unpack layer ``index`` into the empty ``directory``."""
 
 
 class Volumes:
