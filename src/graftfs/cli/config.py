@@ -74,7 +74,11 @@ def load(path: str) -> Config:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        raise InvalidArgument(f"invalid config path: open {path}: {exc.strerror}") from None
+        # Go's wording (`open /x: no such file or directory`; a directory opens and fails on `read`):
+        # Python's strerror is capitalised ("No such file...") and scripts match GrootFS's text.
+        op = "read" if isinstance(exc, IsADirectoryError) else "open"
+        reason = exc.strerror or str(exc)
+        raise InvalidArgument(f"invalid config path: {op} {path}: {reason[:1].lower()}{reason[1:]}") from None
     import yaml  # only configured runs pay for it
 
     try:

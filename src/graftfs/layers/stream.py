@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, cast
 
-from ..errors import InvalidImage, VerificationError
+from ..errors import GraftfsError, InvalidImage, VerificationError
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -31,20 +31,38 @@ class DigestReader(io.RawIOBase):
     endless source cannot make us read (or unpack) more than its descriptor allows.
     """
 
-    def __init__(self, raw: IO[bytes], limit: int = -1, on_overflow: Callable[[int], Exception] | None = None):
+    def __init__(
+        self,
+        raw: IO[bytes],
+        limit: int = -1,
+        on_overflow: Callable[[int], Exception] | None = None,
+        decoding: bool = False,
+    ):
         super().__init__()
         self._raw = raw
         self._hash = hashlib.sha256()
         self.count = 0
         self._limit = limit
         self._on_overflow = on_overflow
+        self._decoding = decoding
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        data = self._raw.read(len(view))
+        try:
+            data = self._raw.read(len(view))
+        except GraftfsError:
+            raise  # e.g. the compressed side's size check, raised through the decompressor
+        except Exception as exc:
+            # isal's IsalError and zstandard's ZstdError derive from Exception only, and truncated gzip
+            # raises EOFError: none of them is a GraftfsError or an OSError, so corrupt layers escaped
+            # unpack() (which tarfile does not wrap them for) and the CLI as tracebacks. A real I/O error
+            # on the blob (an OSError with an errno) is left as it is.
+            if not self._decoding or (isinstance(exc, OSError) and exc.errno is not None):
+                raise
+            raise InvalidImage(f"reading layer: {exc}") from exc
         n = len(data)
         if n:
             view[:n] = data
@@ -81,9 +99,92 @@ def decompressor(stream: io.BufferedReader[Any]) -> IO[bytes]:
     if head == ZSTD_MAGIC:
         import zstandard
 
-        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_size=CHUNK, read_across_frames=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            cast(IO[bytes], _ZstdFrames(stream)), read_size=CHUNK, read_across_frames=True
+        )
         return cast(IO[bytes], reader)
     return stream
+
+
+class _ZstdFrames:
+    """Passes a zstd stream through unchanged while following its frame layout (RFC 8878 3.1), to notice a
+    stream that stops inside a frame.
+
+    Why: zstandard's stream_reader ends a truncated frame quietly, so a cut-off ``.tar.zst`` with no digest to
+    catch it (a rootfs tarball, ``--skip-layer-validation``) became a silently partial root filesystem, where
+    gzip raises EOFError (and GrootFS's Go reader "unexpected EOF"). Only headers are parsed; block contents
+    are skipped over, so this costs a few Python steps per 128 KiB block. Anything not understood (legacy
+    frames, reserved bits) switches the check off and leaves the verdict to the decoder.
+    """
+
+    _MAGIC = 0xFD2FB528
+    _SKIPPABLE = 0x184D2A50  # 0x184D2A50..0x184D2A5F
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._state = "magic"
+        self._need = 4  # header bytes wanted in this state
+        self._head = bytearray()
+        self._skip = 0  # payload bytes to pass over before the next header
+        self._checksum = False
+        self._lost = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if self._lost:
+            return data
+        if data:
+            self._follow(memoryview(data))
+        elif self._state != "magic" or self._head or self._skip:
+            raise InvalidImage("reading layer: zstd: unexpected end of data: the blob ends inside a frame")
+        return data
+
+    def _follow(self, data: memoryview) -> None:
+        pos, end = 0, len(data)
+        while pos < end and not self._lost:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._head), end - pos)
+            self._head += data[pos : pos + take]
+            pos += take
+            if len(self._head) == self._need:
+                head = int.from_bytes(self._head, "little")
+                self._head.clear()
+                self._header(head)
+
+    def _header(self, value: int) -> None:
+        if self._state == "magic":
+            if value == self._MAGIC:
+                self._state, self._need = "descriptor", 1
+            elif value & 0xFFFFFFF0 == self._SKIPPABLE:
+                self._state, self._need = "skippable", 4
+            else:
+                self._lost = True
+        elif self._state == "skippable":
+            self._skip = value
+            self._state, self._need = "magic", 4
+        elif self._state == "descriptor":
+            if value & 0x08:  # reserved bit
+                self._lost = True
+                return
+            single_segment = bool(value & 0x20)
+            self._checksum = bool(value & 0x04)
+            dict_id = (0, 1, 2, 4)[value & 0x03]
+            content_size = (1 if single_segment else 0, 2, 4, 8)[value >> 6]
+            self._skip = (0 if single_segment else 1) + dict_id + content_size
+            self._state, self._need = "block", 3
+        else:  # block header: last-block bit, type (raw, RLE, compressed, reserved), size
+            kind, size = (value >> 1) & 3, value >> 3
+            if kind == 3:
+                self._lost = True
+                return
+            self._skip = 1 if kind == 1 else size
+            if value & 1:
+                self._skip += 4 if self._checksum else 0
+                self._state, self._need = "magic", 4
 
 
 @dataclass(frozen=True)
@@ -104,9 +205,15 @@ class LayerStream:
         buffered = io.BufferedReader(self._compressed, CHUNK)
         try:
             self._decoded: IO[bytes] = decompressor(buffered)
+        except GraftfsError:
+            # Sniffing the magic reads the first chunk, which for a small blob is all of it: a broken size
+            # promise surfaces here and must stay the size error, not become "reading layer: ..." InvalidImage.
+            raise
         except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # a real I/O error on the blob, not a bad layer
             raise InvalidImage(f"reading layer: {exc}") from exc
-        self._uncompressed = DigestReader(self._decoded)
+        self._uncompressed = DigestReader(self._decoded, decoding=True)
         self.tar = io.BufferedReader(self._uncompressed, CHUNK)
 
     def _size_error(self, actual: int) -> VerificationError:
@@ -120,8 +227,11 @@ class LayerStream:
         try:
             self._uncompressed.drain()
             self._compressed.drain()
+        except InvalidImage as exc:
+            # Corrupt or truncated compressed data: a wrong digest or size, if any, is the better error.
+            raise (self.explain() or exc) from exc
         except (OSError, EOFError, ValueError) as exc:
-            # zstandard/isal raise their own error types, all subclasses of these, for corrupt input.
+            # Decoder errors arrive as InvalidImage (DigestReader translates them); these are what is left.
             raise VerificationError(f"reading layer: {exc}") from exc
         e = self.expect
         if e.size >= 0 and self._compressed.count != e.size:

@@ -111,7 +111,10 @@ class _Unpacker:
         self._dirs: set[str] = {""}
         # path -> (mode, mtime_ns): applied at the end, deepest first.
         self._dir_meta: dict[str, tuple[int, int]] = {}
-        self._base = _normalise(opts.base_directory, "base directory", opts.base_directory)
+        # The base directory names a place inside the volume, and Garden passes it absolute (the
+        # preloaded+layer `layer_path`, e.g. /home/vcap): strip the leading "/" rather than refuse it as we
+        # refuse absolute member names, which made every such create fail. `..` is still refused.
+        self._base = _normalise(opts.base_directory.lstrip("/"), "base directory", opts.base_directory)
         self._root_owner = (opts.uid_map(0), opts.gid_map(0))
 
     # -- path safety ---------------------------------------------------------------------------------------
@@ -288,6 +291,9 @@ class _Unpacker:
             raise InvalidImage(f"hard link `{m.name}` points at `{m.linkname}`, which is not in the layer") from None
         if target == path:
             return
+        if stat.S_ISDIR(st.st_mode):
+            # linkat() would fail with a bare EPERM (reported as a kernel error); it is the archive that is wrong.
+            raise InvalidImage(f"hard link `{m.name}` points at `{m.linkname}`, which is a directory")
         self._remove_if_present(path)
         os.link(target, path, src_dir_fd=self.fd, dst_dir_fd=self.fd, follow_symlinks=False)
         if stat.S_ISLNK(st.st_mode):

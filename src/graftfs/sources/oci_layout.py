@@ -88,8 +88,13 @@ class OCILayoutSource:
             raise exc.wrap("fetching image reference") from exc
 
     def _pick(self, descriptors: list[dict[str, Any]], where: str) -> dict[str, Any]:
+        # A lone descriptor is taken as it is unless it says it is for another platform: an index with only
+        # an s390x image used to be unpacked on amd64 (GrootFS/containers/image refuse: no image for the
+        # platform). One without a platform (or without an architecture) stays accepted.
         if len(descriptors) == 1:
-            return descriptors[0]
+            plat = descriptors[0].get("platform")
+            if not (isinstance(plat, dict) and plat.get("architecture")):
+                return descriptors[0]
         if not descriptors:
             raise InvalidImage(f"{where} lists no manifests")
         chosen = platform.choose(descriptors)

@@ -38,6 +38,8 @@ def choose(descriptors: Sequence[dict[str, Any]], want: tuple[str, str, str] | N
     best: tuple[int, dict[str, Any]] | None = None
     for desc in descriptors:
         plat = desc.get("platform") or {}
+        if not isinstance(plat, dict):  # malformed JSON (a string, a list): matches nothing, rather than crash
+            continue
         if plat.get("os", "linux") != os_ or plat.get("architecture") != arch:
             continue
         have = plat.get("variant", "")
