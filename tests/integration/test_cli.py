@@ -115,8 +115,10 @@ def test_config_file_keys_and_precedence(workdir: Path, image: str) -> None:
     assert store.is_dir()
     out = subprocess.run([*run, "create", image, "cfg"], capture_output=True, text=True, check=True).stdout
     assert "mounts" in json.loads(out)  # create.without_mount from the file
-    out = subprocess.run([*run, "create", "--with-mount", image, "cfg2"], capture_output=True, text=True, check=True)
-    assert "mounts" not in json.loads(out.stdout)  # the flag wins
+    flagged = subprocess.run(
+        [*run, "create", "--with-mount", image, "cfg2"], capture_output=True, text=True, check=True
+    )
+    assert "mounts" not in json.loads(flagged.stdout)  # the flag wins
     subprocess.run([*run, "delete", "cfg"], check=True, capture_output=True)
     subprocess.run([*run, "delete", "cfg2"], check=True, capture_output=True)
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,7 +154,9 @@ def test_without_mount_returns_a_mount_the_caller_can_perform(gfs: Graftfs, work
     spec = gfs.create(info.url(), "unmounted", "--without-mount")
     rootfs = gfs.rootfs("unmounted")
     assert not os.path.ismount(rootfs)
-    [mount] = spec["mounts"]  # type: ignore[misc]
+    mounts = spec["mounts"]
+    assert isinstance(mounts, list) and len(mounts) == 1
+    mount: dict[str, Any] = mounts[0]
     assert mount["destination"] == "/" and mount["type"] == "overlay" and mount["source"] == "overlay"
     [options] = mount["options"]
     assert options.startswith(f"lowerdir={gfs.store}/l/")

@@ -222,9 +222,7 @@ class TarBuilder:
         info.linkname = _norm(target)
         return self._add(info)
 
-    def fifo(
-        self, name: str, mode: int = 0o644, uid: int = 0, gid: int = 0, mtime: int | None = None
-    ) -> Self:
+    def fifo(self, name: str, mode: int = 0o644, uid: int = 0, gid: int = 0, mtime: int | None = None) -> Self:
         return self._add(self._info(name, tarfile.FIFOTYPE, mode=mode, uid=uid, gid=gid, mtime=mtime))
 
     def chardev(
@@ -303,9 +301,7 @@ class TarBuilder:
             raise ValueError("sparse data extends past the file size")
         if fmt == "gnu":
             real_mtime = self.default_mtime if mtime is None else int(mtime)
-            member = _gnu_tar_sparse_member(
-                _norm(name), size, chunks, mode=mode, uid=uid, gid=gid, mtime=real_mtime
-            )
+            member = _gnu_tar_sparse_member(_norm(name), size, chunks, mode=mode, uid=uid, gid=gid, mtime=real_mtime)
             return self.raw_blocks(member)
         regions = _block_aligned_regions(size, chunks)
         region_data = [bytes(d) for _, d in regions]
@@ -597,8 +593,7 @@ def _write_image(
         "config": container_config,
         "rootfs": {"type": "layers", "diff_ids": config_diff_ids},
         "history": [
-            {"created": DEFAULT_CREATED, "created_by": f"graftfs tests: layer {i}"}
-            for i in range(len(layers))
+            {"created": DEFAULT_CREATED, "created_by": f"graftfs tests: layer {i}"} for i in range(len(layers))
         ],
     }
     if variant:
@@ -849,9 +844,7 @@ def tiny_layer(i: int) -> bytes:
     return TarBuilder().dir("layers").file(f"layers/{i}", f"{i}\n".encode()).build()
 
 
-def many_layers_image(
-    path: Path, n: int, *, compression: str = "gzip", tag: str | None = "latest"
-) -> OCIImageInfo:
+def many_layers_image(path: Path, n: int, *, compression: str = "gzip", tag: str | None = "latest") -> OCIImageInfo:
     """An ``n``-layer image: busybox base plus ``n - 1`` layers adding ``/layers/<i>``."""
     if n < 1:
         raise ValueError("an image needs at least one layer")

@@ -76,10 +76,19 @@ class Command:
         self.hidden = hidden
 
 
+# strconv.ParseBool, exactly: Go accepts these spellings and no others.
+_GO_BOOLS = {
+    **dict.fromkeys(("1", "t", "T", "true", "TRUE", "True"), True),
+    **dict.fromkeys(("0", "f", "F", "false", "FALSE", "False"), False),
+}
+
+
 def parse_flags(args: Sequence[str], flags: Sequence[Flag]) -> tuple[dict[str, Any], list[str]]:
     """Go ``flag`` semantics: stop at the first non-flag argument or after ``--``."""
     table = {f.name: f for f in flags}
-    table.setdefault("h", Flag("help", "bool"))
+    # urfave/cli gives every command -h/--help.
+    table.setdefault("help", Flag("help", "bool"))
+    table.setdefault("h", table["help"])
     if "version" in table:
         table.setdefault("v", table["version"])
     values: dict[str, Any] = {}
@@ -96,9 +105,9 @@ def parse_flags(args: Sequence[str], flags: Sequence[Flag]) -> tuple[dict[str, A
         if flag is None:
             raise UsageError(f"flag provided but not defined: -{name}")
         if flag.kind == "bool":
-            if eq and value.lower() not in ("true", "false", "1", "0"):
-                raise UsageError(f'invalid boolean value "{value}" for -{name}')
-            values[flag.name] = not eq or value.lower() in ("true", "1")
+            if eq and value not in _GO_BOOLS:
+                raise UsageError(f'invalid boolean value "{value}" for -{name}: parse error')
+            values[flag.name] = not eq or _GO_BOOLS[value]
             i += 1
             continue
         if not eq:
