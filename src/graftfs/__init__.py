@@ -7,7 +7,7 @@ cheap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+TYPE_CHECKING = False  # importing typing would cost the CLI milliseconds on every run
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from .api import CreateOptions, DiskUsage, Image, Store
     from .errors import (
         AlreadyExists,

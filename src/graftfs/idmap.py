@@ -3,19 +3,38 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 from .errors import FailedPrecondition, InvalidArgument
+
+TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
 
 MAX_ID = 0xFFFFFFFF
 
 
-@dataclass(frozen=True, order=True)
 class Mapping:
-    namespace_id: int
-    host_id: int
-    size: int
+    __slots__ = ("host_id", "namespace_id", "size")
+
+    def __init__(self, namespace_id: int, host_id: int, size: int) -> None:
+        self.namespace_id = namespace_id
+        self.host_id = host_id
+        self.size = size
+
+    def _key(self) -> tuple[int, int, int]:
+        return (self.namespace_id, self.host_id, self.size)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and self._key() == other._key()
+
+    def __lt__(self, other: Mapping) -> bool:
+        return self._key() < other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Mapping({self.namespace_id}, {self.host_id}, {self.size})"
 
     @classmethod
     def parse(cls, text: str) -> Mapping:
@@ -57,10 +76,21 @@ class IdMap:
         return container_id
 
 
-@dataclass(frozen=True)
 class Namespace:
-    uid_mappings: list[Mapping] = field(default_factory=list)
-    gid_mappings: list[Mapping] = field(default_factory=list)
+    """A store's mappings, as ``meta/namespace.json`` records them."""
+
+    def __init__(self, uid_mappings: Sequence[Mapping] = (), gid_mappings: Sequence[Mapping] = ()) -> None:
+        self.uid_mappings = list(uid_mappings)
+        self.gid_mappings = list(gid_mappings)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Namespace)
+            and sorted(self.uid_mappings) == sorted(other.uid_mappings)
+            and sorted(self.gid_mappings) == sorted(other.gid_mappings)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def to_json(self) -> bytes:
         doc = {

@@ -11,11 +11,13 @@ import time
 
 from .errors import GraftfsError, KernelError
 from .idmap import IdMap, Namespace
-from .layers.stream import LayerStream
-from .layers.unpack import UnpackOptions, unpack
 from .log import Logger
-from .sources.base import ImageSpec, LayerInfo, Source
-from .store.layout import Layout
+
+TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
+if TYPE_CHECKING:
+    from .layers.unpack import UnpackOptions
+    from .sources.base import ImageSpec, LayerInfo, Source
+    from .store.layout import Layout
 
 
 class LayerBuilder:
@@ -43,6 +45,8 @@ class LayerBuilder:
         return size
 
     def _options(self, index: int, layer: LayerInfo) -> UnpackOptions:
+        from .layers.unpack import UnpackOptions
+
         opts = UnpackOptions(
             preserve_owner=self.root,
             devices=self.root,
@@ -66,6 +70,10 @@ class LayerBuilder:
         return opts
 
     def _unpack(self, index: int, layer: LayerInfo, directory: str) -> int:
+        # Imported here: a warm create (every layer cached) never needs tarfile, isal or zstandard.
+        from .layers.stream import LayerStream
+        from .layers.unpack import unpack
+
         with self.source.open_blob(layer) as blob:
             stream = LayerStream(blob, layer.expect)
             try:

@@ -11,23 +11,53 @@ Anything else with a scheme is refused with a clear error (GrootFS panics there)
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass
-from typing import Literal
 
 from .errors import InvalidArgument
 
-Kind = Literal["tar", "oci", "docker"]
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
+TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Kind = Literal["tar", "oci", "docker"]
+
+_SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
 
 
-@dataclass(frozen=True)
 class ImageRef:
     kind: Kind
     original: str
-    path: str = ""  # tar file or OCI layout directory (absolute)
-    tag: str = ""  # OCI ref.name annotation; docker reference for docker://
-    docker: str = ""  # everything after docker:// (host/repo:tag or /repo:tag)
+    path: str
+    tag: str
+    docker: str
+    __slots__ = ("docker", "kind", "original", "path", "tag")
+
+    def __init__(self, kind: Kind, original: str, path: str = "", tag: str = "", docker: str = "") -> None:
+        init = object.__setattr__
+        init(self, "kind", kind)
+        init(self, "original", original)
+        init(self, "path", path)  # tar file or OCI layout directory (absolute)
+        init(self, "tag", tag)  # OCI ref.name annotation
+        init(self, "docker", docker)  # everything after docker:// (host/repo:tag or /repo:tag)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"ImageRef is immutable: cannot set {name}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImageRef) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, k) for k in self.__slots__))
+
+    def __repr__(self) -> str:
+        return f"ImageRef({self.kind!r}, {self.original!r}, path={self.path!r}, tag={self.tag!r})"
+
+
+def _scheme(url: str) -> str | None:
+    """RFC 3986 scheme (``ALPHA *( ALPHA / DIGIT / "+" / "-" / "." ) ":"``), or None."""
+    head, colon, _ = url.partition(":")
+    if colon and head and head[0].isascii() and head[0].isalpha() and set(head) <= _SCHEME_CHARS:
+        return head
+    return None
 
 
 def parse(url: str) -> ImageRef:
@@ -35,12 +65,12 @@ def parse(url: str) -> ImageRef:
         raise InvalidArgument("image URL is empty")
     if "\x00" in url:
         raise InvalidArgument("image URL contains a NUL byte")
-    m = _SCHEME.match(url)
-    if m is None:
+    raw_scheme = _scheme(url)
+    if raw_scheme is None:
         # No scheme: a local rootfs tarball. Relative paths are taken from the caller's directory.
         return ImageRef("tar", url, path=os.path.abspath(url))
-    scheme = m.group(1).lower()
-    rest = url[m.end() :]
+    scheme = raw_scheme.lower()
+    rest = url[len(raw_scheme) + 1 :]
     if scheme == "oci":
         # containers/image splits "path:reference" at the first colon, so a layout path cannot hold one.
         path = "/" + rest.lstrip("/")

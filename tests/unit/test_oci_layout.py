@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from graftfs.errors import InvalidImage, NotFound, VerificationError
-from graftfs.layers.stream import Expect, LayerStream
+from graftfs.layers.expect import Expect
+from graftfs.layers.stream import LayerStream
 from graftfs.reference import parse
 from graftfs.sources import open_source
 from graftfs.sources.base import ImageSpec, chain_ids

@@ -101,4 +101,4 @@ def test_refs_are_immutable_values() -> None:
     ref = parse("oci:///x:y")
     assert ref == parse("oci:///x:y")
     with pytest.raises(AttributeError):
-        ref.tag = "z"  # type: ignore[misc]
+        ref.tag = "z"

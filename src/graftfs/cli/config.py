@@ -5,37 +5,49 @@ must parse and mostly mean "unset".
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from ..errors import InvalidArgument
+
+TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_STORE = "/var/lib/graftfs"
 
 
-@dataclass
 class Config:
-    store: str = DEFAULT_STORE
-    log_level: str = "fatal"
-    log_file: str = ""
-    tardis_bin: str = "tardis"
-    newuidmap_bin: str = "newuidmap"
-    newgidmap_bin: str = "newgidmap"
-    metron_endpoint: str = ""
-    # create
-    exclude_image_from_quota: bool = False
-    skip_layer_validation: bool = False
-    with_clean: bool = False
-    without_mount: bool = False
-    disk_limit_size_bytes: int = 0
-    insecure_registries: list[str] = field(default_factory=list)
-    clean_log_file: str = ""
-    remote_layer_client_certificates_path: str = ""
-    # clean
-    threshold_bytes: int = 0
-    # init
-    store_size_bytes: int = 0
-    with_direct_io: bool = False
+    """Every setting, with GrootFS's defaults."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.store: str = DEFAULT_STORE
+        self.log_level: str = "fatal"
+        self.log_file: str = ""
+        self.tardis_bin: str = "tardis"
+        self.newuidmap_bin: str = "newuidmap"
+        self.newgidmap_bin: str = "newgidmap"
+        self.metron_endpoint: str = ""
+        self.exclude_image_from_quota: bool = False
+        self.skip_layer_validation: bool = False
+        self.with_clean: bool = False
+        self.without_mount: bool = False
+        self.disk_limit_size_bytes: int = 0
+        self.insecure_registries: list[str] = []
+        self.clean_log_file: str = ""
+        self.remote_layer_client_certificates_path: str = ""
+        self.threshold_bytes: int = 0
+        self.store_size_bytes: int = 0
+        self.with_direct_io: bool = False
+        for key, value in overrides.items():
+            if not hasattr(self, key):
+                raise TypeError(f"unknown config key {key!r}")
+            setattr(self, key, value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and vars(self) == vars(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Config({vars(self)!r})"
 
 
 def _section(doc: dict[str, Any], name: str) -> dict[str, Any]:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from ..errors import GraftfsError, InvalidImage, VerificationError
+from .expect import Expect
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -185,15 +185,6 @@ class _ZstdFrames:
             if value & 1:
                 self._skip += 4 if self._checksum else 0
                 self._state, self._need = "magic", 4
-
-
-@dataclass(frozen=True)
-class Expect:
-    """What the manifest promises about one blob. Empty/negative fields are not checked."""
-
-    digest: str = ""
-    size: int = -1
-    diff_id: str = ""
 
 
 class LayerStream:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import errno as _errno
 import os
 import time
-from typing import Any
 
 from ..errors import KernelError
 from .spec import OverlaySpec
+
+TYPE_CHECKING = False  # keep typing off the start-up path
+if TYPE_CHECKING:
+    from typing import Any
 
 MNT_DETACH = 2
 _libc: Any = None

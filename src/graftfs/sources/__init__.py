@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from ..errors import Unsupported
 from ..reference import ImageRef
-from .base import ImageSpec, LayerInfo, Source
+from .base import ImageSpec, LayerInfo
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .base import Source
 
 
 def open_source(ref: ImageRef, *, skip_layer_validation: bool = False) -> Source:
@@ -24,4 +28,4 @@ def open_source(ref: ImageRef, *, skip_layer_validation: bool = False) -> Source
     raise Unsupported(f"pulling `{ref.original}` from a registry is not supported by this build yet")
 
 
-__all__ = ["ImageSpec", "LayerInfo", "Source", "open_source"]
+__all__ = ["ImageSpec", "LayerInfo", "open_source"]

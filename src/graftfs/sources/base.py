@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import IO, Any, Protocol
-
 from ..errors import InvalidImage
-from ..layers.stream import Expect
+from ..layers.expect import Expect
 
-DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import IO, Any, Protocol
+
+try:
+    # The builtin sha256: importing hashlib loads OpenSSL (milliseconds), and the warm path only hashes a
+    # few kilobytes of manifest. Layers, which are large, are hashed with hashlib in layers.stream.
+    from _sha256 import sha256  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - other interpreters
+    from hashlib import sha256
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + str(sha256(data).hexdigest())
 
 
 def check_digest(digest: object, what: str) -> str:
     """Digests index blob files by name: anything but a well-formed sha256 could walk out of ``blobs/``."""
-    if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+    if not (isinstance(digest, str) and len(digest) == 71 and digest.startswith("sha256:") and set(digest[7:]) <= _HEX):
         raise InvalidImage(f"invalid {what} digest `{digest}`: only sha256 digests are supported")
     return digest
 
@@ -32,26 +42,41 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
         if not out:
             out.append(diff_id)
         else:
-            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+            out.append(sha256_digest(f"{out[-1]} {diff_id}".encode()))
     return out
 
 
-@dataclass(frozen=True)
 class LayerInfo:
     """One layer as the store needs it. ``volume_id`` names its volume: the chain ID's hex."""
 
-    volume_id: str
-    blob: str  # source-specific handle: a digest, or the tar file path
-    expect: Expect = field(default_factory=Expect)
-    media_type: str = ""
-    base_directory: str = ""
-    urls: tuple[str, ...] = ()
+    __slots__ = ("base_directory", "blob", "expect", "media_type", "urls", "volume_id")
+
+    def __init__(
+        self,
+        volume_id: str,
+        blob: str,  # source-specific handle: a digest, or the tar file path
+        expect: Expect | None = None,
+        media_type: str = "",
+        base_directory: str = "",
+        urls: tuple[str, ...] = (),
+    ) -> None:
+        self.volume_id = volume_id
+        self.blob = blob
+        self.expect = expect or Expect()
+        self.media_type = media_type
+        self.base_directory = base_directory
+        self.urls = urls
+
+    def __repr__(self) -> str:
+        return f"LayerInfo(volume_id={self.volume_id!r}, blob={self.blob!r})"
 
 
-@dataclass(frozen=True)
 class ImageSpec:
-    layers: tuple[LayerInfo, ...]  # bottom layer first
-    config: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("config", "layers")
+
+    def __init__(self, layers: tuple[LayerInfo, ...], config: dict[str, Any] | None = None) -> None:
+        self.layers = layers  # bottom layer first
+        self.config = config or {}
 
     @property
     def env(self) -> list[str]:
@@ -64,11 +89,13 @@ class ImageSpec:
         return sum(max(layer.expect.size, 0) for layer in self.layers)
 
 
-class Source(Protocol):
-    def resolve(self) -> ImageSpec:
-        """Read the manifest and config (verified against their digests) and describe the layers."""
-        ...
+if TYPE_CHECKING:
 
-    def open_blob(self, layer: LayerInfo) -> IO[bytes]:
-        """Open the layer's (possibly compressed) blob for one sequential read."""
-        ...
+    class Source(Protocol):
+        def resolve(self) -> ImageSpec:
+            """Read the manifest and config (verified against their digests) and describe the layers."""
+            ...
+
+        def open_blob(self, layer: LayerInfo) -> IO[bytes]:
+            """Open the layer's (possibly compressed) blob for one sequential read."""
+            ...

@@ -7,16 +7,18 @@ Digests double as file names under ``blobs/``, so they are validated before they
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from typing import IO, Any
 
 from ..errors import GraftfsError, InvalidImage, NotFound, VerificationError
-from ..layers.stream import Expect
+from ..layers.expect import Expect
 from ..reference import ImageRef
 from . import platform
-from .base import ImageSpec, LayerInfo, chain_ids, check_digest
+from .base import ImageSpec, LayerInfo, chain_ids, check_digest, sha256_digest
+
+TYPE_CHECKING = False  # keep typing off the start-up path
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 REF_NAME = "org.opencontainers.image.ref.name"
 BASE_DIRECTORY = "org.cloudfoundry.experimental.image.base-directory"
@@ -61,7 +63,7 @@ class OCILayoutSource:
             raise NotFound(f"{what} blob `{digest}` not found in OCI layout {self.path}") from None
         if len(data) > MAX_JSON:
             raise InvalidImage(f"{what} `{digest}` is larger than {MAX_JSON} bytes")
-        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        actual = sha256_digest(data)
         if actual != digest:
             raise VerificationError(f"{what} digest mismatch: expected: {digest}, actual: {actual}")
         if isinstance(size, int) and size >= 0 and size != len(data):

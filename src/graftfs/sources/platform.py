@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import platform as _platform
-from collections.abc import Sequence
-from typing import Any
+import os
+
+TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 _GOARCH = {
     "x86_64": ("amd64", ""),
@@ -23,7 +26,7 @@ _GOARCH = {
 
 def host() -> tuple[str, str, str]:
     """(os, architecture, variant) as Go/containerd spell them."""
-    machine = _platform.machine().lower()
+    machine = os.uname().machine.lower()
     arch, variant = _GOARCH.get(machine, (machine, ""))
     return "linux", arch, variant
 

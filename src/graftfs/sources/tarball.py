@@ -7,14 +7,16 @@ size and inode, so replacing the file (even within one mtime tick) makes a new v
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
-from typing import IO
 
 from ..errors import InvalidImage, NotFound
 from ..reference import ImageRef
-from .base import ImageSpec, LayerInfo
+from .base import ImageSpec, LayerInfo, sha256_digest
+
+TYPE_CHECKING = False  # keep typing off the start-up path
+if TYPE_CHECKING:
+    from typing import IO
 
 
 class TarballSource:
@@ -31,7 +33,7 @@ class TarballSource:
         if stat.S_ISDIR(st.st_mode):
             raise InvalidImage("invalid base image: directory provided instead of a tar file")
         key = f"{self.path}-{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
-        volume_id = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+        volume_id = sha256_digest(key.encode("utf-8", "surrogateescape"))[len("sha256:") :]
         return ImageSpec(layers=(LayerInfo(volume_id=volume_id, blob=self.path),))
 
     def open_blob(self, layer: LayerInfo) -> IO[bytes]:
