@@ -166,6 +166,9 @@ class Store:
 
         from .pull import LayerBuilder
 
+        # Refuse an image the kernel could never mount (too many layers) before pulling anything.
+        overlay = self.images.overlay(image_id, volume_ids)
+        overlay.check()
         builder = LayerBuilder(self.layout, source, spec, namespace, log)
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
             lease = self.volumes.lease(volume_ids, builder.build)
@@ -176,8 +179,6 @@ class Store:
                 path = self.images.create(image_id, volume_ids, base_size, namespace.owner)
             finally:
                 lease.release()
-            overlay = self.images.overlay(image_id, volume_ids)
-            overlay.check()
             if options.mount:
                 try:
                     self.images.mount(overlay)

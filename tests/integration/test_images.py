@@ -192,3 +192,66 @@ def test_multi_platform_index_picks_this_host(gfs: Graftfs, workdir: Path) -> No
     assert (gfs.rootfs("plat") / "bin" / "busybox").exists()
     assert not (gfs.rootfs("plat") / "platform").exists()
     gfs.run("delete", "plat")
+
+
+def test_garden_preloaded_layer_layout_with_a_base_directory(gfs: Graftfs, workdir: Path) -> None:
+    """What guardian writes for ``preloaded+layer:`` rootfses: the base layer blob is a symlink to a rootfs
+    tar and its digest is a hash of the tar's name, the top layer unpacks under an absolute base directory,
+    and Garden's config sets skip_layer_validation."""
+    import hashlib
+
+    from tests.support.images import compress
+
+    base_tar = workdir / "cflinuxfs.tar"
+    base_tar.write_bytes(busybox_layer(TarBuilder().dir("home").dir("home/vcap", mode=0o750, uid=2000, gid=2000)))
+    layer = compress(TarBuilder().dir("app").file("app/run.sh", b"#!/bin/sh\n", mode=0o755).build(), "gzip")
+    layout = workdir / "image"
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+
+    def blob(data: bytes) -> dict[str, Any]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    fake = hashlib.sha256(f"{base_tar}-{base_tar.stat().st_mtime_ns}".encode()).hexdigest()
+    (blobs / fake).symlink_to(base_tar)
+    layer_digest = hashlib.sha256(layer).hexdigest()
+    (blobs / layer_digest).write_bytes(layer)
+    config = blob(
+        json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{fake}", f"sha256:{layer_digest}"]},
+            }
+        ).encode()
+    )
+    manifest = blob(
+        json.dumps(
+            {
+                "schemaVersion": 2,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                "layers": [
+                    {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f"sha256:{fake}", "size": 0},
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": f"sha256:{layer_digest}",
+                        "size": len(layer),
+                        "annotations": {"org.cloudfoundry.experimental.image.base-directory": "/home/vcap"},
+                    },
+                ],
+            }
+        ).encode()
+    )
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    index = {"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest}]}
+    (layout / "index.json").write_text(json.dumps(index))
+
+    assert "layer size is different" in gfs.fails("create", f"oci://{layout}", "strict")
+    gfs.create(f"oci://{layout}", "preloaded", "--skip-layer-validation")
+    rootfs = gfs.rootfs("preloaded")
+    assert (rootfs / "home/vcap/app/run.sh").read_bytes() == b"#!/bin/sh\n"
+    vcap = (rootfs / "home/vcap").stat()
+    assert (vcap.st_uid, vcap.st_mode & 0o7777) == (2000, 0o750)  # the base directory kept its owner and mode
+    gfs.run("delete", "preloaded")

@@ -181,47 +181,40 @@ def big_layer(files: int) -> bytes:
     return buf.getvalue()
 
 
-def test_create_killed_mid_unpack_leaves_a_store_the_next_create_uses(gfs: Graftfs, workdir: Path) -> None:
-    info = write_oci_layout(workdir / "l", [busybox_layer(), big_layer(40_000)], compression="gzip")
+def kill_mid_unpack(gfs: Graftfs, url: str, image_id: str) -> None:
+    """Start a create and SIGKILL it while it is writing files into an -incomplete- volume."""
     proc = subprocess.Popen(
-        [*GRAFTFS, "--store", str(gfs.store), "create", info.url(), "victim"],
+        [*GRAFTFS, "--store", str(gfs.store), "create", url, image_id],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     volumes = gfs.store / "volumes"
     deadline = time.monotonic() + 60
-    partial: list[Path] = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        partial = [p for p in volumes.iterdir() if "-incomplete-" in p.name and (p / "many").exists()]
-        if partial and any((p / "many" / "3").exists() for p in partial):
-            break
+    seen = False
+    while time.monotonic() < deadline and proc.poll() is None and not seen:
+        seen = any("-incomplete-" in p.name and (p / "many" / "3").exists() for p in volumes.iterdir())
         time.sleep(0.005)
     assert proc.poll() is None, "create finished before it could be killed: make the layer bigger"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert partial, "never saw the layer being unpacked"
-    assert not (gfs.store / "images" / "victim").exists()
+    assert seen, "never saw the layer being unpacked"
+    assert not (gfs.store / "images" / image_id).exists()
 
+
+def test_create_killed_mid_unpack_leaves_a_store_the_next_create_uses(gfs: Graftfs, workdir: Path) -> None:
+    info = write_oci_layout(workdir / "l", [busybox_layer(), big_layer(40_000)], compression="gzip")
+    kill_mid_unpack(gfs, info.url(), "victim")
     # The next create of the same image repairs and succeeds, without help.
     gfs.create(info.url(), "victim")
     assert len(os.listdir(gfs.rootfs("victim") / "many")) == 40
-    assert not [p for p in volumes.iterdir() if "-incomplete-" in p.name]
+    assert not [p for p in (gfs.store / "volumes").iterdir() if "-incomplete-" in p.name]
     gfs.run("delete", "victim")
 
 
 def test_clean_removes_leftovers_of_a_killed_create(gfs: Graftfs, workdir: Path) -> None:
     info = write_oci_layout(workdir / "l", [big_layer(40_000)], compression="gzip")
-    proc = subprocess.Popen(
-        [*GRAFTFS, "--store", str(gfs.store), "create", info.url(), "victim"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    kill_mid_unpack(gfs, info.url(), "victim")
     volumes = gfs.store / "volumes"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not any((p / "many" / "2").exists() for p in volumes.iterdir()):
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     assert any("-incomplete-" in p.name for p in volumes.iterdir())
     gfs.run("clean")
     assert list(volumes.iterdir()) == []

@@ -26,7 +26,7 @@ from .locks import FileLock
 
 TYPE_CHECKING = False  # keep typing and collections.abc off the start-up path
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Sequence
+    from collections.abc import Callable, Sequence
 
 #: How long a create waits for another process that is building the same layer. Large layers on slow disks
 #: take minutes; the bound is there so a wedged builder cannot hang every create forever.
@@ -171,11 +171,10 @@ class Volumes:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.layout.volume_meta(volume_id))
 
-    def sweep(self, in_use: Iterable[str] = ()) -> list[str]:
+    def sweep(self) -> list[str]:
         """Remove leftovers of interrupted work: ``gc.`` directories, ``-incomplete-`` builds whose builder
         is gone, size records and links of volumes that do not exist."""
         removed = []
-        live = set(in_use)
         for name in os.listdir(self.layout.volumes):
             path = os.path.join(self.layout.volumes, name)
             if name.startswith(GC_PREFIX):
@@ -190,7 +189,7 @@ class Volumes:
                         removed.append(name)
                     finally:
                         lock.release()
-        existing = set(self.ids()) | live
+        existing = set(self.ids())
         for name in os.listdir(self.layout.meta):
             if name.startswith("volume-") and name[len("volume-") :] not in existing:
                 volume_id = name[len("volume-") :]
