@@ -16,7 +16,6 @@ TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
     from typing import Any
 
-MNT_DETACH = 2
 _libc: Any = None
 
 

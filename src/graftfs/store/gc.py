@@ -24,8 +24,6 @@ class CleanResult:
         self.ran = ran
         self.collected: list[str] = []
         self.leftovers: list[str] = []
-        self.used_bytes = 0
-        self.unused_bytes = 0
 
 
 def committed_quota(layout: Layout, images: Images) -> int:
@@ -66,6 +64,4 @@ def clean(layout: Layout, threshold: int = 0) -> CleanResult:
             for lock in held.values():
                 lock.release()
         result.leftovers.extend(volumes.sweep())
-        result.used_bytes = sum(volumes.size(v) for v in in_use(images))
-        result.unused_bytes = volumes_size(volumes) - result.used_bytes
         return result

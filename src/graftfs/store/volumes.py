@@ -44,7 +44,6 @@ class Lease:
     def __init__(self) -> None:
         self.locks: list[FileLock] = []
         self.built: list[str] = []  # volumes this lease had to build (for metrics and logs)
-        self.lock_wait = 0.0
 
     def release(self) -> None:
         for lock in self.locks:
@@ -85,7 +84,6 @@ class Volumes:
             for index, volume_id in enumerate(volume_ids):
                 lock = self._hold(index, volume_id, build, lease)
                 lease.locks.append(lock)
-                lease.lock_wait += lock.waited
         except BaseException:
             lease.release()
             raise
