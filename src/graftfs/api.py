@@ -206,6 +206,9 @@ class Store:
     def delete(self, image_id_or_path: str) -> str:
         """Delete an image by ID or by its path. Returns the ID. Raises NotFound if there is none."""
         image_id = self.resolve_id(image_id_or_path)
+        if not self.layout.is_initialized():
+            # Garden deletes every container from both of its stores; one may never have been created.
+            raise NotFound(f"Image `{image_id}` not found.")
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
             self.images.delete(image_id)
         return image_id

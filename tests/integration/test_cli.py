@@ -76,6 +76,9 @@ def test_delete_is_idempotent_and_unknown_ids_exit_0(gfs: Graftfs, image: str) -
     result = gfs.run("delete", "/elsewhere/images/x")
     assert result.stdout == "path `/elsewhere/images/x` is outside store path Skipping delete.\n"
     assert gfs.fails("delete") == "id was not specified"
+    nostore = Graftfs(gfs.store.parent / "never-initialized")
+    assert nostore.run("delete", "x").stdout == "Image `x` not found. Skipping delete.\n"
+    assert not nostore.store.exists()
 
 
 def test_delete_by_path(gfs: Graftfs, image: str) -> None:
