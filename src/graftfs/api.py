@@ -96,7 +96,8 @@ class Store:
     # -- store ------------------------------------------------------------------------------------------------
 
     def exists(self) -> bool:
-        return os.path.isdir(self.path)
+        """An initialized store is there (a bare directory is not a store)."""
+        return self.layout.is_initialized()
 
     def require(self) -> None:
         if not self.layout.is_initialized():
@@ -245,7 +246,7 @@ class Store:
     def clean(self, threshold_bytes: int = 0) -> CleanResult:
         if threshold_bytes < 0:
             raise InvalidArgument("invalid argument: clean threshold cannot be negative")
-        if not os.path.isdir(self.path):
+        if not self.exists():
             raise NotFound(f"no store found at {self.path}")
         from .store.gc import clean
 
