@@ -41,7 +41,13 @@ IMAGE_LOCK_WAIT = 30.0
 class CreateOptions:
     """How to create an image (the create flags). Keyword-only, so new options never break callers."""
 
-    __slots__ = ("disk_limit_bytes", "exclude_image_from_quota", "mount", "skip_layer_validation")
+    __slots__ = (
+        "disk_limit_bytes",
+        "exclude_image_from_quota",
+        "insecure_registries",
+        "mount",
+        "skip_layer_validation",
+    )
 
     def __init__(
         self,
@@ -50,11 +56,13 @@ class CreateOptions:
         skip_layer_validation: bool = False,
         disk_limit_bytes: int = 0,
         exclude_image_from_quota: bool = False,
+        insecure_registries: tuple[str, ...] = (),
     ) -> None:
         self.mount = mount
         self.skip_layer_validation = skip_layer_validation
         self.disk_limit_bytes = disk_limit_bytes
         self.exclude_image_from_quota = exclude_image_from_quota
+        self.insecure_registries = tuple(insecure_registries)  # host[:port] pulled over plain HTTP
 
 
 class Image:
@@ -157,7 +165,11 @@ class Store:
         ref = reference.parse(url)
         from .sources import open_source
 
-        source = open_source(ref, skip_layer_validation=options.skip_layer_validation)
+        source = open_source(
+            ref,
+            skip_layer_validation=options.skip_layer_validation,
+            insecure_registries=options.insecure_registries,
+        )
         spec = source.resolve()
         limit = options.disk_limit_bytes
         if limit > 0 and not options.exclude_image_from_quota and spec.compressed_size > limit:

@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     Kind = Literal["tar", "oci", "docker"]
 
 _SCHEME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_LOWER_ALNUM = frozenset("abcdefghijklmnopqrstuvwxyz0123456789")
+_SEPARATORS = frozenset("._-")
+_TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+_HEX = frozenset("0123456789abcdef")
+_HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]")
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
 
 
 class ImageRef:
@@ -29,15 +36,31 @@ class ImageRef:
     path: str
     tag: str
     docker: str
-    __slots__ = ("docker", "kind", "original", "path", "tag")
+    host: str
+    repository: str
+    digest: str
+    __slots__ = ("digest", "docker", "host", "kind", "original", "path", "repository", "tag")
 
-    def __init__(self, kind: Kind, original: str, path: str = "", tag: str = "", docker: str = "") -> None:
+    def __init__(
+        self,
+        kind: Kind,
+        original: str,
+        path: str = "",
+        tag: str = "",
+        docker: str = "",
+        host: str = "",
+        repository: str = "",
+        digest: str = "",
+    ) -> None:
         init = object.__setattr__
         init(self, "kind", kind)
         init(self, "original", original)
         init(self, "path", path)  # tar file or OCI layout directory (absolute)
-        init(self, "tag", tag)  # OCI ref.name annotation
+        init(self, "tag", tag)  # OCI ref.name annotation, or the docker tag ("" when pulling by digest)
         init(self, "docker", docker)  # everything after docker:// (host/repo:tag or /repo:tag)
+        init(self, "host", host)  # registry host[:port] to talk to (Docker Hub: registry-1.docker.io)
+        init(self, "repository", repository)  # normalised repository name (library/busybox)
+        init(self, "digest", digest)  # sha256:<hex> when pulling by digest
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"ImageRef is immutable: cannot set {name}")
@@ -81,7 +104,73 @@ def parse(url: str) -> ImageRef:
     if scheme == "docker":
         if not rest.startswith("//"):
             raise InvalidArgument(f"invalid docker image URL `{url}`: expected docker://[host]/repository[:tag]")
-        return ImageRef("docker", url, docker=rest[2:])
+        return _docker(url, rest[2:])
     raise InvalidArgument(
         f"unsupported image URL scheme `{scheme}` in `{url}`: use docker://, oci:// or the path of a rootfs tar file"
     )
+
+
+def _valid_component(component: str) -> bool:
+    """Docker's path component: ``[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*`` (checked without ``re``)."""
+    if not component or not set(component) <= _LOWER_ALNUM | _SEPARATORS:
+        return False
+    if component[0] in _SEPARATORS or component[-1] in _SEPARATORS:
+        return False
+    run = ""
+    for ch in component + "a":
+        if ch in _SEPARATORS:
+            run += ch
+            continue
+        if run and not (run in (".", "_", "__") or set(run) == {"-"}):
+            return False
+        run = ""
+    return True
+
+
+def _docker(url: str, name: str) -> ImageRef:
+    """Docker's reference normalisation (distribution/reference ParseNormalizedNamed), without ``re``."""
+
+    def bad(why: str) -> InvalidArgument:
+        return InvalidArgument(f"invalid docker image URL `{url}`: {why}")
+
+    rest = name.lstrip("/")  # docker:///busybox: no host in the URL, Docker Hub
+    if not rest:
+        raise bad("no repository")
+    rest, at, digest = rest.partition("@")
+    if at:
+        algo, _, hexpart = digest.partition(":")
+        if algo != "sha256":
+            raise bad("only sha256 digests are supported")
+        if len(hexpart) != 64 or not set(hexpart) <= _HEX:
+            raise bad(f"invalid digest `{digest}`")
+    tag = ""
+    last_colon = rest.rfind(":")
+    if last_colon > rest.rfind("/"):
+        rest, tag = rest[:last_colon], rest[last_colon + 1 :]
+        if not tag or len(tag) > 128 or tag[0] in ".-" or not set(tag) <= _TAG_CHARS:
+            raise bad(f"invalid tag `{tag}`")
+    if at and tag:
+        raise bad("references with both a tag and a digest are not supported")
+    first, slash, remainder = rest.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        host, repository = first, remainder
+        if not set(host) <= _HOST_CHARS or host.startswith((":", ".", "-")) or host.endswith(":"):
+            raise bad(f"invalid registry host `{host}`")
+    else:
+        host, repository = DOCKER_HUB, rest
+    if host in (DOCKER_HUB, "index.docker.io"):
+        host = DOCKER_HUB_API
+        if "/" not in repository:
+            repository = "library/" + repository
+    if repository != repository.lower():
+        raise bad(f"repository name `{repository}` must be lowercase")
+    if len(repository) > 255:
+        raise bad("repository name is longer than 255 characters")
+    if not all(_valid_component(c) for c in repository.split("/")):
+        raise bad(
+            f"invalid repository name `{repository}`: components are lowercase letters and digits, "
+            "separated by `.`, `_`, `__` or dashes, joined by `/`"
+        )
+    if not at and not tag:
+        tag = "latest"
+    return ImageRef("docker", url, docker=name, host=host, repository=repository, tag=tag, digest=digest)

@@ -102,3 +102,58 @@ def test_refs_are_immutable_values() -> None:
     assert ref == parse("oci:///x:y")
     with pytest.raises(AttributeError):
         ref.tag = "z"
+
+
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    ("url", "host", "repository", "tag", "digest"),
+    [
+        ("docker:///busybox", "registry-1.docker.io", "library/busybox", "latest", ""),
+        ("docker://busybox", "registry-1.docker.io", "library/busybox", "latest", ""),
+        ("docker:///busybox:1.26.1", "registry-1.docker.io", "library/busybox", "1.26.1", ""),
+        ("docker:///cfgarden/empty:v0.1.1", "registry-1.docker.io", "cfgarden/empty", "v0.1.1", ""),
+        ("docker:///busybox@" + DIGEST, "registry-1.docker.io", "library/busybox", "", DIGEST),
+        ("docker://docker.io/busybox", "registry-1.docker.io", "library/busybox", "latest", ""),
+        ("docker://index.docker.io/org/app", "registry-1.docker.io", "org/app", "latest", ""),
+        ("docker://127.0.0.1:5000/team/app:1.2", "127.0.0.1:5000", "team/app", "1.2", ""),
+        ("docker://localhost/app", "localhost", "app", "latest", ""),
+        ("docker://localhost:5000/app@" + DIGEST, "localhost:5000", "app", "", DIGEST),
+        ("docker://registry.example.com/a/b/c:T_1.x-y", "registry.example.com", "a/b/c", "T_1.x-y", ""),
+        ("docker:///team/app", "registry-1.docker.io", "team/app", "latest", ""),  # `team` is no host
+        ("docker:///a__b/c.d-e---f_g", "registry-1.docker.io", "a__b/c.d-e---f_g", "latest", ""),
+    ],
+)
+def test_docker_references_are_normalised_like_docker(
+    url: str, host: str, repository: str, tag: str, digest: str
+) -> None:
+    ref = parse(url)
+    assert (ref.kind, ref.host, ref.repository, ref.tag, ref.digest) == ("docker", host, repository, tag, digest)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("docker:///", "no repository"),
+        ("docker:///BusyBox", "must be lowercase"),
+        ("docker://Registry.Example.com/Org/app", "must be lowercase"),
+        ("docker:///a//b", "invalid repository name `a//b`"),
+        ("docker:///-a", "invalid repository name"),
+        ("docker:///a.", "invalid repository name"),
+        ("docker:///a_-b", "invalid repository name"),
+        ("docker:///a___b", "invalid repository name"),
+        ("docker:///a b", "invalid repository name"),
+        ("docker:///busybox:", "invalid tag ``"),
+        ("docker:///busybox:-x", "invalid tag `-x`"),
+        ("docker:///busybox:" + "x" * 129, "invalid tag"),
+        ("docker:///busybox@sha256:abc", "invalid digest `sha256:abc`"),
+        ("docker:///busybox@sha512:" + "a" * 128, "only sha256 digests are supported"),
+        ("docker:///busybox:1@" + DIGEST, "both a tag and a digest"),
+        ("docker:///" + "a" * 256, "longer than 255"),
+    ],
+)
+def test_invalid_docker_references_are_a_clear_error(url: str, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=r"^invalid docker image URL `") as err:
+        parse(url)
+    assert message in str(err.value)

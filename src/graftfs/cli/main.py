@@ -208,6 +208,7 @@ def cmd_create(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
             skip_layer_validation=cfg.skip_layer_validation,
             disk_limit_bytes=cfg.disk_limit_size_bytes,
             exclude_image_from_quota=cfg.exclude_image_from_quota,
+            insecure_registries=tuple(cfg.insecure_registries),
         ),
     )
     from .output import runtime_spec

@@ -7,7 +7,6 @@ or writes to the store; verification happens in :mod:`graftfs.layers.stream` whi
 
 from __future__ import annotations
 
-from ..errors import Unsupported
 from ..reference import ImageRef
 from .base import ImageSpec, LayerInfo
 
@@ -16,7 +15,9 @@ if TYPE_CHECKING:
     from .base import Source
 
 
-def open_source(ref: ImageRef, *, skip_layer_validation: bool = False) -> Source:
+def open_source(
+    ref: ImageRef, *, skip_layer_validation: bool = False, insecure_registries: tuple[str, ...] = ()
+) -> Source:
     if ref.kind == "tar":
         from .tarball import TarballSource
 
@@ -25,7 +26,9 @@ def open_source(ref: ImageRef, *, skip_layer_validation: bool = False) -> Source
         from .oci_layout import OCILayoutSource
 
         return OCILayoutSource(ref, verify=not skip_layer_validation)
-    raise Unsupported(f"pulling `{ref.original}` from a registry is not supported by this build yet")
+    from .registry import RegistrySource
+
+    return RegistrySource(ref, insecure=insecure_registries)
 
 
 __all__ = ["ImageSpec", "LayerInfo", "open_source"]
