@@ -31,6 +31,20 @@ def check_digest(digest: object, what: str) -> str:
     return digest
 
 
+LAYER_TYPES = {
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+    "",
+}
+BASE_DIRECTORY = "org.cloudfoundry.experimental.image.base-directory"
+
+
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
     """OCI chain IDs: ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln)).
 
@@ -87,6 +101,40 @@ class ImageSpec:
     @property
     def compressed_size(self) -> int:
         return sum(max(layer.expect.size, 0) for layer in self.layers)
+
+
+def image_spec(layers: list[Any], config: dict[str, Any], verify: bool = True) -> ImageSpec:
+    """Describe the layers of an image manifest (``layers``) whose config is ``config``: one place for the
+    checks every source needs (a diff_id per layer, sha256 digests only, known media types)."""
+    rootfs = config.get("rootfs") or {}
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
+        raise InvalidImage(
+            f"image config lists {len(diff_ids) if isinstance(diff_ids, list) else 0} diff_ids for {len(layers)} layers"
+        )
+    for d in diff_ids:
+        check_digest(d, "diff_id")
+    out = []
+    for layer, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
+        if not isinstance(layer, dict):
+            raise InvalidImage("manifest layer is not a descriptor")
+        media_type = layer.get("mediaType", "")
+        if media_type not in LAYER_TYPES:
+            raise InvalidImage(f"unsupported layer media type `{media_type}`")
+        digest = check_digest(layer.get("digest"), "layer")
+        size = layer.get("size", -1)
+        annotations = layer.get("annotations") or {}
+        out.append(
+            LayerInfo(
+                volume_id=chain.partition(":")[2],
+                blob=digest,
+                expect=Expect(digest, size if isinstance(size, int) else -1, diff_id) if verify else Expect(),
+                media_type=media_type,
+                base_directory=str(annotations.get(BASE_DIRECTORY, "")),
+                urls=tuple(u for u in layer.get("urls") or () if isinstance(u, str)),
+            )
+        )
+    return ImageSpec(layers=tuple(out), config=config)
 
 
 if TYPE_CHECKING:

@@ -11,31 +11,18 @@ import json
 import os
 
 from ..errors import GraftfsError, InvalidImage, NotFound, VerificationError
-from ..layers.expect import Expect
 from ..reference import ImageRef
 from . import platform
-from .base import ImageSpec, LayerInfo, chain_ids, check_digest, sha256_digest
+from .base import BASE_DIRECTORY, LAYER_TYPES, ImageSpec, LayerInfo, check_digest, image_spec, sha256_digest
 
 TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
     from typing import IO, Any
 
 REF_NAME = "org.opencontainers.image.ref.name"
-BASE_DIRECTORY = "org.cloudfoundry.experimental.image.base-directory"
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
     "application/vnd.docker.distribution.manifest.list.v2+json",
-}
-LAYER_TYPES = {
-    "application/vnd.oci.image.layer.v1.tar",
-    "application/vnd.oci.image.layer.v1.tar+gzip",
-    "application/vnd.oci.image.layer.v1.tar+zstd",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
-    "application/vnd.docker.image.rootfs.diff.tar.gzip",
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
-    "",
 }
 MAX_JSON = 4 << 20  # manifests and configs are small; a huge one is an attack or a mistake
 MAX_INDEX_DEPTH = 4
@@ -122,41 +109,7 @@ class OCILayoutSource:
         if not isinstance(cfg_desc, dict) or not isinstance(layers, list):
             raise InvalidImage("manifest has no config or no layers")
         config = self._read_json(cfg_desc, "config")
-        rootfs = config.get("rootfs") or {}
-        diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-        if not isinstance(diff_ids, list) or len(diff_ids) != len(layers):
-            raise InvalidImage(
-                f"image config lists {len(diff_ids) if isinstance(diff_ids, list) else 0} diff_ids "
-                f"for {len(layers)} layers"
-            )
-        for d in diff_ids:
-            check_digest(d, "diff_id")
-        out = []
-        for layer, diff_id, chain in zip(layers, diff_ids, chain_ids(diff_ids), strict=True):
-            if not isinstance(layer, dict):
-                raise InvalidImage("manifest layer is not a descriptor")
-            media_type = layer.get("mediaType", "")
-            if media_type not in LAYER_TYPES:
-                raise InvalidImage(f"unsupported layer media type `{media_type}`")
-            digest = check_digest(layer.get("digest"), "layer")
-            size = layer.get("size", -1)
-            expect = (
-                Expect(digest=digest, size=size if isinstance(size, int) else -1, diff_id=diff_id)
-                if self.verify
-                else Expect()
-            )
-            annotations = layer.get("annotations") or {}
-            out.append(
-                LayerInfo(
-                    volume_id=chain.partition(":")[2],
-                    blob=digest,
-                    expect=expect,
-                    media_type=media_type,
-                    base_directory=str(annotations.get(BASE_DIRECTORY, "")),
-                    urls=tuple(u for u in layer.get("urls") or () if isinstance(u, str)),
-                )
-            )
-        return ImageSpec(layers=tuple(out), config=config)
+        return image_spec(layers, config, verify=self.verify)
 
     def open_blob(self, layer: LayerInfo) -> IO[bytes]:
         path = self._blob_path(layer.blob)
@@ -186,3 +139,7 @@ def _descriptors(doc: dict[str, Any], what: str) -> list[dict[str, Any]]:
     if not isinstance(manifests, list) or not all(isinstance(d, dict) for d in manifests):
         raise InvalidImage(f"invalid {what}: no manifests list")
     return manifests
+
+
+# Re-exported: the registry source and callers name them from here.
+__all__ = ["BASE_DIRECTORY", "INDEX_TYPES", "LAYER_TYPES", "MAX_INDEX_DEPTH", "MAX_JSON", "OCILayoutSource"]
