@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from ..errors import InvalidImage
 from ..layers.expect import Expect
 
@@ -43,6 +45,17 @@ LAYER_TYPES = {
     "",
 }
 BASE_DIRECTORY = "org.cloudfoundry.experimental.image.base-directory"
+
+
+def parse_object(data: bytes, what: str) -> dict[str, Any]:
+    """A JSON document that must be an object (index, manifest, config)."""
+    try:
+        doc = json.loads(data)
+    except ValueError as exc:
+        raise InvalidImage(f"invalid {what}: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InvalidImage(f"invalid {what}: not a JSON object")
+    return doc
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:

@@ -7,13 +7,21 @@ Digests double as file names under ``blobs/``, so they are validated before they
 
 from __future__ import annotations
 
-import json
 import os
 
 from ..errors import GraftfsError, InvalidImage, NotFound, VerificationError
 from ..reference import ImageRef
 from . import platform
-from .base import BASE_DIRECTORY, LAYER_TYPES, ImageSpec, LayerInfo, check_digest, image_spec, sha256_digest
+from .base import (
+    BASE_DIRECTORY,
+    LAYER_TYPES,
+    ImageSpec,
+    LayerInfo,
+    check_digest,
+    image_spec,
+    parse_object,
+    sha256_digest,
+)
 
 TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
@@ -55,14 +63,14 @@ class OCILayoutSource:
             raise VerificationError(f"{what} digest mismatch: expected: {digest}, actual: {actual}")
         if isinstance(size, int) and size >= 0 and size != len(data):
             raise VerificationError(f"{what} size mismatch: expected: {size}, actual {len(data)}")
-        return _parse(data, f"{what} `{digest}`")
+        return parse_object(data, f"{what} `{digest}`")
 
     # -- resolution ----------------------------------------------------------------------------------------
 
     def resolve(self) -> ImageSpec:
         try:
             with open(os.path.join(self.path, "index.json"), "rb") as f:
-                index = _parse(f.read(MAX_JSON + 1), "index.json")
+                index = parse_object(f.read(MAX_JSON + 1), "index.json")
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound("Image source doesn't exist") from None
         manifests = _descriptors(index, "index.json")
@@ -122,16 +130,6 @@ class OCILayoutSource:
                     f"{layer.urls[0]} is not supported by this build yet"
                 ) from None
             raise NotFound(f"layer blob `{layer.blob}` not found in OCI layout {self.path}") from None
-
-
-def _parse(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise InvalidImage(f"invalid {what}: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidImage(f"invalid {what}: not a JSON object")
-    return doc
 
 
 def _descriptors(doc: dict[str, Any], what: str) -> list[dict[str, Any]]:

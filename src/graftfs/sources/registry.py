@@ -38,7 +38,7 @@ import urllib.parse
 from ..errors import GraftfsError, InvalidImage, NotFound, Unsupported, VerificationError
 from ..reference import ImageRef
 from . import platform
-from .base import ImageSpec, LayerInfo, check_digest, image_spec, sha256_digest
+from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, sha256_digest
 from .oci_layout import INDEX_TYPES, MAX_INDEX_DEPTH, MAX_JSON
 
 TYPE_CHECKING = False
@@ -238,7 +238,7 @@ class RegistrySource:
                 raise VerificationError(f"manifest digest mismatch: expected: {digest}, actual: {actual}")
             if size >= 0 and size != len(data):
                 raise VerificationError(f"manifest size mismatch: expected: {size}, actual {len(data)}")
-        doc = _parse(data, f"manifest `{reference}`")
+        doc = parse_object(data, f"manifest `{reference}`")
         media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else content_type
         if content_type in SCHEMA1_TYPES or media_type in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
             raise InvalidImage("schema 1 manifests are not supported")
@@ -289,7 +289,7 @@ class RegistrySource:
             raise VerificationError(f"config digest mismatch: expected: {digest}, actual: {actual}")
         if isinstance(size, int) and size >= 0 and size != len(data):
             raise VerificationError(f"config size mismatch: expected: {size}, actual {len(data)}")
-        return _parse(data, f"config `{digest}`")
+        return parse_object(data, f"config `{digest}`")
 
     def _from_manifest(self, manifest: dict[str, Any]) -> ImageSpec:
         cfg_desc = manifest.get("config")
@@ -499,13 +499,3 @@ def _registry_error(body: bytes) -> str:
         return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
     except (ValueError, AttributeError, LookupError, TypeError):
         return ""
-
-
-def _parse(data: bytes, what: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(data)
-    except ValueError as exc:
-        raise InvalidImage(f"invalid {what}: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InvalidImage(f"invalid {what}: not a JSON object")
-    return doc
