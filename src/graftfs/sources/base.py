@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ..errors import InvalidImage
+from ..errors import InvalidImage, VerificationError
 from ..layers.expect import Expect
 
 TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
@@ -45,6 +45,15 @@ LAYER_TYPES = {
     "",
 }
 BASE_DIRECTORY = "org.cloudfoundry.experimental.image.base-directory"
+
+
+def verify_blob(data: bytes, digest: str, size: object, what: str) -> None:
+    """Small blobs read whole (indexes, manifests, configs) must match the descriptor that named them."""
+    actual = sha256_digest(data)
+    if actual != digest:
+        raise VerificationError(f"{what} digest mismatch: expected: {digest}, actual: {actual}")
+    if isinstance(size, int) and size >= 0 and size != len(data):
+        raise VerificationError(f"{what} size mismatch: expected: {size}, actual {len(data)}")
 
 
 def parse_object(data: bytes, what: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import GraftfsError, InvalidImage, NotFound, VerificationError
+from ..errors import GraftfsError, InvalidImage, NotFound
 from ..reference import ImageRef
 from . import platform
 from .base import (
@@ -20,7 +20,7 @@ from .base import (
     check_digest,
     image_spec,
     parse_object,
-    sha256_digest,
+    verify_blob,
 )
 
 TYPE_CHECKING = False  # keep typing off the start-up path
@@ -58,11 +58,7 @@ class OCILayoutSource:
             raise NotFound(f"{what} blob `{digest}` not found in OCI layout {self.path}") from None
         if len(data) > MAX_JSON:
             raise InvalidImage(f"{what} `{digest}` is larger than {MAX_JSON} bytes")
-        actual = sha256_digest(data)
-        if actual != digest:
-            raise VerificationError(f"{what} digest mismatch: expected: {digest}, actual: {actual}")
-        if isinstance(size, int) and size >= 0 and size != len(data):
-            raise VerificationError(f"{what} size mismatch: expected: {size}, actual {len(data)}")
+        verify_blob(data, digest, size, what)
         return parse_object(data, f"{what} `{digest}`")
 
     # -- resolution ----------------------------------------------------------------------------------------
@@ -96,11 +92,9 @@ class OCILayoutSource:
             raise InvalidImage(f"{where} lists no manifests")
         chosen = platform.choose(descriptors)
         if chosen is None:
-            os_, arch, variant = platform.host()
-            want = f"{os_}/{arch}" + (f"/{variant}" if variant else "")
             if not any("platform" in d for d in descriptors):
                 raise InvalidImage(f"{where} lists {len(descriptors)} images: choose one with oci:///path:tag")
-            raise NotFound(f"no image for platform {want} in {where}")
+            raise NotFound(f"no image for platform {platform.host_string()} in {where}")
         return chosen
 
     def _from_descriptor(self, desc: dict[str, Any], depth: int) -> ImageSpec:

@@ -31,6 +31,11 @@ def host() -> tuple[str, str, str]:
     return "linux", arch, variant
 
 
+def host_string() -> str:
+    """``linux/arm64/v8``: how errors name this host's platform."""
+    return "/".join(part for part in host() if part)
+
+
 def choose(descriptors: Sequence[dict[str, Any]], want: tuple[str, str, str] | None = None) -> dict[str, Any] | None:
     """The best descriptor for the platform, or None.
 

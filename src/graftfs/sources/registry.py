@@ -35,10 +35,10 @@ import ssl
 import time
 import urllib.parse
 
-from ..errors import GraftfsError, InvalidImage, NotFound, Unsupported, VerificationError
+from ..errors import GraftfsError, InvalidImage, NotFound, Unsupported
 from ..reference import ImageRef
 from . import platform
-from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, sha256_digest
+from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, verify_blob
 from .oci_layout import INDEX_TYPES, MAX_INDEX_DEPTH, MAX_JSON
 
 TYPE_CHECKING = False
@@ -233,11 +233,7 @@ class RegistrySource:
             f"{self.url} does not exist or you do not have permissions to see it." if top else "",
         )
         if digest:
-            actual = sha256_digest(data)
-            if actual != digest:
-                raise VerificationError(f"manifest digest mismatch: expected: {digest}, actual: {actual}")
-            if size >= 0 and size != len(data):
-                raise VerificationError(f"manifest size mismatch: expected: {size}, actual {len(data)}")
+            verify_blob(data, digest, size, "manifest")
         doc = parse_object(data, f"manifest `{reference}`")
         media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else content_type
         if content_type in SCHEMA1_TYPES or media_type in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
@@ -275,20 +271,14 @@ class RegistrySource:
             raise InvalidImage("image index lists no manifests")
         chosen = platform.choose(manifests)
         if chosen is None:
-            os_, arch, variant = platform.host()
-            want = f"{os_}/{arch}" + (f"/{variant}" if variant else "")
-            raise NotFound(f"no image for platform {want} in the image index of {self.url}")
+            raise NotFound(f"no image for platform {platform.host_string()} in the image index of {self.url}")
         return chosen
 
     def _config(self, desc: dict[str, Any]) -> dict[str, Any]:
         digest = check_digest(desc.get("digest"), "config")
         size = desc.get("size", -1)
         _, data = self._fetch(f"/v2/{self.repository}/blobs/{digest}", f"config blob `{digest}`")
-        actual = sha256_digest(data)
-        if actual != digest:
-            raise VerificationError(f"config digest mismatch: expected: {digest}, actual: {actual}")
-        if isinstance(size, int) and size >= 0 and size != len(data):
-            raise VerificationError(f"config size mismatch: expected: {size}, actual {len(data)}")
+        verify_blob(data, digest, size, "config")
         return parse_object(data, f"config `{digest}`")
 
     def _from_manifest(self, manifest: dict[str, Any]) -> ImageSpec:
