@@ -46,7 +46,10 @@ class CreateOptions:
         "exclude_image_from_quota",
         "insecure_registries",
         "mount",
+        "password",
+        "remote_layer_certificates",
         "skip_layer_validation",
+        "username",
     )
 
     def __init__(
@@ -57,12 +60,27 @@ class CreateOptions:
         disk_limit_bytes: int = 0,
         exclude_image_from_quota: bool = False,
         insecure_registries: tuple[str, ...] = (),
+        username: str = "",
+        password: str = "",
+        remote_layer_certificates: str = "",
     ) -> None:
         self.mount = mount
         self.skip_layer_validation = skip_layer_validation
         self.disk_limit_bytes = disk_limit_bytes
         self.exclude_image_from_quota = exclude_image_from_quota
-        self.insecure_registries = tuple(insecure_registries)  # host[:port] pulled over plain HTTP
+        # host[:port] reached over TLS without verification, or plain HTTP when TLS fails
+        self.insecure_registries = tuple(insecure_registries)
+        self.username = username  # registry credentials; empty means anonymous
+        self.password = password
+        # A directory of CAs (*.crt) and a client pair (*.cert, *.key) for layers fetched from their `urls`
+        self.remote_layer_certificates = remote_layer_certificates
+
+    def __repr__(self) -> str:  # never show the password
+        fields = ", ".join(
+            f"{name}={'***' if name == 'password' and self.password else repr(getattr(self, name))}"
+            for name in self.__slots__
+        )
+        return f"CreateOptions({fields})"
 
 
 class Image:
@@ -169,6 +187,8 @@ class Store:
             ref,
             skip_layer_validation=options.skip_layer_validation,
             insecure_registries=options.insecure_registries,
+            credentials=(options.username, options.password) if options.username or options.password else None,
+            remote_layer_certificates=options.remote_layer_certificates,
         )
         spec = source.resolve()
         limit = options.disk_limit_bytes

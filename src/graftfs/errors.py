@@ -20,17 +20,24 @@ class GraftfsError(Exception):
     """Base class. ``str()`` is a single human-readable line."""
 
     exit_code = 1
+    #: A complete message meant for the operator as it is (GrootFS's "humanised" texts, such as
+    #: ``This registry is insecure. ...``): :meth:`wrap` adds no context to it.
+    final = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, final: bool = False) -> None:
         # Errors go to one line of stdout (Garden captures it whole): never let a newline split them.
         super().__init__(" ".join(message.splitlines()))
+        if final:
+            self.final = True
 
     @property
     def message(self) -> str:
         return str(self.args[0])
 
     def wrap(self, context: str) -> Self:
-        """Return a copy of this error, of the same class, with ``context: `` in front."""
+        """Return a copy of this error, of the same class, with ``context: `` in front (unless it is final)."""
+        if self.final:
+            return self
         new = type(self).__new__(type(self))
         GraftfsError.__init__(new, f"{context}: {self.message}")
         new.__dict__.update(self.__dict__)
@@ -58,6 +65,10 @@ class Unsupported(GraftfsError):
     """A feature the image or request needs that this build or this kernel does not offer."""
 
 
+class PermissionDenied(GraftfsError):
+    """The registry refused the credentials given, or wants credentials that were not given."""
+
+
 class VerificationError(GraftfsError):
     """Content did not match its digest, size or diffID."""
 
@@ -77,8 +88,8 @@ class LockTimeout(GraftfsError):
 class KernelError(GraftfsError):
     """A system call (mount, umount, mknod ...) failed in a way the caller cannot fix by retrying."""
 
-    def __init__(self, message: str, errno: int = 0) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, errno: int = 0, *, final: bool = False) -> None:
+        super().__init__(message, final=final)
         self.errno = errno
 
 
@@ -91,6 +102,7 @@ __all__ = [
     "KernelError",
     "LockTimeout",
     "NotFound",
+    "PermissionDenied",
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",

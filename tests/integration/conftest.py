@@ -41,11 +41,16 @@ def mounts_under(path: Path) -> list[str]:
 class Graftfs:
     store: Path
     log_level: str = "fatal"
+    env: dict[str, str] | None = None  # extra environment for every command
+
+    def environ(self) -> dict[str, str] | None:
+        return None if self.env is None else {**os.environ, **self.env}
 
     def run(
         self, *args: str, check: bool = True, timeout: float = 120, **kwargs: object
     ) -> subprocess.CompletedProcess[str]:
         argv = [*GRAFTFS, "--store", str(self.store), "--log-level", self.log_level, *args]
+        kwargs.setdefault("env", self.environ())
         result = subprocess.run(
             argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, **kwargs
         )  # type: ignore[call-overload]

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -28,9 +26,9 @@ from tests.support.images import (
     host_platform,
     write_oci_layout,
 )
+from tests.support.registry import REGISTRY, Registry, free_port, start_registry
 from tests.support.runc import run_in_rootfs
 
-REGISTRY = "/usr/bin/docker-registry"
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello from the registry"]
 
 pytestmark = pytest.mark.skipif(
@@ -38,83 +36,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@dataclass
-class Registry:
-    host: str  # 127.0.0.1:<port>
-    log: Path
-    work: Path
-
-    def url(self, repo: str, ref: str = "latest") -> str:
-        sep = "@" if ref.startswith("sha256:") else ":"
-        return f"docker://{self.host}/{repo}{sep}{ref}"
-
-    def push(self, layout: Path, tag: str, repo: str, *flags: str) -> str:
-        """Copy ``layout:tag`` to ``repo:tag``; returns the pushed manifest's digest."""
-        digestfile = self.work / f"digest-{repo.replace('/', '_')}-{tag}"
-        subprocess.run(
-            [
-                "skopeo",
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                "--digestfile",
-                str(digestfile),
-                *flags,
-                f"oci:{layout}:{tag}",
-                f"docker://{self.host}/{repo}:{tag}",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        return digestfile.read_text().strip()
-
-    def blob_requests(self) -> int:
-        return self.log.read_text(errors="replace").count("/blobs/sha256:")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    work = tmp_path_factory.mktemp("registry")
-    port = _free_port()
-    config = work / "config.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: error\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {work / 'data'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    log = work / "registry.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([REGISTRY, "serve", str(config)], stdout=out, stderr=out, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except (OSError, urllib.error.URLError):
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"registry did not start: {log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield Registry(f"127.0.0.1:{port}", log, work)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(work, ignore_errors=True)
+    with start_registry(tmp_path_factory.mktemp("registry")) as reg:
+        yield reg
 
 
 def _layers() -> list[bytes]:
@@ -280,11 +205,13 @@ def test_blobs_follow_redirects_to_another_host(
 def test_a_registry_asking_for_credentials_is_a_clear_error(gfs: Graftfs, front: str) -> None:
     url = f"docker://{front}/private/app:1"
     assert gfs.fails("create", "--insecure-registry", front, url, "private") == (
-        f"fetching image reference: {url}: registry requires authentication, not supported yet"
+        f"{url} does not exist or you do not have permissions to see it."
     )
 
 
 def test_an_unreachable_registry_is_a_clear_error(gfs: Graftfs) -> None:
-    host = f"127.0.0.1:{_free_port()}"
+    host = f"127.0.0.1:{free_port()}"
     out = gfs.fails("create", "--insecure-registry", host, f"docker://{host}/team/app:1", "unreachable")
-    assert out == f"fetching image reference: fetching http://{host}/v2/team/app/manifests/1: connection refused"
+    assert out == f"fetching image reference: fetching http://{host}/v2/: connection refused"
+    out = gfs.fails("create", f"docker://{host}/team/app:1", "unreachable")
+    assert out == f"fetching image reference: fetching https://{host}/v2/: connection refused"

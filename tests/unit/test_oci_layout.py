@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from graftfs.errors import InvalidImage, NotFound, VerificationError
+from graftfs.errors import GraftfsError, InvalidImage, NotFound, VerificationError
 from graftfs.layers.expect import Expect
 from graftfs.layers.stream import LayerStream
 from graftfs.reference import parse
@@ -365,16 +365,19 @@ def test_base_directory_annotation_and_foreign_urls(tmp_path: Path) -> None:
 
     def change(m: dict[str, Any]) -> None:
         m["layers"][1]["annotations"] = {BASE_DIRECTORY: "/home/vcap"}
-        m["layers"][1]["urls"] = ["https://blobstore.example.com/droplet.tgz", 7]
+        # Port 9 (discard) on loopback: nothing listens, so the fetch is refused at once.
+        m["layers"][1]["urls"] = ["http://127.0.0.1:9/droplet.tgz", 7]
 
     rewrite_manifest(info, change)
     source = OCILayoutSource(parse(info.url()))
     base, top = source.resolve().layers
     assert (base.base_directory, base.urls) == ("", ())
     assert top.base_directory == "/home/vcap"
-    assert top.urls == ("https://blobstore.example.com/droplet.tgz",)
-    info.blob_path(info.layer_digests[1]).unlink()
-    with pytest.raises(NotFound, match=r"fetching foreign layers from https://blobstore.example.com/droplet.tgz"):
+    assert top.urls == ("http://127.0.0.1:9/droplet.tgz",)
+    # The urls win over the layout's own blob (GrootFS): a failing url is the error, naming it.
+    with pytest.raises(
+        GraftfsError, match=r"fetching foreign layer .*http://127.0.0.1:9/droplet.tgz: connection refused"
+    ):
         source.open_blob(top)
 
 

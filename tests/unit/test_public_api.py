@@ -23,6 +23,7 @@ PUBLIC = [
     "KernelError",
     "LockTimeout",
     "NotFound",
+    "PermissionDenied",
     "Store",
     "UnsafeArchive",
     "Unsupported",

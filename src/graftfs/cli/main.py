@@ -209,6 +209,9 @@ def cmd_create(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
             disk_limit_bytes=cfg.disk_limit_size_bytes,
             exclude_image_from_quota=cfg.exclude_image_from_quota,
             insecure_registries=tuple(cfg.insecure_registries),
+            username=flags.get("username") or "",
+            password=flags.get("password") or "",
+            remote_layer_certificates=cfg.remote_layer_client_certificates_path,
         ),
     )
     from .output import runtime_spec
@@ -327,7 +330,9 @@ COMMANDS: dict[str, Command] = {
             (
                 Flag("disk-limit-size-bytes", "int", "disk limit for the image, in bytes"),
                 Flag("exclude-image-from-quota", "bool", "do not count the image's layers in the limit"),
-                Flag("insecure-registry", "list", "registry HOST[:PORT] allowed over plain HTTP"),
+                Flag(
+                    "insecure-registry", "list", "registry HOST[:PORT] reached without TLS verification, or plain HTTP"
+                ),
                 Flag("skip-layer-validation", "bool", "do not verify oci:// layer digests and sizes"),
                 Flag("with-clean", "bool", "run clean after creating"),
                 Flag("without-clean", "bool", "do not run clean after creating"),

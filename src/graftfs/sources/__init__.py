@@ -16,8 +16,15 @@ if TYPE_CHECKING:
 
 
 def open_source(
-    ref: ImageRef, *, skip_layer_validation: bool = False, insecure_registries: tuple[str, ...] = ()
+    ref: ImageRef,
+    *,
+    skip_layer_validation: bool = False,
+    insecure_registries: tuple[str, ...] = (),
+    credentials: tuple[str, str] | None = None,
+    remote_layer_certificates: str = "",
 ) -> Source:
+    """``credentials`` (username, password) are for registries; ``remote_layer_certificates`` is the
+    directory of CAs and a client pair used for layers that an OCI layout fetches from their ``urls``."""
     if ref.kind == "tar":
         from .tarball import TarballSource
 
@@ -25,10 +32,10 @@ def open_source(
     if ref.kind == "oci":
         from .oci_layout import OCILayoutSource
 
-        return OCILayoutSource(ref, verify=not skip_layer_validation)
+        return OCILayoutSource(ref, verify=not skip_layer_validation, certificates=remote_layer_certificates)
     from .registry import RegistrySource
 
-    return RegistrySource(ref, insecure=insecure_registries)
+    return RegistrySource(ref, insecure=insecure_registries, credentials=credentials)
 
 
 __all__ = ["ImageSpec", "LayerInfo", "open_source"]

@@ -27,6 +27,8 @@ TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
     from typing import IO, Any
 
+    from .transport import Transport
+
 REF_NAME = "org.opencontainers.image.ref.name"
 INDEX_TYPES = {
     "application/vnd.oci.image.index.v1+json",
@@ -37,10 +39,12 @@ MAX_INDEX_DEPTH = 4
 
 
 class OCILayoutSource:
-    def __init__(self, ref: ImageRef, verify: bool = True) -> None:
+    def __init__(self, ref: ImageRef, verify: bool = True, certificates: str = "") -> None:
         self.path = ref.path
         self.tag = ref.tag
         self.verify = verify
+        self.certificates = certificates  # CAs and client pair for layers fetched from their `urls`
+        self._transport: Transport | None = None
 
     # -- blobs ---------------------------------------------------------------------------------------------
 
@@ -115,14 +119,20 @@ class OCILayoutSource:
 
     def open_blob(self, layer: LayerInfo) -> IO[bytes]:
         path = self._blob_path(layer.blob)
+        if any(url.startswith(("http://", "https://")) for url in layer.urls):
+            # As GrootFS: a layer with http(s) urls comes from there (Garden's preloaded+layer images put
+            # the app layer's download URL here), the layout's own blob only otherwise.
+            if self._transport is None:
+                from .transport import Transport
+
+                self._transport = Transport(extra_certs=self.certificates)
+            stream, errors = self._transport.open_first(layer.urls)
+            if stream is not None:
+                return stream
+            raise GraftfsError(f"fetching foreign layer `{layer.blob}`: {'; '.join(errors)}")
         try:
             return open(path, "rb", buffering=0)
         except FileNotFoundError:
-            if layer.urls:
-                raise NotFound(
-                    f"layer `{layer.blob}` is not in the layout and fetching foreign layers from "
-                    f"{layer.urls[0]} is not supported by this build yet"
-                ) from None
             raise NotFound(f"layer blob `{layer.blob}` not found in OCI layout {self.path}") from None
 
 

@@ -1,45 +1,39 @@
 """Registry images (``docker://[host[:port]]/repository[:tag|@digest]``) over the OCI distribution API.
 
-One persistent ``http.client`` connection to the registry carries the manifest, config and layer requests;
-blobs redirected elsewhere (a CDN, object storage) get a connection of their own. Manifests and configs are
-small and read whole: a manifest is checked against its digest whenever one is known (pulling by digest,
-or a manifest chosen from an index), the config always. Layers are returned as the live HTTP response and
-verified while they stream (see layers.stream).
+The distribution protocol on top of :mod:`.transport` (connections, TLS, proxies, retries, resumable
+bodies). A pull starts with the version check (``GET /v2/``), which also decides the scheme and reads the
+auth challenge:
 
-Plain HTTP is used for the hosts the caller lists as insecure (``--insecure-registry``, exact
-``host[:port]``), HTTPS with the system's trust store otherwise. Anonymous access only: a registry that
-asks for credentials is reported as such.
+* **scheme**: HTTPS, verified against the system's CAs and ``certs.d``. For a host listed as insecure
+  (``--insecure-registry``, exact ``host[:port]``), HTTPS without verification, and plain HTTP when TLS
+  fails there, as GrootFS (containers/image) does.
+* **auth**: anonymous, HTTP basic, or bearer tokens (Docker's token protocol: the challenge names the
+  realm, service and scope; the token is asked for with the credentials, if any, as basic auth, then sent
+  with every request to the registry and renewed once when a request is refused with 401). Credentials
+  and tokens are never sent to another host (a blob redirected to a CDN) and never logged.
 
-Transient failures are retried with exponential backoff (``BACKOFF`` doubling, with jitter, each wait capped
-at ``MAX_WAIT``): connection errors (reset, timed out, closed without a response; refused only once the host
-has answered us before, so a wrong address fails at once), HTTP 429 and 5xx, honouring a ``Retry-After``
-given in seconds. A failing request is given up after ``MAX_ATTEMPTS`` attempts or once its retries would
-outlast ``RETRY_BUDGET`` seconds, with one line naming the URL and the last cause. A layer whose connection
-drops mid-stream is resumed with ``Range: bytes=<offset>-`` (a server answering 200 instead of 206 has the
-first ``offset`` bytes skipped), so the verifying stream above sees one unbroken body; its budget counts from
-the last failure that followed progress. Environment overrides (for tests and slow links):
-
-* ``GRAFTFS_REGISTRY_TIMEOUT``: seconds a socket operation may block (default ``TIMEOUT``);
-* ``GRAFTFS_REGISTRY_RETRY_BUDGET``: seconds one request may spend retrying (default ``RETRY_BUDGET``).
+Manifests and configs are small and read whole: a manifest is checked against its digest whenever one is
+known (pulling by digest, or a manifest chosen from an index), the config always. Layers are returned as
+live resumable streams and verified while they stream (see layers.stream). A layer whose descriptor has
+``urls`` (a foreign layer) is fetched from the first of them that answers, then from the registry.
+Requests may come from several threads at once (layers are pulled in parallel): connections are per
+thread and the token is shared under a lock.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
-import io
 import json
-import math
-import os
-import random
-import ssl
-import time
+import threading
 import urllib.parse
 
-from ..errors import GraftfsError, InvalidImage, NotFound, Unsupported
+from ..errors import GraftfsError, InvalidImage, NotFound, PermissionDenied
 from ..reference import ImageRef
 from . import platform
 from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, verify_blob
 from .oci_layout import INDEX_TYPES, MAX_INDEX_DEPTH, MAX_JSON
+from .transport import ConnectFailed, Retry, Transport, describe, registry_error, transient
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,138 +49,133 @@ SCHEMA1_TYPES = {
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 }
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
-MAX_REDIRECTS = 5
-TIMEOUT = 30.0  # seconds per socket operation; GRAFTFS_REGISTRY_TIMEOUT overrides
-RETRY_BUDGET = 30.0  # seconds one request may spend on retries; GRAFTFS_REGISTRY_RETRY_BUDGET overrides
-MAX_ATTEMPTS = 5
-BACKOFF = 0.2  # first wait, doubled at each retry
-MAX_WAIT = 10.0  # cap on one wait, Retry-After included
-USER_AGENT = "graftfs"
+#: GrootFS's text when a token service refuses the credentials (or a registry refuses basic auth).
+BAD_CREDENTIALS = "authorization failed: username and password are invalid"
 
 
 class RegistrySource:
-    def __init__(self, ref: ImageRef, insecure: Iterable[str] = ()) -> None:
+    def __init__(self, ref: ImageRef, insecure: Iterable[str] = (), credentials: tuple[str, str] | None = None) -> None:
         self.url = ref.original
         self.host = ref.host
         self.repository = ref.repository
         self.reference = ref.digest or ref.tag
         self.by_digest = bool(ref.digest)
-        self.insecure = frozenset(insecure)
-        self.scheme = "http" if self.host in self.insecure else "https"
-        self.timeout = _env_seconds("GRAFTFS_REGISTRY_TIMEOUT", TIMEOUT)
-        self.budget = _env_seconds("GRAFTFS_REGISTRY_RETRY_BUDGET", RETRY_BUDGET)
-        self._conn: http.client.HTTPConnection | None = None
-        self._reached: set[str] = set()  # hosts that answered at least once: refusals there are transient
+        self.transport = Transport(insecure)
+        self.credentials = credentials
+        self.base = f"https://{self.host}"  # until the version check says otherwise
+        self._authorization = ""  # the Authorization header for the registry, once known
+        self._basic = False  # it is basic auth (so a 401 means the credentials are wrong)
+        self._auth_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.transport.close()
+
+    # -- version check and auth ---------------------------------------------------------------------------
+
+    def _ping(self) -> None:
+        try:
+            resp, _ = self.transport.get(f"https://{self.host}/v2/", self.transport.retry())
+        except ConnectFailed:
+            if self.host not in self.transport.insecure:
+                raise
+            self.base = f"http://{self.host}"
+            resp, _ = self.transport.get(f"{self.base}/v2/", self.transport.retry())
+        resp.read(64 << 10)
+        resp.close()
+        if resp.status == 401:
+            self._authorize(resp.getheader("WWW-Authenticate") or "", "")
+        elif resp.status != 200:
+            raise GraftfsError(
+                f"pinging container registry {self.host}: invalid status code from registry {resp.status} "
+                f"({resp.reason})"
+            )
+
+    def _authorize(self, challenge: str, sent: str) -> bool:
+        """Answer an auth challenge to a request that carried ``sent``. Returns whether there is something
+        new to retry with."""
+        scheme, params = _parse_challenge(challenge)
+        with self._auth_lock:
+            if self._authorization != sent:
+                return True  # another thread renewed it meanwhile
+            if scheme == "basic":
+                if self.credentials is None or sent:
+                    return False
+                self._basic = True
+                user, password = self.credentials
+                self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+                return True
+            if scheme == "bearer":
+                self._authorization = "Bearer " + self._token(params)
+                return True
+            return False
+
+    def _token(self, params: dict[str, str]) -> str:
+        realm = params.get("realm", "")
+        if not realm.startswith(("https://", "http://")):
+            raise GraftfsError(f"{self.host} asks for a bearer token without a usable realm `{realm}`")
+        query = [("scope", params.get("scope") or f"repository:{self.repository}:pull")]
+        if params.get("service"):
+            query.append(("service", params["service"]))
+        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+        headers = {}
+        if self.credentials is not None:
+            user, password = self.credentials
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        resp, _ = self.transport.get(url, self.transport.retry(), headers)
+        try:
+            data = resp.read(MAX_JSON)
+        except (OSError, http.client.HTTPException) as exc:
+            raise GraftfsError(f"fetching a token from {realm}: {describe(exc)}") from None
+        finally:
+            resp.close()
+        if resp.status in (401, 403):
+            raise PermissionDenied(BAD_CREDENTIALS, final=True)
+        if resp.status != 200:
+            raise GraftfsError(f"fetching a token from {realm}: HTTP {resp.status} {resp.reason}")
+        try:
+            doc = json.loads(data)
+            token = doc.get("token") or doc.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise GraftfsError(f"fetching a token from {realm}: the answer has no token")
+        return token
 
     # -- HTTP ----------------------------------------------------------------------------------------------
 
-    def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        if scheme == "http":
-            return http.client.HTTPConnection(netloc, timeout=self.timeout)
-        return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ssl.create_default_context())
-
     def _get(
-        self, path: str, retry: _Retry, accept: str = "", extra: dict[str, str] | None = None
+        self, path: str, retry: Retry, accept: str = "", extra: dict[str, str] | None = None
     ) -> tuple[http.client.HTTPResponse, str]:
-        """GET ``path`` on the registry, following redirects and retrying transient failures (connection
-        errors, 429, 5xx). Returns the response and the URL that gave it."""
-        while True:
-            try:
-                resp, url = self._get_once(path, accept, extra or {})
-            except _Transient as exc:
-                retry.failed(exc.url, exc.cause)
-                continue
-            if resp.status != 429 and resp.status < 500:
-                return resp, url
-            delay = _retry_after(resp.getheader("Retry-After"))
-            cause = f"HTTP {resp.status} {resp.reason}"
-            try:
-                detail = _registry_error(resp.read(64 << 10))
-            except (OSError, http.client.HTTPException):
-                detail = ""
-                self._drop(url)
-            resp.close()
-            retry.failed(url, cause + (f": {detail}" if detail else ""), delay)
-
-    def _get_once(self, path: str, accept: str, extra: dict[str, str]) -> tuple[http.client.HTTPResponse, str]:
-        headers = {"User-Agent": USER_AGENT, **extra}
+        """GET ``path`` on the registry with its credentials, answering one auth challenge (a first one, or
+        an expired token) per call."""
+        headers = dict(extra or {})
         if accept:
             headers["Accept"] = accept
-        scheme, netloc, target = self.scheme, self.host, path
-        for _ in range(MAX_REDIRECTS + 1):
-            url = f"{scheme}://{netloc}{target}"
-            shared = scheme == self.scheme and netloc == self.host
-            if shared:
-                if self._conn is None:
-                    self._conn = self._connect(scheme, netloc)
-                conn = self._conn
-            else:
-                conn = self._connect(scheme, netloc)
-            try:
-                # A one-off connection asks the server to close it: the response then owns the socket.
-                resp = self._send(conn, target, headers if shared else {**headers, "Connection": "close"}, shared)
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                if shared:
-                    self._conn = None
-                if _transient(exc, netloc in self._reached):
-                    raise _Transient(url, _describe(exc)) from None
-                raise GraftfsError(f"fetching {url}: {_describe(exc)}") from None
-            self._reached.add(netloc)
-            if resp.status not in (301, 302, 303, 307, 308):
+        for attempt in (1, 2):
+            sent = self._authorization
+            if sent:
+                headers["Authorization"] = sent
+            resp, url = self.transport.get(self.base + path, retry, headers)
+            if resp.status != 401 or attempt == 2 or urllib.parse.urlsplit(url).netloc != self.host:
                 return resp, url
-            location = resp.getheader("Location") or ""
-            try:
-                resp.read()
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(url)
-                raise _Transient(url, _describe(exc)) from None
-            finally:
-                resp.close()
-            if not location:
-                raise GraftfsError(f"{url}: redirect without a Location")
-            parts = urllib.parse.urlsplit(urllib.parse.urljoin(url, location))
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise GraftfsError(f"{url}: unsupported redirect to `{location}`")
-            scheme, netloc = parts.scheme, parts.netloc
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            headers.pop("Accept", None)
-        raise GraftfsError(f"fetching {path}: too many redirects")
-
-    def _send(
-        self, conn: http.client.HTTPConnection, target: str, headers: dict[str, str], reused: bool
-    ) -> http.client.HTTPResponse:
-        try:
-            conn.request("GET", target, headers=headers)
-            return conn.getresponse()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-            if not reused:
-                raise
-            # The registry closed the idle keep-alive connection between two requests: open a new one.
-            conn.close()
-            conn.request("GET", target, headers=headers)
-            return conn.getresponse()
-
-    def _drop(self, url: str) -> None:
-        """Forget the shared connection if ``url`` was fetched over it (its state is unknown now)."""
-        if urllib.parse.urlsplit(url).netloc == self.host:
-            self.close()
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            if not self._authorize(resp.getheader("WWW-Authenticate") or "", sent):
+                return resp, url
+            resp.read(64 << 10)
+            resp.close()
+        raise AssertionError("unreachable")
 
     def _check_status(self, resp: http.client.HTTPResponse, what: str) -> None:
         if resp.status == 200:
             return
         body = resp.read(64 << 10)
         resp.close()
-        if resp.status == 401:
-            raise Unsupported(f"{self.url}: registry requires authentication, not supported yet")
+        if resp.status == 401 and self._basic:
+            raise PermissionDenied(BAD_CREDENTIALS, final=True)
+        if resp.status in (401, 403):
+            raise PermissionDenied(f"{self.url} does not exist or you do not have permissions to see it.", final=True)
         if resp.status == 404:
             raise NotFound(f"{what} not found in {self.host}/{self.repository}")
-        detail = _registry_error(body)
+        detail = registry_error(body)
         raise GraftfsError(
             f"fetching {what} from {self.host}/{self.repository}: HTTP {resp.status} {resp.reason}"
             + (f": {detail}" if detail else "")
@@ -194,13 +183,13 @@ class RegistrySource:
 
     def _fetch(self, path: str, what: str, accept: str = "", not_found: str = "") -> tuple[str, bytes]:
         """A small document (manifest, config), read whole; returns its Content-Type and bytes."""
-        retry = _Retry(self.budget)
+        retry = self.transport.retry()
         while True:
             resp, url = self._get(path, retry, accept)
             if resp.status == 404 and not_found:
                 resp.read()
                 resp.close()
-                raise NotFound(not_found)
+                raise NotFound(not_found, final=True)
             self._check_status(resp, what)
             content_type = (resp.getheader("Content-Type") or "").partition(";")[0].strip()
             try:
@@ -208,15 +197,15 @@ class RegistrySource:
                 if len(data) <= MAX_JSON and resp.length:  # closed before its Content-Length
                     raise http.client.IncompleteRead(data, resp.length)
             except (OSError, http.client.HTTPException) as exc:
-                self._drop(url)
-                if not _transient(exc, True):
-                    raise GraftfsError(f"reading {what}: {_describe(exc)}") from None
-                retry.failed(url, _describe(exc))
+                self.transport.drop(url)
+                if not transient(exc, True):
+                    raise GraftfsError(f"reading {what}: {describe(exc)}") from None
+                retry.failed(url, describe(exc))
                 continue
             finally:
                 resp.close()
             if len(data) > MAX_JSON:
-                self._drop(url)
+                self.transport.drop(url)
                 raise InvalidImage(f"{what} is larger than {MAX_JSON} bytes")
             return content_type, data
 
@@ -237,16 +226,16 @@ class RegistrySource:
         doc = parse_object(data, f"manifest `{reference}`")
         media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else content_type
         if content_type in SCHEMA1_TYPES or media_type in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
-            raise InvalidImage("schema 1 manifests are not supported")
+            raise InvalidImage(
+                "the image has a Docker schema 1 manifest, which graftfs does not support (it was deprecated in "
+                "2017 and carries no layer digests to verify): push the image again with a current client"
+            )
         return str(media_type or content_type), doc
 
     def resolve(self) -> ImageSpec:
         try:
+            self._ping()
             media_type, doc = self._manifest(self.reference, self.reference if self.by_digest else "", top=True)
-        except NotFound as exc:
-            if exc.message.startswith(self.url):  # the GrootFS text, unwrapped
-                raise
-            raise exc.wrap("fetching image reference") from exc
         except GraftfsError as exc:
             raise exc.wrap("fetching image reference") from exc
         try:
@@ -293,199 +282,54 @@ class RegistrySource:
 
     def open_blob(self, layer: LayerInfo) -> IO[bytes]:
         digest = check_digest(layer.blob, "layer")
-        retry = _Retry(self.budget)
-        resp, url = self._get(f"/v2/{self.repository}/blobs/{digest}", retry)
-        if resp.status == 404 and layer.urls:
+        foreign, errors = self.transport.open_first(layer.urls)
+        if foreign is not None:
+            return foreign
+        path = f"/v2/{self.repository}/blobs/{digest}"
+        retry = self.transport.retry()
+        resp, url = self._get(path, retry)
+        if resp.status == 404 and errors:
             resp.read()
             resp.close()
-            raise NotFound(
-                f"layer `{digest}` is not in the registry and fetching foreign layers from "
-                f"{layer.urls[0]} is not supported by this build yet"
-            )
+            raise NotFound(f"foreign layer `{digest}` is not in the registry and its urls failed: {'; '.join(errors)}")
         self._check_status(resp, f"layer blob `{digest}`")
-        return io.BufferedReader(_Body(self, digest, retry, resp, url), buffer_size=1 << 16)
 
-    def _resume(self, digest: str, offset: int, retry: _Retry) -> tuple[http.client.HTTPResponse, str, int]:
-        """Ask again for a blob from ``offset`` on; returns the response, its URL and how many bytes of it
-        to skip (all of ``offset`` when the server ignores the range and sends the whole blob)."""
-        resp, url = self._get(f"/v2/{self.repository}/blobs/{digest}", retry, extra={"Range": f"bytes={offset}-"})
-        if resp.status == 206:
-            content_range = resp.getheader("Content-Range") or ""
-            unit, _, rest = content_range.partition(" ")
-            first = rest.partition("-")[0]
-            if unit != "bytes" or not first.isdigit() or int(first) != offset:
-                resp.close()
-                self._drop(url)
-                raise GraftfsError(f"fetching {url}: asked for bytes {offset}- and got `{content_range}`")
-            return resp, url, 0
-        self._check_status(resp, f"layer blob `{digest}`")
-        return resp, url, offset
+        def fetch(extra: dict[str, str]) -> tuple[http.client.HTTPResponse, str]:
+            resp, url = self._get(path, retry, extra=extra)
+            if resp.status not in (200, 206):
+                self._check_status(resp, f"layer blob `{digest}`")
+            return resp, url
+
+        return self.transport.body(resp, url, fetch, retry)
 
 
-class _Retry:
-    """Attempts and time spent on one request; :meth:`failed` waits before the next attempt or gives up."""
-
-    def __init__(self, budget: float) -> None:
-        self.budget = budget
-        self.attempts = 0
-        self.start = time.monotonic()
-
-    def restart(self) -> None:
-        """The request made progress since its last failure: the next failure starts a new count."""
-        self.attempts = 0
-        self.start = time.monotonic()
-
-    def failed(self, url: str, cause: str, retry_after: float | None = None) -> None:
-        self.attempts += 1
-        elapsed = time.monotonic() - self.start
-        if retry_after is None:
-            wait = min(BACKOFF * 2 ** (self.attempts - 1), MAX_WAIT) * random.uniform(0.5, 1.0)
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="https://auth.example/token",service="registry",scope="repository:a:pull"`` →
+    ``("bearer", {"realm": ..., ...})``. Quoted values may contain commas and escaped quotes."""
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " ,":
+            i += 1
+        eq = rest.find("=", i)
+        if eq < 0:
+            break
+        key = rest[i:eq].strip().lower()
+        i = eq + 1
+        if i < n and rest[i] == '"':
+            i += 1
+            value = []
+            while i < n and rest[i] != '"':
+                if rest[i] == "\\" and i + 1 < n:
+                    i += 1
+                value.append(rest[i])
+                i += 1
+            i += 1
+            params[key] = "".join(value)
         else:
-            wait = min(retry_after, MAX_WAIT)
-        if self.attempts >= MAX_ATTEMPTS or elapsed + wait > self.budget:
-            raise GraftfsError(
-                f"fetching {url}: gave up after {self.attempts} attempt{'s' if self.attempts > 1 else ''} "
-                f"in {elapsed:.1f}s: {cause}"
-            )
-        time.sleep(wait)
-
-
-class _Transient(Exception):
-    def __init__(self, url: str, cause: str) -> None:
-        super().__init__(cause)
-        self.url = url
-        self.cause = cause
-
-
-class _Body(io.RawIOBase):
-    """A blob's HTTP response. A connection lost mid-stream is resumed with a range request, transparently.
-    Closed before its end, it also drops the shared connection: the unread rest of the body would otherwise
-    be taken for the next response."""
-
-    def __init__(
-        self, source: RegistrySource, digest: str, retry: _Retry, resp: http.client.HTTPResponse, url: str
-    ) -> None:
-        super().__init__()
-        self._source = source
-        self._digest = digest
-        self._retry = retry
-        self._resp: http.client.HTTPResponse | None = resp
-        self._url = url
-        self._pos = 0  # bytes handed out
-        self._failed_at = -1  # position of the last failure
-        self._skip = 0
-        self._done = False
-        self._error: GraftfsError | None = None
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._error is not None:
-            raise self._error  # gave up already: later reads (a drain after the failure) do not start over
-        try:
-            return self._readinto(buffer)
-        except GraftfsError as exc:
-            self._error = exc
-            self._release()
-            raise
-
-    def _readinto(self, buffer: Any) -> int:
-        while True:
-            if self._done:
-                return 0
-            if self._resp is None:
-                self._resp, self._url, self._skip = self._source._resume(self._digest, self._pos, self._retry)
-            try:
-                if self._skip:
-                    data = self._resp.read(min(self._skip, 1 << 16))
-                    if not data:
-                        raise http.client.IncompleteRead(b"", self._skip)
-                    self._skip -= len(data)
-                    continue
-                n = self._resp.readinto(buffer)
-            except (OSError, http.client.HTTPException) as exc:
-                self._release()
-                if not _transient(exc, True):
-                    raise GraftfsError(f"reading blob from {self._url}: {_describe(exc)}") from None
-                self._failed(exc)
-                continue
-            if n == 0 and buffer:
-                if self._resp.length:  # http.client reports a body cut short of its Content-Length as EOF
-                    self._release()
-                    self._failed(http.client.IncompleteRead(b""))
-                    continue
-                self._done = True
-                self._resp.close()
-            self._pos += n
-            return n
-
-    def _failed(self, exc: BaseException) -> None:
-        if self._pos > self._failed_at >= 0:
-            self._retry.restart()  # progress since the last failure: a new count
-        self._failed_at = self._pos
-        self._retry.failed(self._url, _describe(exc))
-
-    def _release(self) -> None:
-        """Drop the response and, if it was on the shared connection, that connection too."""
-        if self._resp is not None:
-            self._resp.close()
-            self._resp = None
-            self._source._drop(self._url)
-
-    def close(self) -> None:
-        if not self.closed and not self._done:
-            self._release()
-        elif self._resp is not None:
-            self._resp.close()
-        super().close()
-
-
-def _env_seconds(name: str, default: float) -> float:
-    try:
-        value = float(os.environ.get(name, ""))
-    except ValueError:
-        return default
-    return value if math.isfinite(value) and value > 0 else default
-
-
-def _transient(exc: BaseException, reached: bool) -> bool:
-    """Worth another attempt: the connection broke, timed out or was closed without an answer. A refusal
-    counts only from a host that answered before (a restarting registry, not a wrong address)."""
-    if isinstance(exc, ConnectionRefusedError):
-        return reached
-    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
-        return False  # certificate and protocol errors do not go away
-    return isinstance(
-        exc,
-        (
-            ConnectionError,  # reset, aborted, broken pipe; RemoteDisconnected is one too
-            TimeoutError,
-            http.client.IncompleteRead,
-            http.client.BadStatusLine,
-        ),
-    )
-
-
-def _retry_after(value: str | None) -> float | None:
-    if value and value.strip().isdigit():
-        return float(value.strip())
-    return None
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, http.client.IncompleteRead):
-        return "connection closed before the end of the response"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return str(exc) or type(exc).__name__
-
-
-def _registry_error(body: bytes) -> str:
-    """The first message of a distribution-spec error body, if it has one."""
-    try:
-        errors = json.loads(body).get("errors")
-        first = errors[0]
-        return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
-    except (ValueError, AttributeError, LookupError, TypeError):
-        return ""
+            end = rest.find(",", i)
+            end = n if end < 0 else end
+            params[key] = rest[i:end].strip()
+            i = end
+    return scheme.lower(), params
