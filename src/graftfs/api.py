@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .store.gc import CleanResult
 
 IMAGE_LOCK_WAIT = 30.0
+#: Layers pulled at once. Docker and containerd use 3 too: enough to overlap one layer's download with
+#: another's decompression and a third's unpacking, without opening many connections per create.
+PULL_WORKERS = 3
 
 
 class CreateOptions:
@@ -204,14 +207,18 @@ class Store:
         overlay.check()
         builder = LayerBuilder(self.layout, source, spec, namespace, log)
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
-            lease = self.volumes.lease(volume_ids, builder.build)
+            # A base-directory layer takes owners from the layers below it, so it needs them built first.
+            workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS
+            lease = self.volumes.lease(volume_ids, builder.build, workers)
             try:
                 base_size = sum(self.volumes.size(v) for v in volume_ids)
                 if limit > 0:
                     self._check_limit(limit, base_size, options, log)
                 path = self.images.create(image_id, volume_ids, base_size, namespace.owner)
-            finally:
-                lease.release()
+            except BaseException:
+                self.volumes.abandon(lease)
+                raise
+            lease.release()
             if options.mount:
                 try:
                     self.images.mount(overlay)

@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,6 +39,7 @@ class Faults:
     statuses: list[tuple[str, int, dict[str, str]]] = field(default_factory=list)  # (path part, status, headers)
     corrupt: set[str] = field(default_factory=set)  # blob digests served with one byte flipped
     hang: bool = False  # read requests, never answer
+    blob_delay: float = 0.0  # seconds before answering a blob request (a slow link), every time
 
 
 class Server:
@@ -46,6 +48,7 @@ class Server:
         self.image = image
         self.faults = Faults()
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.served: list[tuple[str, float, float]] = []  # blob digest, start and end of its answer
         self.lock = threading.Lock()
         self.stop = threading.Event()
         server = self
@@ -114,6 +117,13 @@ class Server:
             self.reply(h, 404, b'{"errors":[{"code":"BLOB_UNKNOWN"}]}', {})
 
     def blob(self, h: BaseHTTPRequestHandler, digest: str) -> None:
+        start_time = time.monotonic()
+        time.sleep(self.faults.blob_delay)
+        self._blob(h, digest)
+        with self.lock:
+            self.served.append((digest, start_time, time.monotonic()))
+
+    def _blob(self, h: BaseHTTPRequestHandler, digest: str) -> None:
         body = self.blobs[digest]
         if digest in self.faults.corrupt:
             body = bytes([body[0] ^ 0xFF]) + body[1:]
@@ -307,8 +317,23 @@ def test_a_blob_of_the_wrong_size(gfs: Graftfs, tmp_path: Path) -> None:
 def test_a_registry_that_never_answers(gfs: Graftfs, server: Server, short_env: dict[str, str]) -> None:
     server.faults.hang = True
     out, elapsed = _fails(gfs, server, "hang", short_env)
-    prefix = f"fetching image reference: fetching http://{server.host}/v2/{REPO}/manifests/1.2: gave up after "
+    prefix = f"fetching image reference: fetching http://{server.host}/v2/: gave up after "
     assert out.startswith(prefix) and out.endswith(": timed out"), out
     assert elapsed < 15, elapsed
     assert gfs.volumes() == set()
     _assert_clean(gfs, server.image, complete=False)
+
+
+def test_concurrent_creates_download_each_layer_once_and_layers_in_parallel(gfs: Graftfs, server: Server) -> None:
+    server.faults.blob_delay = 0.5
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda i: _create(gfs, server, f"c{i}"), range(6)))
+    for image_id in (f"c{i}" for i in range(6)):
+        _check_rootfs(gfs, image_id)
+    served = [(d, start, end) for d, start, end in server.served if d in server.image.layer_digests]
+    # Six processes, one download per layer: the others waited for the volume, then used it.
+    assert sorted(d for d, _, _ in served) == sorted(server.image.layer_digests)
+    # The image's two layers were downloaded at the same time, not one after the other.
+    (_, start1, end1), (_, start2, end2) = served
+    assert start1 < end2 and start2 < end1, served
+    _assert_clean(gfs, server.image, complete=True)

@@ -77,17 +77,54 @@ class Volumes:
             return []
         return [n for n in names if not n.startswith(GC_PREFIX) and f"-{INCOMPLETE}-" not in n]
 
-    def lease(self, volume_ids: Sequence[str], build: Builder) -> Lease:
-        """Make sure every volume exists (building missing ones bottom-up) and hold it shared."""
+    def lease(self, volume_ids: Sequence[str], build: Builder, workers: int = 1) -> Lease:
+        """Make sure every volume exists and hold it shared. Missing volumes are built by up to ``workers``
+        threads at once (each volume is unpacked on its own, so the order does not matter; downloads and
+        decompression overlap), bottom-up with one."""
         lease = Lease()
         try:
-            for index, volume_id in enumerate(volume_ids):
-                lock = self._hold(index, volume_id, build, lease)
-                lease.locks.append(lock)
+            missing = sum(not self.exists(v) for v in volume_ids)
+            if workers <= 1 or missing <= 1:
+                for index, volume_id in enumerate(volume_ids):
+                    lease.locks.append(self._hold(index, volume_id, build, lease))
+            else:
+                self._hold_parallel(volume_ids, build, lease, min(workers, missing))
         except BaseException:
-            lease.release()
+            self.abandon(lease)
             raise
         return lease
+
+    def abandon(self, lease: Lease) -> None:
+        """Release a lease whose create failed, and remove the volumes it built, so that a failed create
+        leaves the store as it found it. A volume another create has started using meanwhile (it holds the
+        lock) stays: it is complete and verified, and ``clean`` collects it once unused."""
+        lease.release()
+        for volume_id in lease.built:
+            lock = self.try_lock_exclusive(volume_id)
+            if lock is None:
+                continue
+            try:
+                if self.exists(volume_id):
+                    self.collect(volume_id)
+            finally:
+                lock.release()
+
+    def _hold_parallel(self, volume_ids: Sequence[str], build: Builder, lease: Lease, workers: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
+            futures = [pool.submit(self._hold, i, v, build, lease) for i, v in enumerate(volume_ids)]
+            failed: BaseException | None = None
+            for future in futures:
+                try:
+                    # Every lock taken goes into the lease, even after a failure, so that it is released.
+                    lease.locks.append(future.result())
+                except BaseException as exc:
+                    if failed is None:
+                        failed = exc  # the lowest layer's error: the same one a sequential pull reports
+                        pool.shutdown(wait=False, cancel_futures=True)
+            if failed is not None:
+                raise failed
 
     def _hold(self, index: int, volume_id: str, build: Builder, lease: Lease) -> FileLock:
         for _ in range(_MAX_ROUNDS):
