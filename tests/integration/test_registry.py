@@ -6,16 +6,22 @@ Docker schema 2 and multi-platform variants are made.
 
 from __future__ import annotations
 
+import base64
 import json
+import selectors
 import shutil
+import socket
+import socketserver
 import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -26,7 +32,7 @@ from tests.support.images import (
     host_platform,
     write_oci_layout,
 )
-from tests.support.registry import REGISTRY, Registry, free_port, start_registry
+from tests.support.registry import REGISTRY, Registry, free_port, serve, start_registry
 from tests.support.runc import run_in_rootfs
 
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello from the registry"]
@@ -38,7 +44,10 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    with start_registry(tmp_path_factory.mktemp("registry")) as reg:
+    # Manifests may name layers by URL (foreign layers) on this host only: without an allow list the
+    # registry refuses them.
+    allow = "validation:\n  manifests:\n    urls:\n      allow:\n        - '^http://127\\.0\\.0\\.1:'\n"
+    with start_registry(tmp_path_factory.mktemp("registry"), allow) as reg:
         yield reg
 
 
@@ -215,3 +224,110 @@ def test_an_unreachable_registry_is_a_clear_error(gfs: Graftfs) -> None:
     assert out == f"fetching image reference: fetching http://{host}/v2/: connection refused"
     out = gfs.fails("create", f"docker://{host}/team/app:1", "unreachable")
     assert out == f"fetching image reference: fetching https://{host}/v2/: connection refused"
+
+
+def test_an_image_pushed_with_zstd_layers(
+    gfs: Graftfs, registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    layout = tmp_path_factory.mktemp("layout") / "zstd"
+    write_oci_layout(layout, _layers(), env=ENV, tag="zstd", compression="zstd")
+    digest = registry.push(layout, "zstd", "team/zstd")
+    manifest = json.loads(registry.get(f"/v2/team/zstd/manifests/{digest}"))
+    assert {layer["mediaType"] for layer in manifest["layers"]} == {"application/vnd.oci.image.layer.v1.tar+zstd"}
+    _create(gfs, registry, registry.url("team/zstd", "zstd"), "zstd")
+    _check_app(gfs, "zstd")
+    gfs.run("delete", "zstd")
+
+
+def test_a_foreign_layer_comes_from_its_urls(
+    gfs: Graftfs, registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The top layer is not in the registry: its descriptor (non-distributable, as Windows base layers are)
+    lists a URL on another server, which is where graftfs fetches it, verified like any other."""
+    layout = tmp_path_factory.mktemp("layout") / "foreign"
+    info = write_oci_layout(layout, _layers(), env=ENV, tag="1")
+    manifest = json.loads(info.blob_path(info.manifest_digest).read_bytes())
+    top = info.layer_digests[-1]
+    hits: list[str] = []
+
+    class Blobs(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = info.blob_path(top).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    with serve(Blobs) as blob_host:
+        for digest in [info.config_digest, *info.layer_digests[:-1]]:
+            registry.put_blob("team/foreign", info.blob_path(digest).read_bytes())
+        manifest["layers"][-1]["mediaType"] = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        manifest["layers"][-1]["urls"] = [f"http://{blob_host}/layers/top.tar.gz"]
+        registry.put_manifest("team/foreign", "1", json.dumps(manifest).encode(), manifest["mediaType"])
+        _create(gfs, registry, registry.url("team/foreign", "1"), "foreign")
+    _check_app(gfs, "foreign")
+    assert hits == ["/layers/top.tar.gz"]
+    gfs.run("delete", "foreign")
+
+
+class _Proxy(socketserver.BaseRequestHandler):
+    """A forward proxy: ``CONNECT`` tunnels and absolute-URI requests, relayed as bytes. It alone knows the
+    name ``registry.graftfs.test`` (it is 127.0.0.1), so a pull of that name can only succeed through it."""
+
+    seen: ClassVar[list[tuple[str, str, str]]] = []  # method, target, Proxy-Authorization
+
+    def handle(self) -> None:
+        reader = self.request.makefile("rb")
+        head = [reader.readline()]
+        while head[-1] not in (b"\r\n", b"\n", b""):
+            head.append(reader.readline())
+        method, target, _ = head[0].decode().split(" ", 2)
+        auth = next(
+            (h.decode().split(":", 1)[1].strip() for h in head if h.lower().startswith(b"proxy-authorization:")), ""
+        )
+        self.seen.append((method, target, auth))
+        hostport = target if method == "CONNECT" else urllib.parse.urlsplit(target).netloc
+        host, port = hostport.rsplit(":", 1)
+        upstream = socket.create_connection(("127.0.0.1" if host == "registry.graftfs.test" else host, int(port)))
+        if method == "CONNECT":
+            self.request.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        else:
+            upstream.sendall(b"".join(head))
+        with upstream, selectors.DefaultSelector() as sel:
+            sel.register(self.request, selectors.EVENT_READ, upstream)
+            sel.register(upstream, selectors.EVENT_READ, self.request)
+            while True:
+                for key, _ in sel.select(timeout=30):
+                    data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    key.data.sendall(data)
+
+
+def test_pulls_go_through_the_proxy_from_the_environment(
+    gfs: Graftfs, registry: Registry, app: tuple[str, str]
+) -> None:
+    _Proxy.seen = []
+    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Proxy) as proxy:
+        proxy.daemon_threads = True
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        try:
+            port = registry.host.rsplit(":", 1)[1]
+            name = f"registry.graftfs.test:{port}"
+            proxy_url = f"http://user:p%40ss@127.0.0.1:{proxy.server_address[1]}"
+            gfs.env = {"HTTP_PROXY": proxy_url, "HTTPS_PROXY": proxy_url, "NO_PROXY": "", "no_proxy": ""}
+            gfs.create(f"docker://{name}/team/app:1.2", "proxied", "--insecure-registry", name)
+        finally:
+            proxy.shutdown()
+            thread.join()
+    _check_app(gfs, "proxied")
+    # HTTPS was tried first through a tunnel; the registry speaks plain HTTP, so then HTTP through the proxy.
+    assert _Proxy.seen[0][:2] == ("CONNECT", name)
+    assert ("GET", f"http://{name}/v2/") in [s[:2] for s in _Proxy.seen]
+    assert {s[2] for s in _Proxy.seen} == {"Basic " + base64.b64encode(b"user:p@ss").decode()}
+    gfs.run("delete", "proxied")

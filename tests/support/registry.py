@@ -16,6 +16,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,7 +65,10 @@ class Registry:
 
     # -- raw pushes ----------------------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> int:
+    def _request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes, str]:
+        """Returns the status, the body and the Location header."""
         host, port = self.host.rsplit(":", 1)
         conn: http.client.HTTPConnection
         if self.tls is None:
@@ -77,23 +81,29 @@ class Registry:
                 all_headers["Authorization"] = self.auth
             conn.request(method, path, body, all_headers)
             resp = conn.getresponse()
-            resp.read()
-            return resp.status
+            return resp.status, resp.read(), resp.getheader("Location") or ""
         finally:
             conn.close()
 
+    def get(self, path: str) -> bytes:
+        status, body, _ = self._request("GET", path, headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        assert status == 200, status
+        return body
+
     def put_blob(self, repo: str, data: bytes) -> str:
-        """Upload a blob in one request (POST with ``digest``); returns its digest."""
+        """Upload a blob: start an upload session, then finish it with the whole body; returns its digest."""
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        status = self._request(
-            "POST", f"/v2/{repo}/blobs/uploads/?digest={digest}", data, {"Content-Type": "application/octet-stream"}
-        )
+        status, _, location = self._request("POST", f"/v2/{repo}/blobs/uploads/")
+        assert status == 202, status
+        parts = urllib.parse.urlsplit(location)
+        query = (parts.query + "&" if parts.query else "") + f"digest={digest}"
+        status, _, _ = self._request("PUT", f"{parts.path}?{query}", data, {"Content-Type": "application/octet-stream"})
         assert status == 201, status
         return digest
 
     def put_manifest(self, repo: str, tag: str, manifest: bytes, media_type: str) -> str:
-        status = self._request("PUT", f"/v2/{repo}/manifests/{tag}", manifest, {"Content-Type": media_type})
-        assert status == 201, status
+        status, body, _ = self._request("PUT", f"/v2/{repo}/manifests/{tag}", manifest, {"Content-Type": media_type})
+        assert status == 201, (status, body)
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
