@@ -12,71 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import graftfs_script, machine, summary, timed, xfs_scratch
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
 
 
-@contextmanager
-def xfs_scratch(size_mb: int = 2048) -> Iterator[Path]:
-    """A fresh XFS filesystem on a loop device; detaches only the device it attached."""
-    base = Path(tempfile.mkdtemp(prefix="graftfs-bench-"))
-    image, mnt = base / "xfs.img", base / "mnt"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(size_mb << 20)
-    subprocess.run(["mkfs.xfs", "-q", str(image)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True)
-    device = dev.stdout.strip()
-    try:
-        subprocess.run(["mount", "-o", "noatime", device, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", str(mnt)], check=True)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=True)
-        shutil.rmtree(base)
-
-
-# Measure an installed tool: bytecode compiled and cached (some shells export PYTHONDONTWRITEBYTECODE).
-ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def timed(argv: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=ENV)
-    return time.perf_counter() - start
-
-
-def summary(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "median_ms": statistics.median(ordered) * 1000,
-        "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] * 1000,
-        "runs": len(ordered),
-    }
-
-
 def run(runs: int) -> dict[str, object]:
-    graftfs = str(Path(sys.executable).with_name("graftfs"))
-    import graftfs as package
-
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(package.__file__).parent)], check=True)
+    graftfs = graftfs_script()
     results: dict[str, object] = {
-        "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}",
+        "machine": machine(),
         "python": platform.python_version(),
         "runs": runs,
     }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import random
 import selectors
 import shutil
 import socket
@@ -25,7 +27,7 @@ from typing import ClassVar
 
 import pytest
 
-from tests.integration.conftest import Graftfs
+from tests.integration.conftest import GRAFTFS, Graftfs
 from tests.support.images import (
     TarBuilder,
     busybox_layer,
@@ -33,6 +35,7 @@ from tests.support.images import (
     write_oci_layout,
 )
 from tests.support.registry import REGISTRY, Registry, free_port, serve, start_registry
+from tests.support.rss import run_measured
 from tests.support.runc import run_in_rootfs
 
 ENV = ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hello from the registry"]
@@ -331,3 +334,30 @@ def test_pulls_go_through_the_proxy_from_the_environment(
     assert ("GET", f"http://{name}/v2/") in [s[:2] for s in _Proxy.seen]
     assert {s[2] for s in _Proxy.seen} == {"Basic " + base64.b64encode(b"user:p@ss").decode()}
     gfs.run("delete", "proxied")
+
+
+def test_a_cold_create_of_a_big_image_stays_under_100_mib(
+    gfs: Graftfs, registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Peak RSS of the whole create (ru_maxrss of the graftfs process) for an image of a 256 MiB
+    incompressible file and 20,000 small files: nothing is buffered whole, whatever the layer size."""
+    big = random.Random(3).randbytes(1 << 20) * 256  # repeats beyond gzip's 32 KiB window: incompressible
+    small = TarBuilder()
+    for d in range(20):
+        small.dir(f"many/{d}")
+        for f in range(1000):
+            small.file(f"many/{d}/{f}", b"%d\n" % f)
+    layout = tmp_path_factory.mktemp("layout") / "big"
+    write_oci_layout(layout, [busybox_layer(), TarBuilder().file("big", big).build(), small.build()], tag="big")
+    del big
+    registry.push(layout, "big", "team/big")
+    shutil.rmtree(layout)
+
+    argv = [*GRAFTFS, "--store", str(gfs.store), "--log-level", "error", "create"]
+    url = registry.url("team/big", "big")
+    code, peak_mib = run_measured([*argv, "--insecure-registry", registry.host, url, "big"], gfs.store.parent / "rss")
+    assert code == 0
+    assert (gfs.rootfs("big") / "big").stat().st_size == 256 << 20
+    assert len(os.listdir(gfs.rootfs("big") / "many/19")) == 1000
+    assert peak_mib < 100, f"peak RSS {peak_mib:.1f} MiB"
+    gfs.run("delete", "big")
