@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+    from .progress import Progress
     from .store.gc import CleanResult
 
 IMAGE_LOCK_WAIT = 30.0
@@ -50,6 +51,7 @@ class CreateOptions:
         "insecure_registries",
         "mount",
         "password",
+        "progress",
         "remote_layer_certificates",
         "skip_layer_validation",
         "username",
@@ -66,6 +68,7 @@ class CreateOptions:
         username: str = "",
         password: str = "",
         remote_layer_certificates: str = "",
+        progress: Progress | None = None,
     ) -> None:
         self.mount = mount
         self.skip_layer_validation = skip_layer_validation
@@ -77,6 +80,7 @@ class CreateOptions:
         self.password = password
         # A directory of CAs (*.crt) and a client pair (*.cert, *.key) for layers fetched from their `urls`
         self.remote_layer_certificates = remote_layer_certificates
+        self.progress = progress  # told about every layer pulled (the CLI draws it on a terminal)
 
     def __repr__(self) -> str:  # never show the password
         fields = ", ".join(
@@ -205,7 +209,7 @@ class Store:
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
         overlay = self.images.overlay(image_id, volume_ids)
         overlay.check()
-        builder = LayerBuilder(self.layout, source, spec, namespace, log)
+        builder = LayerBuilder(self.layout, source, spec, namespace, log, options.progress)
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
             # A base-directory layer takes owners from the layers below it, so it needs them built first.
             workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS

@@ -16,16 +16,26 @@ from .log import Logger
 TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
 if TYPE_CHECKING:
     from .layers.unpack import UnpackOptions
+    from .progress import Progress
     from .sources.base import ImageSpec, LayerInfo, Source
     from .store.layout import Layout
 
 
 class LayerBuilder:
-    def __init__(self, layout: Layout, source: Source, spec: ImageSpec, namespace: Namespace, log: Logger) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        source: Source,
+        spec: ImageSpec,
+        namespace: Namespace,
+        log: Logger,
+        progress: Progress | None = None,
+    ) -> None:
         self.layout = layout
         self.source = source
         self.spec = spec
         self.log = log
+        self.progress = progress
         self.root = os.geteuid() == 0
         self.uid_map = IdMap(namespace.uid_mappings)
         self.gid_map = IdMap(namespace.gid_mappings)
@@ -75,6 +85,8 @@ class LayerBuilder:
         from .layers.unpack import unpack
 
         with self.source.open_blob(layer) as blob:
+            if self.progress is not None:
+                blob = self.progress.layer(blob, layer.expect.size)
             stream = LayerStream(blob, layer.expect)
             try:
                 result = unpack(stream.tar, directory, self._options(index, layer))
@@ -86,4 +98,6 @@ class LayerBuilder:
                     raise explained from None
                 raise
             stream.finish()
+        if self.progress is not None:
+            self.progress.layer_done()
         return result.bytes_written

@@ -258,3 +258,48 @@ def test_with_clean_spawns_a_clean(gfs: Graftfs, workdir: Path) -> None:
         time.sleep(0.05)
     assert gfs.volumes() == {c.partition(":")[2] for c in new.chain_ids}
     gfs.run("delete", "new")
+
+
+def _create_on_a_terminal(gfs: Graftfs, url: str, image_id: str, *flags: str) -> tuple[str, str]:
+    """Run create with stderr on a pseudo-terminal; returns (stdout, what the terminal showed)."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [*GRAFTFS, "--store", str(gfs.store), *flags, "create", url, image_id],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+        stdout = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 0, (stdout, shown)
+    finally:
+        os.close(master)
+    return stdout, shown.decode()
+
+
+def test_a_terminal_shows_pull_progress_on_stderr_only(gfs: Graftfs, workdir: Path) -> None:
+    top = TarBuilder().file("data", os.urandom(1 << 20)).build()
+    info = write_oci_layout(workdir / "img", [busybox_layer(), top])
+    stdout, shown = _create_on_a_terminal(gfs, info.url(), "tty")
+    json.loads(stdout)  # stdout is still exactly the runtime spec
+    assert "\rpulling layers: 2/2 done, " in shown, shown
+    assert shown.endswith("\r\n")  # the terminal's newline: the status line is finished, not left open
+    gfs.run("delete", "tty")
+    # A cached image has nothing to pull: nothing is shown. Neither when log lines go to the terminal.
+    assert _create_on_a_terminal(gfs, info.url(), "tty")[1] == ""
+    gfs.run("delete", "tty")
+    gfs.run("clean")
+    shown = _create_on_a_terminal(gfs, info.url(), "tty", "--log-level", "info")[1]
+    assert '"built":2' in shown and "pulling layers" not in shown, shown
+    gfs.run("delete", "tty")

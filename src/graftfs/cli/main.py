@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
+    from ..api import CreateOptions
+    from ..progress import Progress
+
 VERSION = "0.1.0"
 
 
@@ -197,23 +200,21 @@ def cmd_create(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
     if flags.get("clean-log-file"):
         cfg.clean_log_file = flags["clean-log-file"]
 
-    from ..api import CreateOptions
-
     url, image_id = args
-    image = _store(cfg).create(
-        url,
-        image_id,
-        CreateOptions(
-            mount=not cfg.without_mount,
-            skip_layer_validation=cfg.skip_layer_validation,
-            disk_limit_bytes=cfg.disk_limit_size_bytes,
-            exclude_image_from_quota=cfg.exclude_image_from_quota,
-            insecure_registries=tuple(cfg.insecure_registries),
-            username=flags.get("username") or "",
-            password=flags.get("password") or "",
-            remote_layer_certificates=cfg.remote_layer_client_certificates_path,
-        ),
-    )
+    progress = None
+    from ..log import LEVELS, parse_level
+
+    if sys.stderr.isatty() and (cfg.log_file or parse_level(cfg.log_level) >= LEVELS["error"]):
+        # A person at a terminal, and no log lines to tangle with: show the pull.
+        from ..progress import Progress
+
+        progress = Progress(sys.stderr)
+    try:
+        image = _store(cfg).create(url, image_id, _create_options(cfg, flags, progress))
+    finally:
+        if progress is not None:
+            progress.close()
+
     from .output import runtime_spec
 
     sys.stdout.write(runtime_spec(image) + "\n")
@@ -221,6 +222,22 @@ def cmd_create(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
     if cfg.with_clean:
         _spawn_clean(cfg)
     return 0
+
+
+def _create_options(cfg: Config, flags: dict[str, Any], progress: Progress | None) -> CreateOptions:
+    from ..api import CreateOptions
+
+    return CreateOptions(
+        mount=not cfg.without_mount,
+        skip_layer_validation=cfg.skip_layer_validation,
+        disk_limit_bytes=cfg.disk_limit_size_bytes,
+        exclude_image_from_quota=cfg.exclude_image_from_quota,
+        insecure_registries=tuple(cfg.insecure_registries),
+        username=flags.get("username") or "",
+        password=flags.get("password") or "",
+        remote_layer_certificates=cfg.remote_layer_client_certificates_path,
+        progress=progress,
+    )
 
 
 def _spawn_clean(cfg: Config) -> None:
