@@ -40,6 +40,7 @@ class Faults:
     corrupt: set[str] = field(default_factory=set)  # blob digests served with one byte flipped
     hang: bool = False  # read requests, never answer
     blob_delay: float = 0.0  # seconds before answering a blob request (a slow link), every time
+    manifest: tuple[str, bytes] | None = None  # (media type, body) served for the tag instead of the image's
 
 
 class Server:
@@ -102,6 +103,9 @@ class Server:
         manifests, blobs = f"/v2/{REPO}/manifests/", f"/v2/{REPO}/blobs/"
         if h.path == "/v2/":
             self.reply(h, 200, b"{}", {"Content-Type": "application/json"})
+        elif h.path.startswith(manifests) and self.faults.manifest is not None:
+            media_type, body = self.faults.manifest
+            self.reply(h, 200, body, {"Content-Type": media_type})
         elif h.path.startswith(manifests):
             ref = h.path[len(manifests) :]
             digest = self.image.manifest_digest if ref == self.image.tag else ref
@@ -337,3 +341,15 @@ def test_concurrent_creates_download_each_layer_once_and_layers_in_parallel(gfs:
     (_, start1, end1), (_, start2, end2) = served
     assert start1 < end2 and start2 < end1, served
     _assert_clean(gfs, server.image, complete=True)
+
+
+def test_a_schema1_manifest_is_refused_clearly(gfs: Graftfs, server: Server) -> None:
+    schema1 = {"schemaVersion": 1, "name": REPO, "tag": "1.2", "architecture": "amd64", "fsLayers": [], "history": []}
+    server.faults.manifest = ("application/vnd.docker.distribution.manifest.v1+prettyjws", json.dumps(schema1).encode())
+    out, _ = _fails(gfs, server, "old")
+    assert out == (
+        "fetching image reference: the image has a Docker schema 1 manifest, which graftfs does not support "
+        "(deprecated since 2017, it has no diffIDs to verify layers against): push the image again with a current "
+        "client"
+    )
+    assert gfs.volumes() == set()

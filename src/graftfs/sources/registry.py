@@ -227,8 +227,8 @@ class RegistrySource:
         media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else content_type
         if content_type in SCHEMA1_TYPES or media_type in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
             raise InvalidImage(
-                "the image has a Docker schema 1 manifest, which graftfs does not support (it was deprecated in "
-                "2017 and carries no layer digests to verify): push the image again with a current client"
+                "the image has a Docker schema 1 manifest, which graftfs does not support (deprecated since 2017, "
+                "it has no diffIDs to verify layers against): push the image again with a current client"
             )
         return str(media_type or content_type), doc
 
