@@ -483,7 +483,8 @@ def _no_proxy(host: str, netloc: str) -> bool:
             continue
         if entry == "*" or entry in (host.lower(), netloc.lower()):
             return True
-        suffix = entry if entry.startswith(".") else "." + entry.lstrip("*")
+        domain = entry.lstrip("*")
+        suffix = domain if domain.startswith(".") else "." + domain
         if host.lower().endswith(suffix) or ("." + host.lower()) == suffix:
             return True
         try:
