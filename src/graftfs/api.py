@@ -7,11 +7,9 @@ Every front end (the Garden CLI today) is a thin adapter over this class. It own
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
-from . import reference
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -21,20 +19,21 @@ from .errors import (
     NotFound,
     VerificationError,
 )
-from .idmap import Mapping, Namespace
 from .log import NULL, Logger
 from .store.fsutil import atomic_write, read_text, remove_tree
 from .store.images import DiskUsage, Images
 from .store.layout import Layout, validate_image_id
-from .store.volumes import Volumes
 
 TYPE_CHECKING = False  # the CLI imports this module on every run: keep typing and dataclasses out
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+    from .idmap import Mapping, Namespace
     from .progress import Progress
+    from .pull import LayerBuilder
     from .store.gc import CleanResult
+    from .store.volumes import Volumes
 
 IMAGE_LOCK_WAIT = 30.0
 #: Layers pulled at once. Docker and containerd use 3 too: enough to overlap one layer's download with
@@ -124,7 +123,17 @@ class Store:
         self.path = self.layout.root
         self.log = logger
         self.images = Images(self.layout)
-        self.volumes = Volumes(self.layout)
+        self._volumes: Volumes | None = None
+
+    @property
+    def volumes(self) -> Volumes:
+        # Imported when first needed: delete, list and stats never touch volumes, and every import is paid
+        # on each of Garden's calls.
+        if self._volumes is None:
+            from .store.volumes import Volumes
+
+            self._volumes = Volumes(self.layout)
+        return self._volumes
 
     # -- store ------------------------------------------------------------------------------------------------
 
@@ -137,10 +146,14 @@ class Store:
             raise FailedPrecondition(f"no store found at {self.path}: run `graftfs init-store` first")
 
     def namespace(self) -> Namespace:
+        from .idmap import Namespace
+
         return Namespace.from_json(read_text(self.layout.namespace_file))
 
     def init(self, uid_mappings: Sequence[Mapping] = (), gid_mappings: Sequence[Mapping] = ()) -> None:
         """Create the store (idempotent). Mappings are a property of the store and cannot change later."""
+        from .idmap import Namespace
+
         wanted = Namespace(list(uid_mappings), list(gid_mappings))
         os.makedirs(self.layout.meta, mode=0o755, exist_ok=True)
         if os.path.exists(self.layout.namespace_file):
@@ -187,6 +200,8 @@ class Store:
             raise InvalidArgument("invalid argument: disk limit cannot be negative")
         if self.images.is_committed(image_id):
             raise AlreadyExists(f"image for id `{image_id}` already exists")
+        from . import reference
+
         ref = reference.parse(url)
         from .sources import open_source
 
@@ -204,16 +219,24 @@ class Store:
         volume_ids = [layer.volume_id for layer in spec.layers]
         namespace = self.namespace()
 
-        from .pull import LayerBuilder
-
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
         overlay = self.images.overlay(image_id, volume_ids)
         overlay.check()
-        builder = LayerBuilder(self.layout, source, spec, namespace, log, options.progress)
+        builder: LayerBuilder | None = None
+
+        def build(index: int, directory: str) -> int:
+            # The builder (and what it imports) is only made when a layer is missing: not on a warm create.
+            nonlocal builder
+            if builder is None:
+                from .pull import LayerBuilder
+
+                builder = LayerBuilder(self.layout, source, spec, namespace, log, options.progress)
+            return builder.build(index, directory)
+
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
             # A base-directory layer takes owners from the layers below it, so it needs them built first.
             workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS
-            lease = self.volumes.lease(volume_ids, builder.build, workers)
+            lease = self.volumes.lease(volume_ids, build, workers)
             try:
                 base_size = sum(self.volumes.size(v) for v in volume_ids)
                 if limit > 0:
@@ -273,6 +296,8 @@ class Store:
     def regenerate_volume_sizes(self) -> None:
         """Recompute every volume's size record from what is on disk (GrootFS's hidden
         generate-volume-size-metadata, used after upgrades)."""
+        from . import jsonc
+
         self.require()
         for volume_id in self.volumes.ids():
             size = 0
@@ -281,7 +306,7 @@ class Store:
                     st = os.lstat(os.path.join(root, name))
                     if not os.path.islink(os.path.join(root, name)):
                         size += st.st_size
-            atomic_write(self.layout.volume_meta(volume_id), json.dumps({"Size": size}).encode() + b"\n")
+            atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps({"Size": size}).encode() + b"\n")
 
     def stats(self, image_id_or_path: str) -> DiskUsage:
         return self.images.usage(self.resolve_id(image_id_or_path))
@@ -313,7 +338,6 @@ __all__ = [
     "GraftfsError",
     "Image",
     "KernelError",
-    "Namespace",
     "NotFound",
     "Store",
     "VerificationError",

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from . import jsonc
 from .errors import FailedPrecondition, InvalidArgument
 
 TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
@@ -97,12 +96,12 @@ class Namespace:
             "uid-mappings": sorted(str(m) for m in self.uid_mappings),
             "gid-mappings": sorted(str(m) for m in self.gid_mappings),
         }
-        return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+        return jsonc.dumps(doc).encode() + b"\n"
 
     @classmethod
     def from_json(cls, data: str) -> Namespace:
         try:
-            doc = json.loads(data or "{}")
+            doc = jsonc.loads(data or "{}")
         except ValueError:
             raise FailedPrecondition("store metadata meta/namespace.json is corrupt") from None
         return cls(parse_all(doc.get("uid-mappings") or []), parse_all(doc.get("gid-mappings") or []))

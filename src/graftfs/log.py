@@ -8,7 +8,6 @@ keys that look like credentials are replaced before anything is serialised.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -87,6 +86,8 @@ class Logger:
         }
         assert self._stream is not None
         try:
+            import json  # only when a line is written: the default level writes none
+
             self._stream.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
             self._stream.flush()
         except OSError:

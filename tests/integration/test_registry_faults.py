@@ -104,8 +104,8 @@ class Server:
         if h.path == "/v2/":
             self.reply(h, 200, b"{}", {"Content-Type": "application/json"})
         elif h.path.startswith(manifests) and self.faults.manifest is not None:
-            media_type, body = self.faults.manifest
-            self.reply(h, 200, body, {"Content-Type": media_type})
+            media_type, document = self.faults.manifest
+            self.reply(h, 200, document, {"Content-Type": media_type})
         elif h.path.startswith(manifests):
             ref = h.path[len(manifests) :]
             digest = self.image.manifest_digest if ref == self.image.tag else ref

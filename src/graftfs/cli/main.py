@@ -11,7 +11,6 @@ imported, and only when it runs.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -453,10 +452,12 @@ def _log_failure(cfg: Config | None, command: str, exc: BaseException, start: fl
         return
     from ..log import Logger
 
-    with contextlib.suppress(OSError):
+    try:
         Logger.open(cfg.log_level, cfg.log_file).session(command).error(
             "failed", exc, seconds=round(time.monotonic() - start, 6)
         )
+    except OSError:
+        pass
 
 
 def main() -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from .. import jsonc
 from ..api import Image
 
 TYPE_CHECKING = False  # keep typing off the start-up path
@@ -15,7 +14,7 @@ _GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u202
 
 
 def go_json(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = jsonc.dumps(value, ensure_ascii=False)
     for char, escaped in _GO_ESCAPES.items():
         if char in text:
             text = text.replace(char, escaped)

@@ -1,6 +1,9 @@
 """The one module that makes raw mount system calls.
 
-ctypes is imported lazily: only the commands that mount or unmount pay for it.
+They are called through ``_ctypes``, the C half of ctypes, loaded only by the commands that mount or
+unmount. Not ``import ctypes``: its ``__init__`` builds dozens of classes and loads ``struct``, which costs
+about 2 ms, a sixth of the interpreter's start-up, on every create and delete. The three types and the
+function class defined here are all that these two calls need.
 """
 
 from __future__ import annotations
@@ -16,19 +19,38 @@ TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
     from typing import Any
 
-_libc: Any = None
+_calls: Any = None
 
 
 def _c() -> Any:
-    global _libc
-    if _libc is None:
-        import ctypes
+    """``(mount, umount2, get_errno)`` from the C library already loaded in this process."""
+    global _calls
+    if _calls is None:
+        import _ctypes
 
-        lib = ctypes.CDLL(None, use_errno=True)
-        lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-        lib.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-        _libc = (lib, ctypes)
-    return _libc
+        class c_int(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "i"
+
+        class c_ulong(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "L"
+
+        class c_char_p(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "z"
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # None: this process (with libc)
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = c_int
+
+        # CFuncPtr only reads ``_handle`` from the library object: no need for ctypes.CDLL.
+        mount = Function(("mount", Libc))  # type: ignore[arg-type]
+        mount.argtypes = (c_char_p, c_char_p, c_char_p, c_ulong, c_char_p)
+        umount2 = Function(("umount2", Libc))  # type: ignore[arg-type]
+        umount2.argtypes = (c_char_p, c_int)
+        _calls = (mount, umount2, _ctypes.get_errno)
+    return _calls
 
 
 def _fs(path: str) -> bytes:
@@ -39,13 +61,13 @@ def mount_overlay(spec: OverlaySpec) -> None:
     """Mount ``spec`` at its target. Relative layer paths are resolved from ``spec.cwd``, so the mount is
     made with the process's working directory there (and restored after)."""
     spec.check()
-    lib, ctypes = _c()
+    mount, _, get_errno = _c()
     options = spec.options().encode()
     old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.chdir(spec.cwd)
-        rc = lib.mount(b"overlay", _fs(spec.target), b"overlay", 0, options)
-        err = ctypes.get_errno()
+        rc = mount(b"overlay", _fs(spec.target), b"overlay", 0, options)
+        err = get_errno()
     finally:
         os.fchdir(old)
         os.close(old)
@@ -56,11 +78,11 @@ def mount_overlay(spec: OverlaySpec) -> None:
 def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
     """Unmount ``target``; not mounted is success. EBUSY is retried (bounded), as GrootFS does, because a
     container's last processes can take a moment to let go after the runtime kills them."""
-    lib, ctypes = _c()
+    _, umount2, get_errno = _c()
     for attempt in range(retries):
-        if lib.umount2(_fs(target), 0) == 0:
+        if umount2(_fs(target), 0) == 0:
             return
-        err = ctypes.get_errno()
+        err = get_errno()
         if err in (_errno.EINVAL, _errno.ENOENT):  # not a mount point / already gone
             return
         if err != _errno.EBUSY or attempt == retries - 1:

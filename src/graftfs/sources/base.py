@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from .. import jsonc
 from ..errors import InvalidImage, VerificationError
 from ..layers.expect import Expect
 
@@ -59,7 +58,7 @@ def verify_blob(data: bytes, digest: str, size: object, what: str) -> None:
 def parse_object(data: bytes, what: str) -> dict[str, Any]:
     """A JSON document that must be an object (index, manifest, config)."""
     try:
-        doc = json.loads(data)
+        doc = jsonc.loads(data)
     except ValueError as exc:
         raise InvalidImage(f"invalid {what}: {exc}") from None
     if not isinstance(doc, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -53,16 +54,71 @@ def read_int(path: str) -> int:
         return 0
 
 
-def remove_tree(path: str) -> None:
-    """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree."""
-    import shutil
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
+
+def remove_tree(path: str) -> None:
+    """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree.
+
+    Not ``shutil.rmtree``: importing shutil costs ~2 ms (it loads bz2 and lzma), a sixth of the interpreter's
+    start-up, on every delete. This walks with directory fds as shutil does (a symlink put where a directory
+    was is unlinked, never entered), and with a stack instead of recursion, so no tree is too deep.
+    """
+    top = _open_dir(None, path)
+    if top is None:
+        return
+    # Each entry: a directory's fd, its name in the one below it on the stack, the subdirectories left.
+    stack: list[tuple[int, str, list[str]]] = [(top, path, _clear(top))]
     try:
-        shutil.rmtree(path)
-    except NotADirectoryError:
-        os.unlink(path)
+        while stack:
+            fd, name, subdirs = stack[-1]
+            if subdirs:
+                child_name = subdirs.pop()
+                child = _open_dir(fd, child_name)
+                if child is not None:
+                    stack.append((child, child_name, _clear(child)))
+                continue
+            stack.pop()
+            os.close(fd)
+            try:
+                os.rmdir(name, dir_fd=stack[-1][0] if stack else None)
+            except FileNotFoundError:
+                pass
+    except BaseException:
+        for fd, _, _ in stack:
+            os.close(fd)
+        raise
+
+
+def _open_dir(dir_fd: int | None, name: str) -> int | None:
+    """Open a directory to empty it; ``None`` if it is gone, or was not a directory (then it is unlinked)."""
+    try:
+        return os.open(name, _O_DIR, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if not isinstance(exc, NotADirectoryError) and exc.errno != errno.ELOOP:
+            raise
+    try:
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         pass
+    return None
+
+
+def _clear(fd: int) -> list[str]:
+    """Unlink everything in the directory but its subdirectories, which are returned."""
+    subdirs = []
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.name)
+            else:
+                try:
+                    os.unlink(entry.name, dir_fd=fd)
+                except FileNotFoundError:
+                    pass
+    return subdirs
 
 
 def disk_usage(path: str) -> int:

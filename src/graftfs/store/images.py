@@ -11,8 +11,6 @@ on one ID at once, and a crashed one is detected by its lock being free.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 
 from ..errors import AlreadyExists, KernelError, NotFound
@@ -58,9 +56,11 @@ class Images:
         return os.path.isfile(self.layout.dependency_file(image_id))
 
     def dependencies(self, image_id: str) -> list[str]:
+        from .. import jsonc  # not at the top: delete and stats never read records
+
         try:
             with open(self.layout.dependency_file(image_id), encoding="utf-8") as f:
-                deps = json.load(f)
+                deps = jsonc.loads(f.read())
         except FileNotFoundError:
             return []
         return [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
@@ -94,6 +94,8 @@ class Images:
     ) -> str:
         """Lay out and commit the image directory. The caller holds the image lock and the volumes' lease.
         Returns the image path. Mounting is separate (:meth:`mount`)."""
+        from .. import jsonc
+
         validate_image_id(image_id)
         path = self.layout.image(image_id)
         if self.is_committed(image_id):
@@ -115,7 +117,7 @@ class Images:
         except BaseException:
             remove_tree(tmp)
             raise
-        atomic_write(self.layout.dependency_file(image_id), json.dumps(list(volume_ids)).encode())
+        atomic_write(self.layout.dependency_file(image_id), jsonc.dumps(list(volume_ids)).encode())
         return path
 
     def mount(self, spec: OverlaySpec) -> None:
@@ -129,8 +131,10 @@ class Images:
             raise NotFound(f"Image `{image_id}` not found.")
         self._unmount(path)
         # Un-commit first: from here on the image is garbage to anyone who looks, never a half image.
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.layout.dependency_file(image_id))
+        except FileNotFoundError:
+            pass
         self._remove_dir(path)
 
     def remove_uncommitted(self, image_id: str) -> None:

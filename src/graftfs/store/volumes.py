@@ -15,10 +15,9 @@ Lifecycle and locking (``locks/volume-<id>.lock``, one per volume):
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 
+from .. import jsonc
 from ..errors import FailedPrecondition
 from .fsutil import atomic_write, read_text, remove_tree, temp_name
 from .layout import GC_PREFIX, INCOMPLETE, Layout
@@ -65,7 +64,7 @@ class Volumes:
 
     def size(self, volume_id: str) -> int:
         try:
-            return int(json.loads(read_text(self.layout.volume_meta(volume_id), "{}")).get("Size", 0))
+            return int(jsonc.loads(read_text(self.layout.volume_meta(volume_id), "{}")).get("Size", 0))
         except (ValueError, AttributeError):
             return 0
 
@@ -147,7 +146,7 @@ class Volumes:
         os.mkdir(tmp, 0o755)
         try:
             size = build(index, tmp)
-            atomic_write(self.layout.volume_meta(volume_id), json.dumps({"Size": size}).encode() + b"\n")
+            atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps({"Size": size}).encode() + b"\n")
             self._link(volume_id)
             os.rename(tmp, final)  # the commit point
         except BaseException:
@@ -203,8 +202,10 @@ class Volumes:
                 os.unlink(link)
         except (FileNotFoundError, OSError):
             pass
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(self.layout.volume_meta(volume_id))
+        except FileNotFoundError:
+            pass
 
     def sweep(self) -> list[str]:
         """Remove leftovers of interrupted work: ``gc.`` directories, ``-incomplete-`` builds whose builder
