@@ -1,0 +1,67 @@
+"""Unprivileged containers: a store with Garden's UID/GID mappings, used by runc in a user namespace.
+
+Garden's unprivileged store maps container root to the host's "maximus" (4294967294) and every other ID to
+itself (``0:4294967294:1``, ``1:1:4294967293``). Layers are unpacked with IDs translated, so the container,
+run by runc with the same mapping, sees root-owned files as root and www-data's as www-data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Graftfs, mounts_under
+from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.support.runc import run_in_rootfs, traversable_tmpdir
+
+MAXIMUS = 4294967294
+GARDEN = [(0, MAXIMUS, 1), (1, 1, MAXIMUS - 1)]
+GARDEN_FLAGS = ["0:4294967294:1", "1:1:4294967293"]
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[Graftfs]:
+    """A store with Garden's mappings, under a directory the mapped root can search (runc needs that)."""
+    with traversable_tmpdir() as base:
+        g = Graftfs(base / "store")
+        flags = [arg for m in GARDEN_FLAGS for arg in ("--uid-mapping", m, "--gid-mapping", m)]
+        g.run("init-store", *flags)
+        try:
+            yield g
+        finally:
+            for image_id in os.listdir(g.store / "images"):
+                g.run("delete", image_id, check=False)
+            left = mounts_under(base)
+            assert not left, left
+
+
+def test_garden_unprivileged_mapping_in_runc(unprivileged: Graftfs, tmp_path: Path) -> None:
+    top = (
+        TarBuilder()
+        .dir("var/www", uid=33, gid=33)
+        .file("var/www/index.html", b"hello\n", uid=33, gid=33)
+        .file("etc/motd", b"root's\n")
+    )
+    info = write_oci_layout(tmp_path / "img", [busybox_layer(), top.build()])
+    unprivileged.create(info.url(), "app")
+    rootfs = unprivileged.rootfs("app")
+    # On the host: root's files belong to maximus, www-data's stay 33; the image's own directories too.
+    assert os.stat(rootfs / "etc/motd").st_uid == MAXIMUS
+    assert os.stat(rootfs / "var/www/index.html")[4:6] == (33, 33)
+    for sub in ("rootfs", "diff", "workdir"):
+        st = os.stat(unprivileged.store / "images" / "app" / sub)
+        assert (st.st_uid, st.st_gid) == (MAXIMUS, MAXIMUS), sub
+
+    script = (
+        "ls -ln / | grep -w etc; stat -c '%u:%g %n' /etc/motd /var/www/index.html; "
+        "echo hi > /tmp/new; stat -c '%u:%g' /tmp/new"
+    )
+    out = run_in_rootfs(rootfs, ["/bin/sh", "-c", script], uid_mappings=GARDEN, gid_mappings=GARDEN).stdout
+    lines = out.splitlines()
+    assert lines[0].split()[2:4] == ["0", "0"], out  # owner and group of /etc as the container sees them
+    assert lines[1:] == ["0:0 /etc/motd", "33:33 /var/www/index.html", "0:0"], out
+    # What the container wrote is the mapped root's on the host.
+    assert os.stat(unprivileged.store / "images" / "app" / "diff" / "tmp" / "new").st_uid == MAXIMUS
