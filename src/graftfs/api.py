@@ -17,6 +17,7 @@ from .errors import (
     InvalidArgument,
     KernelError,
     NotFound,
+    Unsupported,
     VerificationError,
 )
 from .log import NULL, Logger
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .idmap import Mapping, Namespace
     from .progress import Progress
     from .pull import LayerBuilder
+    from .store.features import Features
     from .store.gc import CleanResult
     from .store.volumes import Volumes
 
@@ -118,8 +120,12 @@ class Image:
 
 
 class Store:
-    def __init__(self, path: str, logger: Logger = NULL) -> None:
+    def __init__(self, path: str, logger: Logger = NULL, rootless: bool = False) -> None:
+        """``rootless``: this process runs as root of a user namespace made with the store's own mappings
+        (see :mod:`graftfs.userns`), so IDs are written as they are and the kernel maps them."""
         self.layout = Layout.at(path)
+        self.rootless = rootless
+        self._features: Features | None = None
         self.path = self.layout.root
         self.log = logger
         self.images = Images(self.layout)
@@ -164,7 +170,7 @@ class Store:
                 raise InvalidArgument("provided GID mappings do not match those already configured in the store")
         else:
             atomic_write(self.layout.namespace_file, wanted.to_json(), 0o644)
-        owner = wanted.owner
+        owner = (0, 0) if self.rootless else wanted.owner
         for directory in self.layout.directories():
             os.makedirs(directory, mode=0o755, exist_ok=True)
             if owner != (0, 0):
@@ -172,7 +178,24 @@ class Store:
         if owner != (0, 0):
             os.chown(self.path, *owner)
         os.chmod(self.path, 0o700)
-        self.log.debug("store-initialized", store=self.path)
+        from .store import features
+
+        self._features = features.probe(self.layout)
+        features.save(self.layout, self._features)
+        self.log.debug("store-initialized", store=self.path, **self._features.as_dict())
+
+    def features(self) -> Features:
+        """What this caller can do in this store (probed by ``init``, kept in ``meta/features.json``)."""
+        if self._features is None:
+            from .store import features
+
+            self.require()
+            found = features.load(self.layout)
+            if found is None:  # a store from before features were recorded
+                found = features.probe(self.layout)
+                features.save(self.layout, found)
+            self._features = found
+        return self._features
 
     def delete_store(self) -> None:
         if not os.path.exists(self.path):
@@ -217,10 +240,26 @@ class Store:
         if limit > 0 and not options.exclude_image_from_quota and spec.compressed_size > limit:
             raise InvalidArgument(f"layers exceed disk quota {spec.compressed_size}/{limit} bytes")
         volume_ids = [layer.volume_id for layer in spec.layers]
+        # Rootless, the process is already in the store's namespace: IDs are written as they are.
         namespace = self.namespace()
+        if self.rootless:
+            from .idmap import Namespace
+
+            namespace = Namespace([], [])
+        feats = self.features()
+        if options.mount and self.rootless:
+            raise Unsupported(
+                "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
+                "use create --without-mount (create.without_mount: true) and let the runtime mount it"
+            )
+        if options.mount and feats.overlay != "kernel":
+            raise Unsupported(
+                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}): "
+                "use create --without-mount and let the runtime mount it (`graftfs features` says why)"
+            )
 
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
-        overlay = self.images.overlay(image_id, volume_ids)
+        overlay = self.images.overlay(image_id, volume_ids, feats.overlay_options())
         overlay.check()
         builder: LayerBuilder | None = None
 
@@ -230,7 +269,7 @@ class Store:
             if builder is None:
                 from .pull import LayerBuilder
 
-                builder = LayerBuilder(self.layout, source, spec, namespace, log, options.progress)
+                builder = LayerBuilder(self.layout, source, spec, namespace, feats, log, options.progress)
             return builder.build(index, directory)
 
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):

@@ -61,6 +61,13 @@ else:
             value, end = _scan(text, start)
         except StopIteration:
             raise ValueError(f"Expecting value: char {start}") from None
+        except SystemError:
+            # The scanner raises json.decoder.JSONDecodeError for malformed input, but only finds that
+            # class if json.decoder is already imported (otherwise it fails without an exception). Bad
+            # input is the rare path: import it and scan again for the real error, a ValueError.
+            import json.decoder  # noqa: F401
+
+            value, end = _scan(text, start)
         if text[end:].strip(_WS):
             raise ValueError(f"Extra data: char {end}")
         return value

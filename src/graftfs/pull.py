@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .layers.unpack import UnpackOptions
     from .progress import Progress
     from .sources.base import ImageSpec, LayerInfo, Source
+    from .store.features import Features
     from .store.layout import Layout
 
 
@@ -28,6 +29,7 @@ class LayerBuilder:
         source: Source,
         spec: ImageSpec,
         namespace: Namespace,
+        features: Features,
         log: Logger,
         progress: Progress | None = None,
     ) -> None:
@@ -36,7 +38,7 @@ class LayerBuilder:
         self.spec = spec
         self.log = log
         self.progress = progress
-        self.root = os.geteuid() == 0
+        self.features = features
         self.uid_map = IdMap(namespace.uid_mappings)
         self.gid_map = IdMap(namespace.gid_mappings)
 
@@ -58,8 +60,10 @@ class LayerBuilder:
         from .layers.unpack import UnpackOptions
 
         opts = UnpackOptions(
-            preserve_owner=self.root,
-            devices=self.root,
+            # Owners are kept where every ID can be written; where one ID is mapped, all files are its.
+            preserve_owner=self.features.ids == "all",
+            devices=self.features.devices,
+            xattr_namespace=self.features.xattrs,
             uid_map=self.uid_map,
             gid_map=self.gid_map,
             base_directory=layer.base_directory,

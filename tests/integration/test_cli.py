@@ -195,7 +195,7 @@ def test_clean_keeps_layers_in_use_and_honours_the_threshold(gfs: Graftfs, workd
     gfs.run("clean")
     assert gfs.volumes() == set()
     assert os.listdir(gfs.store / "l") == []
-    assert sorted(os.listdir(gfs.store / "meta")) == ["dependencies", "namespace.json"]
+    assert sorted(os.listdir(gfs.store / "meta")) == ["dependencies", "features.json", "namespace.json"]
 
 
 def test_clean_without_a_store_is_not_an_error(workdir: Path) -> None:
@@ -303,3 +303,22 @@ def test_a_terminal_shows_pull_progress_on_stderr_only(gfs: Graftfs, workdir: Pa
     shown = _create_on_a_terminal(gfs, info.url(), "tty", "--log-level", "info")[1]
     assert '"built":2' in shown and "pulling layers" not in shown, shown
     gfs.run("delete", "tty")
+
+
+def test_features_are_probed_once_and_reported(gfs: Graftfs, workdir: Path) -> None:
+    record = gfs.store / "meta" / "features.json"
+    doc = json.loads(record.read_text())
+    assert doc["xattrs"] == "trusted" and doc["overlay"] == "kernel" and doc["ids"] == "all"
+    report = gfs.run("features").stdout
+    assert report.startswith(f"store            {gfs.store} (")
+    assert "running as       root in the initial user namespace" in report
+    # Creates use the record: one that says overlay cannot be mounted makes create refuse to mount...
+    record.write_text(json.dumps({**doc, "overlay": "none"}))
+    info = write_oci_layout(workdir / "img", [busybox_layer()])
+    out = gfs.fails("create", info.url(), "x")
+    assert out.startswith(f"this caller cannot mount overlayfs on {gfs.store}"), out
+    # ... and a damaged record is probed again.
+    record.write_text("{not json")
+    gfs.create(info.url(), "x")
+    assert json.loads(record.read_text()) == doc
+    gfs.run("delete", "x")

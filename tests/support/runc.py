@@ -175,7 +175,11 @@ def make_config(
         # which is a different temporary directory: always absolute.
         "root": {"path": str(rootfs.absolute()), "readonly": readonly},
         "hostname": hostname,
-        "mounts": _mounts(userns) + [dict(m) for m in extra_mounts],
+        # A mount of "/" (an image plugin's rootfs overlay) comes first, as Garden prepends the plugin's
+        # mounts: after it, /proc and the rest land on the new root instead of being hidden by it.
+        "mounts": [dict(m) for m in extra_mounts if m.get("destination") == "/"]
+        + _mounts(userns)
+        + [dict(m) for m in extra_mounts if m.get("destination") != "/"],
         "linux": linux,
     }
 
@@ -194,8 +198,12 @@ def run_in_rootfs(
     cwd: str = "/",
     extra_mounts: Sequence[Mapping[str, object]] = (),
     tmp_dir: Path | None = None,
+    as_user: tuple[int, int] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``args`` in a container whose root filesystem is ``rootfs``.
+
+    ``as_user`` (uid, gid) runs runc itself as that ordinary user: rootless runc, which needs
+    ``uid_mappings``/``gid_mappings`` the user may set up (its own ID, its subordinate ranges).
 
     Returns the finished process with stdout/stderr as text. With
     ``check`` (default) a non-zero exit raises ``AssertionError`` carrying
@@ -232,7 +240,12 @@ def run_in_rootfs(
     bundle = work / "bundle"
     bundle.mkdir()
     (bundle / "config.json").write_text(json.dumps(config, indent=2))
-    cmd = [runc, "--root", str(state), "run", "--bundle", str(bundle), container_id]
+    prefix: list[str] = []
+    if as_user is not None:
+        prefix = ["setpriv", f"--reuid={as_user[0]}", f"--regid={as_user[1]}", "--clear-groups", "--"]
+        for path in (work, bundle, bundle / "config.json"):
+            os.chown(path, *as_user)
+    cmd = [*prefix, runc, "--root", str(state), "run", "--bundle", str(bundle), container_id]
     try:
         # Foreground `runc run` (not detached): with terminal=false the
         # container's stdio are our pipes, and runc exits with the
@@ -253,14 +266,14 @@ def run_in_rootfs(
         except subprocess.TimeoutExpired:
             # Kill the container first (killing only runc would orphan the
             # container's init), then reap runc and collect what it printed.
-            _delete(runc, state, container_id)
+            _delete(runc, state, container_id, prefix)
             proc.kill()
             stdout, stderr = proc.communicate()
             raise subprocess.TimeoutExpired(cmd, timeout, output=stdout, stderr=stderr) from None
     finally:
         # A foreground run deletes its container on exit; this covers
         # failures half-way through create/start and the timeout path.
-        _delete(runc, state, container_id)
+        _delete(runc, state, container_id, prefix)
         shutil.rmtree(work, ignore_errors=True)
     result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
     if check and proc.returncode != 0:
@@ -271,13 +284,13 @@ def run_in_rootfs(
     return result
 
 
-def _delete(runc: str, state: Path, container_id: str) -> None:
+def _delete(runc: str, state: Path, container_id: str, prefix: Sequence[str] = ()) -> None:
     if not state.exists():
         return
     # --force kills a still running container before deleting it; failure
     # ("container does not exist") is the normal case after a clean exit.
     subprocess.run(
-        [runc, "--root", str(state), "delete", "--force", container_id],
+        [*prefix, runc, "--root", str(state), "delete", "--force", container_id],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=60,

@@ -37,6 +37,19 @@ def test_jsonc_refuses_what_json_refuses(bad: str | bytes) -> None:
         jsonc.loads(bad)
 
 
+def test_jsonc_errors_without_json_imported() -> None:
+    """The C scanner needs json.decoder to report a syntax error: jsonc must cope when nobody imported it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, graftfs.jsonc as j\n"
+        "try:\n    j.loads('{not json')\nexcept ValueError as e:\n    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.startswith("JSONDecodeError Expecting property name enclosed in double quotes"), out
+
+
 def test_jsonc_does_not_import_re() -> None:
     import subprocess
     import sys

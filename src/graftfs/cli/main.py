@@ -149,11 +149,26 @@ def build_config(flags: dict[str, Any]) -> Config:
 # -- commands ------------------------------------------------------------------------------------------------
 
 
-def _store(cfg: Config) -> Any:
+def _store(cfg: Config, init_mappings: tuple[list[Any], list[Any]] | None = None) -> Any:
+    """The store, for this caller. An ordinary user first enters a user namespace with the store's ID
+    mappings (``init_mappings`` for a store being made; when there are none, the user's own)."""
     from ..api import Store
     from ..log import Logger
 
-    return Store(cfg.store, Logger.open(cfg.log_level, cfg.log_file))
+    rootless = os.geteuid() != 0
+    if rootless:
+        from .. import userns
+        from ..idmap import Namespace
+        from ..store.fsutil import read_text
+        from ..store.layout import Layout
+
+        if init_mappings is None:
+            recorded = Namespace.from_json(read_text(Layout.at(cfg.store).namespace_file))
+            init_mappings = (recorded.uid_mappings, recorded.gid_mappings)
+        uid_mappings = init_mappings[0] or userns.default_mappings("uid")
+        gid_mappings = init_mappings[1] or userns.default_mappings("gid")
+        userns.enter(uid_mappings, gid_mappings)
+    return Store(cfg.store, Logger.open(cfg.log_level, cfg.log_file), rootless=rootless)
 
 
 def _usage_error(cmd: str) -> InvalidArgument:
@@ -165,8 +180,24 @@ def cmd_init_store(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
         raise _usage_error("init-store")
     from ..idmap import parse_all
 
+    uid_mappings = parse_all(flags.get("uid-mapping", []))
+    gid_mappings = parse_all(flags.get("gid-mapping", []))
+    if os.geteuid() != 0:
+        # Rootless: the store records the mappings its namespace gets, the user's own by default.
+        from .. import userns
+
+        uid_mappings = uid_mappings or userns.default_mappings("uid")
+        gid_mappings = gid_mappings or userns.default_mappings("gid")
+    store = _store(cfg, (uid_mappings, gid_mappings))
+    store.init(uid_mappings, gid_mappings)
+    return 0
+
+
+def cmd_features(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
+    if args:
+        raise _usage_error("features")
     store = _store(cfg)
-    store.init(parse_all(flags.get("uid-mapping", [])), parse_all(flags.get("gid-mapping", [])))
+    sys.stdout.write("\n".join(store.features().describe(store.path)) + "\n")
     return 0
 
 
@@ -372,6 +403,13 @@ COMMANDS: dict[str, Command] = {
         ),
         Command("list", "list", "list images", (), cmd_list),
         Command("capacity", "capacity", "print the configured store capacity", (), cmd_capacity),
+        Command(
+            "features",
+            "features",
+            "print what this caller can do in the store (overlay, xattrs, whiteouts, owners, idmapped mounts)",
+            (),
+            cmd_features,
+        ),
         Command("delete-store", "delete-store", "delete the whole store", (), cmd_delete_store),
         Command(
             "generate-volume-size-metadata",

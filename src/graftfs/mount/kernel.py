@@ -23,7 +23,7 @@ _calls: Any = None
 
 
 def _c() -> Any:
-    """``(mount, umount2, get_errno)`` from the C library already loaded in this process."""
+    """``(mount, umount2, unshare, get_errno)`` from the C library already loaded in this process."""
     global _calls
     if _calls is None:
         import _ctypes
@@ -49,7 +49,9 @@ def _c() -> Any:
         mount.argtypes = (c_char_p, c_char_p, c_char_p, c_ulong, c_char_p)
         umount2 = Function(("umount2", Libc))  # type: ignore[arg-type]
         umount2.argtypes = (c_char_p, c_int)
-        _calls = (mount, umount2, _ctypes.get_errno)
+        unshare = Function(("unshare", Libc))  # type: ignore[arg-type]  # os.unshare is Python 3.12+
+        unshare.argtypes = (c_int,)
+        _calls = (mount, umount2, unshare, _ctypes.get_errno)
     return _calls
 
 
@@ -61,7 +63,7 @@ def mount_overlay(spec: OverlaySpec) -> None:
     """Mount ``spec`` at its target. Relative layer paths are resolved from ``spec.cwd``, so the mount is
     made with the process's working directory there (and restored after)."""
     spec.check()
-    mount, _, get_errno = _c()
+    mount, _, _, get_errno = _c()
     options = spec.options().encode()
     old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -78,7 +80,7 @@ def mount_overlay(spec: OverlaySpec) -> None:
 def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
     """Unmount ``target``; not mounted is success. EBUSY is retried (bounded), as GrootFS does, because a
     container's last processes can take a moment to let go after the runtime kills them."""
-    _, umount2, get_errno = _c()
+    _, umount2, _, get_errno = _c()
     for attempt in range(retries):
         if umount2(_fs(target), 0) == 0:
             return
@@ -97,3 +99,14 @@ def is_mountpoint(path: str) -> bool:
     except OSError:
         return False
     return st.st_dev != parent.st_dev or st.st_ino == parent.st_ino
+
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+
+def unshare(flags: int) -> None:
+    _, _, call, get_errno = _c()
+    if call(flags) != 0:
+        err = get_errno()
+        raise KernelError(f"unshare: {os.strerror(err)}", err)

@@ -73,6 +73,10 @@ class Layout:
     def namespace_file(self) -> str:
         return os.path.join(self.root, "meta", "namespace.json")
 
+    @property
+    def features_file(self) -> str:
+        return os.path.join(self.meta, "features.json")
+
     def directories(self) -> list[str]:
         return [self.images, self.volumes, self.links, self.meta, self.dependencies, self.locks, self.tmp]
 

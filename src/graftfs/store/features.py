@@ -1,0 +1,238 @@
+"""What the kernel and the store's filesystem allow this caller, probed once and kept in the store.
+
+graftfs runs as root on a host, as root of a user namespace (``unshare -Ur``, a rootless container, the
+namespace graftfs makes for an ordinary user), or inside a container whose root is itself an overlay. What
+works differs, so ``init-store`` tries each capability for real, in the store's own ``tmp/``, and writes
+the answers to ``meta/features.json``; creates read that instead of probing again. ``graftfs features``
+prints them. A store made by an older graftfs (no record) is probed on first use.
+
+* ``xattrs``: ``trusted`` (overlay's own xattrs, needs CAP_SYS_ADMIN in the initial namespace) or ``user``
+  (overlay mounted with ``userxattr``, Linux 5.11+);
+* ``whiteouts``: ``device`` when 0:0 character devices can be made (root, or any user since Linux 5.8);
+* ``ids``: ``all`` when files can be given any owner the layers name, ``single`` when only the caller's
+  own ID exists (a user namespace that maps one ID): owners then all become root;
+* ``devices``: device nodes in layers can be created (root on the host only);
+* ``overlay``: ``kernel`` when this caller can mount overlayfs on this filesystem, else ``none``;
+* ``idmapped_mounts``: the kernel supports idmapped mounts (5.19+ for overlay layers): reported, not used.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from .. import jsonc
+from .fsutil import atomic_write, read_text, remove_tree, temp_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .layout import Layout
+
+FIELDS = ("version", "kernel", "filesystem", "userns", "xattrs", "whiteouts", "ids", "devices", "overlay")
+VERSION = 1
+# statfs f_type magic numbers of the filesystems worth naming.
+_FS_NAMES = {
+    0xEF53: "ext4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x01021994: "tmpfs",
+    0x794C7630: "overlay",
+    0x65735546: "fuse",
+    0x6E667364: "nfs",
+}
+
+
+class Features:
+    __slots__ = FIELDS
+
+    def __init__(
+        self,
+        *,
+        version: int = VERSION,
+        kernel: str = "",
+        filesystem: str = "",
+        userns: bool = False,
+        xattrs: str = "trusted",
+        whiteouts: str = "device",
+        ids: str = "all",
+        devices: bool = True,
+        overlay: str = "kernel",
+    ) -> None:
+        self.version = version
+        self.kernel = kernel
+        self.filesystem = filesystem
+        self.userns = userns
+        self.xattrs = xattrs
+        self.whiteouts = whiteouts
+        self.ids = ids
+        self.devices = devices
+        self.overlay = overlay
+
+    def as_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in FIELDS}
+
+    @property
+    def idmapped_mounts(self) -> bool:
+        major, _, rest = str(self.kernel).partition(".")
+        minor = rest.partition(".")[0]
+        try:
+            return (int(major), int(minor)) >= (5, 19)
+        except ValueError:
+            return False
+
+    def overlay_options(self) -> tuple[str, ...]:
+        """Extra overlay mount options the layers need (their whiteout xattrs are ``user.*``)."""
+        return ("userxattr",) if self.xattrs == "user" else ()
+
+    def describe(self, store: str) -> list[str]:
+        """The report ``graftfs features`` prints: one line per capability, saying what it means."""
+        who = (
+            "root in a user namespace (IDs are those of the namespace)"
+            if self.userns
+            else "root in the initial user namespace"
+        )
+        lines = [
+            f"store            {store} ({self.filesystem}, kernel {self.kernel})",
+            f"running as       {who}",
+            "overlay          "
+            + (
+                "kernel overlayfs, mounted by graftfs"
+                + (" with userxattr (overlay xattrs are user.*)" if self.xattrs == "user" else "")
+                if self.overlay == "kernel"
+                else "cannot be mounted here by this caller: use create --without-mount and let the runtime mount it"
+            ),
+            "whiteouts        "
+            + (
+                "0:0 character devices"
+                if self.whiteouts == "device"
+                else "cannot be made here: layers that delete files are refused"
+            ),
+            "file owners      "
+            + (
+                "kept as the layers say (through the store's ID mappings)"
+                if self.ids == "all"
+                else "only one ID is mapped here: every file belongs to root in the container"
+            ),
+            "device nodes     " + ("created" if self.devices else "skipped (not allowed here; runtimes provide /dev)"),
+            "idmapped mounts  "
+            + (
+                "supported by the kernel, not used: layers are unpacked with the store's IDs"
+                if self.idmapped_mounts
+                else "not supported by this kernel"
+            ),
+            "disk quotas      none: limits are checked against the image but not enforced",
+        ]
+        return lines
+
+
+def load(layout: Layout) -> Features | None:
+    try:
+        doc = jsonc.loads(read_text(layout.features_file, "") or "null")
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("version") != VERSION:
+        return None
+    defaults = Features().as_dict()
+    if set(doc) != set(FIELDS) or any(type(doc[k]) is not type(defaults[k]) for k in FIELDS):
+        return None  # damaged or from another version: probe again
+    return Features(**doc)
+
+
+def save(layout: Layout, features: Features) -> None:
+    atomic_write(layout.features_file, jsonc.dumps(features.as_dict()).encode() + b"\n")
+
+
+def probe(layout: Layout) -> Features:
+    """Try every capability in a scratch directory of the store's ``tmp/`` (removed after)."""
+    scratch = temp_name(os.path.join(layout.tmp, "probe"), "features")
+    os.mkdir(scratch, 0o700)
+    try:
+        xattrs = _xattrs(scratch)
+        return Features(
+            version=VERSION,
+            kernel=os.uname().release,
+            filesystem=_filesystem(layout.root),
+            userns=not _initial_userns(),
+            xattrs=xattrs,
+            whiteouts="device" if _mknod(scratch, os.makedev(0, 0)) else "none",
+            ids="all" if _chown_any(scratch) else "single",
+            devices=_mknod(scratch, os.makedev(1, 3)),  # /dev/null's numbers
+            overlay="kernel" if _overlay(scratch, xattrs) else "none",
+        )
+    finally:
+        remove_tree(scratch)
+
+
+def _initial_userns() -> bool:
+    """Whether this process is in the initial user namespace (whose map covers every ID)."""
+    return read_text("/proc/self/uid_map", "").split() == ["0", "0", "4294967295"]
+
+
+def _filesystem(path: str) -> str:
+    # os.statvfs has no f_type; /proc/self/mountinfo names the filesystem of the longest matching mount.
+    best, fstype = "", "unknown"
+    real = os.path.realpath(path)
+    for line in read_text("/proc/self/mountinfo", "").splitlines():
+        fields = line.split(" ")
+        try:
+            point = fields[4].replace("\\040", " ")
+            kind = fields[fields.index("-") + 1]
+        except (IndexError, ValueError):
+            continue
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype
+
+
+def _xattrs(scratch: str) -> str:
+    try:
+        os.setxattr(scratch, "trusted.graftfs-probe", b"1")
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EACCES, errno.ENOTSUP):
+            raise
+        return "user"
+    return "trusted"
+
+
+def _mknod(scratch: str, device: int) -> bool:
+    path = os.path.join(scratch, f"dev-{os.major(device)}-{os.minor(device)}")
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, device)
+    except OSError:
+        return False
+    return True
+
+
+def _chown_any(scratch: str) -> bool:
+    path = os.path.join(scratch, "owner")
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        for uid in (1, 65534):
+            os.chown(path, uid, uid)
+    except OSError:
+        return False
+    return True
+
+
+def _overlay(scratch: str, xattrs: str) -> bool:
+    from ..errors import KernelError
+    from ..mount import kernel
+    from ..mount.spec import OverlaySpec
+
+    for name in ("lower", "upper", "work", "merged"):
+        os.mkdir(os.path.join(scratch, name))
+    spec = OverlaySpec(
+        cwd=scratch,
+        lowers=("lower",),
+        upper="upper",
+        work="work",
+        target=os.path.join(scratch, "merged"),
+        extra_options=("userxattr",) if xattrs == "user" else (),
+    )
+    try:
+        kernel.mount_overlay(spec)
+    except KernelError:
+        return False
+    kernel.unmount(spec.target)
+    return True
