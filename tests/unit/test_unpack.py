@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from graftfs.errors import InvalidImage, UnsafeArchive
+from graftfs.errors import InvalidImage, UnsafeArchive, Unsupported
 from graftfs.idmap import IdMap, Mapping
 from graftfs.layers.unpack import UnpackOptions, UnpackResult, unpack
 from tests.support.images import DEFAULT_MTIME, TarBuilder
@@ -430,6 +430,11 @@ def test_whiteout_becomes_a_0_0_character_device(dest: Path) -> None:
         assert st.st_rdev == os.makedev(0, 0)
     assert not (dest / ".wh.gone").exists()
     assert sorted(os.listdir(dest / "etc")) == ["removed"]
+
+
+def test_whiteouts_where_they_cannot_be_made_are_refused_by_name(dest: Path) -> None:
+    with pytest.raises(Unsupported, match=r"the layer deletes `etc/removed`, and whiteouts \(0:0 character"):
+        run(dest, TarBuilder().dir("etc").whiteout("etc/removed"), whiteouts=False)
 
 
 def test_whiteout_in_a_missing_directory_creates_the_parent(dest: Path) -> None:

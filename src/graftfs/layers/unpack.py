@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..errors import InvalidImage, UnsafeArchive
+from ..errors import InvalidImage, UnsafeArchive, Unsupported
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -56,6 +56,9 @@ class UnpackOptions:
     devices: bool = True
     #: Prefix of the overlay xattrs: "trusted" on the host, "user" for an overlay mounted with userxattr.
     xattr_namespace: str = "trusted"
+    #: 0:0 character devices can be made here. Where they cannot (a store on an overlay), a layer that
+    #: deletes a file is refused with that reason rather than an EPERM from deep inside the unpack.
+    whiteouts: bool = True
     uid_map: IdMapper = _identity
     gid_map: IdMapper = _identity
     #: Unpack the archive under this directory of the volume (the CF base-directory annotation).
@@ -326,6 +329,11 @@ class _Unpacker:
         if not hidden or hidden in (".", ".."):
             raise UnsafeArchive(f"refusing whiteout `{entry}`: it names no file")
         target = "/".join([*parts[:-1], hidden])
+        if not self.opts.whiteouts:
+            raise Unsupported(
+                f"the layer deletes `{target}`, and whiteouts (0:0 character devices) cannot be made on this "
+                "store's filesystem (see graftfs features)"
+            )
         self._remove_if_present(target)
         # A 0:0 character device is overlayfs's whiteout (Documentation/filesystems/overlayfs.rst).
         os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=self.fd)
