@@ -252,14 +252,22 @@ class Store:
                 "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
                 "use create --without-mount (create.without_mount: true) and let the runtime mount it"
             )
-        if options.mount and feats.overlay != "kernel":
+        if options.mount and feats.overlay == "none":
             raise Unsupported(
-                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}): "
-                "use create --without-mount and let the runtime mount it (`graftfs features` says why)"
+                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}), "
+                "and fuse-overlayfs is not available: use create --without-mount and let the runtime mount it "
+                "(`graftfs features` says why)"
+            )
+        if not options.mount and feats.overlay == "fuse-overlayfs":
+            raise Unsupported(
+                f"the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), so no overlay mount "
+                "can be handed to the runtime; graftfs mounts this store with fuse-overlayfs: create without "
+                "--without-mount"
             )
 
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
-        overlay = self.images.overlay(image_id, volume_ids, feats.overlay_options())
+        driver = "fuse-overlayfs" if feats.overlay == "fuse-overlayfs" else "kernel"
+        overlay = self.images.overlay(image_id, volume_ids, feats.overlay_options(), driver)
         overlay.check()
         builder: LayerBuilder | None = None
 

@@ -64,7 +64,7 @@ class LayerBuilder:
             preserve_owner=self.features.ids == "all",
             devices=self.features.devices,
             xattr_namespace=self.features.xattrs,
-            whiteouts=self.features.whiteouts == "device",
+            whiteouts=self.features.whiteouts,
             uid_map=self.uid_map,
             gid_map=self.gid_map,
             base_directory=layer.base_directory,

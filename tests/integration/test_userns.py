@@ -7,7 +7,10 @@ run by runc with the same mapping, sees root-owned files as root and www-data's 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,3 +68,37 @@ def test_garden_unprivileged_mapping_in_runc(unprivileged: Graftfs, tmp_path: Pa
     assert lines[1:] == ["0:0 /etc/motd", "33:33 /var/www/index.html", "0:0"], out
     # What the container wrote is the mapped root's on the host.
     assert os.stat(unprivileged.store / "images" / "app" / "diff" / "tmp" / "new").st_uid == MAXIMUS
+
+
+@pytest.mark.skipif(not shutil.which("fuse-overlayfs"), reason="needs fuse-overlayfs")
+def test_a_store_on_an_overlay_is_served_by_fuse_overlayfs(workdir: Path) -> None:
+    """A container's root is often an overlay, and the kernel will not stack another overlay on it. graftfs
+    finds that at init-store, keeps the layers' own .wh. whiteouts, and mounts with fuse-overlayfs."""
+    root = workdir / "container-root"
+    for name in ("lower", "upper", "work"):
+        (workdir / name).mkdir()
+    root.mkdir()
+    opts = f"lowerdir={workdir / 'lower'},upperdir={workdir / 'upper'},workdir={workdir / 'work'}"
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, str(root)], check=True)
+    try:
+        g = Graftfs(root / "store")
+        g.run("init-store")
+        report = g.run("features").stdout
+        assert "overlay          fuse-overlayfs, mounted by graftfs (the kernel will not stack" in report, report
+        assert "whiteouts        the layers' .wh. files" in report, report
+
+        base = TarBuilder().dir("etc").file("etc/a", b"a").file("etc/b", b"b").dir("dir").file("dir/c", b"c")
+        top = TarBuilder().whiteout("etc/a").opaque("dir").file("dir/d", b"d")
+        info = write_oci_layout(workdir / "img", [busybox_layer(), base.build(), top.build()])
+        assert g.fails("create", "--without-mount", info.url(), "x").startswith("the kernel will not stack")
+        g.create(info.url(), "x")
+        script = "ls /dir; ls /etc | grep -x -e a -e b; echo new > /new; cat /new"
+        out = run_in_rootfs(g.rootfs("x"), ["/bin/sh", "-c", script]).stdout
+        assert out.split() == ["d", "b", "new"], out  # dir/c hidden by the opaque dir, etc/a by its whiteout
+        usage = json.loads(g.run("stats", "x").stdout)["disk_usage"]
+        assert usage["exclusive_bytes_used"] > 0
+        g.run("delete", "x")
+        assert g.run("clean").stdout == "clean completed\n"
+        assert not g.volumes()
+    finally:
+        subprocess.run(["umount", "-R", str(root)], check=False)

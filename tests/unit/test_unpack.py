@@ -434,7 +434,16 @@ def test_whiteout_becomes_a_0_0_character_device(dest: Path) -> None:
 
 def test_whiteouts_where_they_cannot_be_made_are_refused_by_name(dest: Path) -> None:
     with pytest.raises(Unsupported, match=r"the layer deletes `etc/removed`, and whiteouts \(0:0 character"):
-        run(dest, TarBuilder().dir("etc").whiteout("etc/removed"), whiteouts=False)
+        run(dest, TarBuilder().dir("etc").whiteout("etc/removed"), whiteouts="none")
+
+
+def test_whiteouts_as_files_keep_the_layers_own_markers(dest: Path) -> None:
+    tb = TarBuilder().dir("etc").file("etc/removed", b"x").whiteout("etc/removed").dir("opaque").opaque("opaque")
+    run(dest, tb, whiteouts="file")
+    assert sorted(os.listdir(dest / "etc")) == [".wh.removed"]
+    assert os.listdir(dest / "opaque") == [".wh..wh..opq"]
+    assert os.lstat(dest / "etc/.wh.removed").st_size == 0
+    assert not os.listxattr(dest / "opaque")
 
 
 def test_whiteout_in_a_missing_directory_creates_the_parent(dest: Path) -> None:

@@ -59,9 +59,11 @@ class UnpackOptions:
     devices: bool = True
     #: Prefix of the overlay xattrs: "trusted" on the host, "user" for an overlay mounted with userxattr.
     xattr_namespace: str = "trusted"
-    #: 0:0 character devices can be made here. Where they cannot (a store on an overlay), a layer that
-    #: deletes a file is refused with that reason rather than an EPERM from deep inside the unpack.
-    whiteouts: bool = True
+    #: How deletions are written: "device" (overlayfs's 0:0 character devices and opaque xattrs), "file"
+    #: (the layer's own ``.wh.`` files, kept as they are: fuse-overlayfs reads them, for stores where
+    #: devices cannot be made, such as on an overlay), or "none" (a layer that deletes is refused by name
+    #: rather than with an EPERM from deep inside the unpack).
+    whiteouts: str = "device"
     uid_map: IdMapper = _identity
     gid_map: IdMapper = _identity
     #: Unpack the archive under this directory of the volume (the CF base-directory annotation).
@@ -321,6 +323,9 @@ class _Unpacker:
     def _whiteout(self, parts: list[str], name: str, entry: str) -> None:
         self._mkdir_parents(parts)
         parent = "/".join(parts[:-1]) or "."
+        if name == OPAQUE_MARKER and self.opts.whiteouts == "file":
+            self._marker("/".join(parts))
+            return
         if name == OPAQUE_MARKER:
             dfd = os.open(parent, _O_DIR, dir_fd=self.fd)
             try:
@@ -332,14 +337,22 @@ class _Unpacker:
         if not hidden or hidden in (".", ".."):
             raise UnsafeArchive(f"refusing whiteout `{entry}`: it names no file")
         target = "/".join([*parts[:-1], hidden])
-        if not self.opts.whiteouts:
+        if self.opts.whiteouts == "none":
             raise Unsupported(
                 f"the layer deletes `{target}`, and whiteouts (0:0 character devices) cannot be made on this "
                 "store's filesystem (see graftfs features)"
             )
         self._remove_if_present(target)
+        if self.opts.whiteouts == "file":
+            self._marker("/".join(parts))
+            return
         # A 0:0 character device is overlayfs's whiteout (Documentation/filesystems/overlayfs.rst).
         os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=self.fd)
+
+    def _marker(self, path: str) -> None:
+        """An empty ``.wh.`` file, kept as the layer has it (whiteouts="file")."""
+        self._remove_if_present(path)
+        os.close(os.open(path, _O_NEWFILE, 0o600, dir_fd=self.fd))
 
     def _times(self, path: str, m: tarfile.TarInfo, follow: bool) -> None:
         ns = _mtime_ns(m)

@@ -20,9 +20,12 @@ OVERLAY_MAX_STACK = 500  # fs/overlayfs: OVL_MAX_STACK
 
 
 class OverlaySpec:
-    """An overlay mount. ``lowers`` are top-most first and, like upper/work, relative to ``cwd``."""
+    """An overlay mount. ``lowers`` are top-most first and, like upper/work, relative to ``cwd``.
 
-    __slots__ = ("cwd", "extra_options", "lowers", "target", "upper", "work")
+    ``driver`` is "kernel" (overlayfs) or "fuse-overlayfs" (for stores the kernel will not stack on, such as
+    a store on another overlay)."""
+
+    __slots__ = ("cwd", "driver", "extra_options", "lowers", "target", "upper", "work")
 
     def __init__(
         self,
@@ -32,8 +35,10 @@ class OverlaySpec:
         work: str,
         target: str,
         extra_options: tuple[str, ...] = (),
+        driver: str = "kernel",
     ) -> None:
         self.cwd = cwd
+        self.driver = driver
         self.lowers = lowers
         self.upper = upper
         self.work = work

@@ -8,11 +8,15 @@ prints them. A store made by an older graftfs (no record) is probed on first use
 
 * ``xattrs``: ``trusted`` (overlay's own xattrs, needs CAP_SYS_ADMIN in the initial namespace) or ``user``
   (overlay mounted with ``userxattr``, Linux 5.11+);
-* ``whiteouts``: ``device`` when 0:0 character devices can be made (root, or any user since Linux 5.8);
+* ``whiteouts``: ``device`` when 0:0 character devices can be made (root, or any user since Linux 5.8),
+  ``file`` (the layers' own ``.wh.`` files, which fuse-overlayfs reads) where they cannot but
+  fuse-overlayfs serves the store, else ``none``;
 * ``ids``: ``all`` when files can be given any owner the layers name, ``single`` when only the caller's
   own ID exists (a user namespace that maps one ID): owners then all become root;
 * ``devices``: device nodes in layers can be created (root on the host only);
-* ``overlay``: ``kernel`` when this caller can mount overlayfs on this filesystem, else ``none``;
+* ``overlay``: ``kernel`` when this caller can mount overlayfs on this filesystem; ``fuse-overlayfs`` when
+  the kernel refuses (it will not stack on another overlay, such as a container's own root) but
+  fuse-overlayfs (its package, and ``/dev/fuse``) works; else ``none``;
 * ``idmapped_mounts``: the kernel supports idmapped mounts (5.19+ for overlay layers): reported, not used.
 """
 
@@ -96,18 +100,20 @@ class Features:
             f"store            {store} ({self.filesystem}, kernel {self.kernel})",
             f"running as       {who}",
             "overlay          "
-            + (
-                "kernel overlayfs, mounted by graftfs"
-                + (" with userxattr (overlay xattrs are user.*)" if self.xattrs == "user" else "")
-                if self.overlay == "kernel"
-                else "cannot be mounted here by this caller: use create --without-mount and let the runtime mount it"
+            + {
+                "kernel": "kernel overlayfs, mounted by graftfs"
+                + (" with userxattr (overlay xattrs are user.*)" if self.xattrs == "user" else ""),
+                "fuse-overlayfs": "fuse-overlayfs, mounted by graftfs (the kernel will not stack overlayfs on "
+                f"{self.filesystem} here); --without-mount is not possible",
+            }.get(
+                self.overlay,
+                "cannot be mounted here by this caller: use create --without-mount and let the runtime mount it",
             ),
             "whiteouts        "
-            + (
-                "0:0 character devices"
-                if self.whiteouts == "device"
-                else "cannot be made here: layers that delete files are refused"
-            ),
+            + {
+                "device": "0:0 character devices",
+                "file": "the layers' .wh. files (device nodes cannot be made here; fuse-overlayfs reads them)",
+            }.get(self.whiteouts, "cannot be made here: layers that delete files are refused"),
             "file owners      "
             + (
                 "kept as the layers say (through the store's ID mappings)"
@@ -149,16 +155,18 @@ def probe(layout: Layout) -> Features:
     os.mkdir(scratch, 0o700)
     try:
         xattrs = _xattrs(scratch)
+        overlay = "kernel" if _overlay(scratch, xattrs) else "fuse-overlayfs" if _fuse_overlay(scratch) else "none"
+        devices = _mknod(scratch, os.makedev(0, 0))
         return Features(
             version=VERSION,
             kernel=os.uname().release,
             filesystem=_filesystem(layout.root),
             userns=not _initial_userns(),
             xattrs=xattrs,
-            whiteouts="device" if _mknod(scratch, os.makedev(0, 0)) else "none",
+            whiteouts="device" if devices else "file" if overlay == "fuse-overlayfs" else "none",
             ids="all" if _chown_any(scratch) else "single",
             devices=_mknod(scratch, os.makedev(1, 3)),  # /dev/null's numbers
-            overlay="kernel" if _overlay(scratch, xattrs) else "none",
+            overlay=overlay,
         )
     finally:
         remove_tree(scratch)
@@ -221,7 +229,7 @@ def _overlay(scratch: str, xattrs: str) -> bool:
     from ..mount.spec import OverlaySpec
 
     for name in ("lower", "upper", "work", "merged"):
-        os.mkdir(os.path.join(scratch, name))
+        os.makedirs(os.path.join(scratch, name), exist_ok=True)
     spec = OverlaySpec(
         cwd=scratch,
         lowers=("lower",),
@@ -230,6 +238,30 @@ def _overlay(scratch: str, xattrs: str) -> bool:
         target=os.path.join(scratch, "merged"),
         extra_options=("userxattr",) if xattrs == "user" else (),
     )
+    try:
+        kernel.mount_overlay(spec)
+    except KernelError:
+        return False
+    kernel.unmount(spec.target)
+    return True
+
+
+def _fuse_overlay(scratch: str) -> bool:
+    import shutil
+
+    if shutil.which("fuse-overlayfs") is None:
+        return False
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError:
+        return False
+    from ..errors import KernelError
+    from ..mount import kernel
+    from ..mount.spec import OverlaySpec
+
+    for name in ("lower", "upper", "work", "merged"):
+        os.makedirs(os.path.join(scratch, name), exist_ok=True)
+    spec = OverlaySpec(scratch, ("lower",), "upper", "work", os.path.join(scratch, "merged"), driver="fuse-overlayfs")
     try:
         kernel.mount_overlay(spec)
     except KernelError:

@@ -73,7 +73,9 @@ class Images:
             return []
         return [n for n in names if not n.startswith(".") and self.is_committed(n)]
 
-    def overlay(self, image_id: str, volume_ids: Sequence[str], extra_options: Sequence[str] = ()) -> OverlaySpec:
+    def overlay(
+        self, image_id: str, volume_ids: Sequence[str], extra_options: Sequence[str] = (), driver: str = "kernel"
+    ) -> OverlaySpec:
         rel = os.path.join("images", image_id)
         return OverlaySpec(
             cwd=self.layout.root,
@@ -83,6 +85,7 @@ class Images:
             work=os.path.join(rel, "workdir"),
             target=os.path.join(self.layout.image(image_id), "rootfs"),
             extra_options=tuple(extra_options),
+            driver=driver,
         )
 
     def create(
