@@ -137,12 +137,23 @@ def make_config(
     cwd: str = "/",
     hostname: str = "graftfs-test",
     extra_mounts: Sequence[Mapping[str, object]] = (),
+    allow_devices: Sequence[tuple[int, int]] = (),
+    extra_capabilities: Sequence[str] = (),
 ) -> dict[str, object]:
-    """The OCI runtime ``config.json`` :func:`run_in_rootfs` uses."""
+    """The OCI runtime ``config.json`` :func:`run_in_rootfs` uses. ``allow_devices`` are character devices
+    (major, minor) the container's device cgroup allows; bind the node in with ``extra_mounts`` (in a user
+    namespace runc can only bind the host's own node, with the host's permissions)."""
     userns = uid_mappings is not None or gid_mappings is not None
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = [*DEFAULT_CAPABILITIES, *extra_capabilities]
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     linux: dict[str, object] = {"namespaces": namespaces}
+    if allow_devices:
+        linux["resources"] = {
+            "devices": [
+                {"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+                for major, minor in allow_devices
+            ]
+        }
     if userns:
         namespaces.append({"type": "user"})
         # A user namespace needs both maps; mirror the one that was given.
@@ -199,6 +210,8 @@ def run_in_rootfs(
     extra_mounts: Sequence[Mapping[str, object]] = (),
     tmp_dir: Path | None = None,
     as_user: tuple[int, int] | None = None,
+    allow_devices: Sequence[tuple[int, int]] = (),
+    extra_capabilities: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``args`` in a container whose root filesystem is ``rootfs``.
 
@@ -230,6 +243,8 @@ def run_in_rootfs(
         user=user,
         cwd=cwd,
         extra_mounts=extra_mounts,
+        allow_devices=allow_devices,
+        extra_capabilities=extra_capabilities,
     )
     # Unique per call: runc ids must be unique within a state dir, and the
     # id also names the container's cgroups (/sys/fs/cgroup/<ctl>/<id>),
