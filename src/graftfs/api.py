@@ -55,6 +55,7 @@ class CreateOptions:
         "progress",
         "remote_layer_certificates",
         "skip_layer_validation",
+        "unenforceable_disk_limit",
         "username",
     )
 
@@ -70,6 +71,7 @@ class CreateOptions:
         password: str = "",
         remote_layer_certificates: str = "",
         progress: Progress | None = None,
+        unenforceable_disk_limit: str = "warn",
     ) -> None:
         self.mount = mount
         self.skip_layer_validation = skip_layer_validation
@@ -82,6 +84,13 @@ class CreateOptions:
         # A directory of CAs (*.crt) and a client pair (*.cert, *.key) for layers fetched from their `urls`
         self.remote_layer_certificates = remote_layer_certificates
         self.progress = progress  # told about every layer pulled (the CLI draws it on a terminal)
+        # A disk limit on a store without quota support: "warn" (create, log disk-limit-not-enforced) or
+        # "refuse" (fail the create before pulling).
+        if unenforceable_disk_limit not in ("warn", "refuse"):
+            raise InvalidArgument(
+                f"unenforceable disk limit policy must be warn or refuse, not `{unenforceable_disk_limit}`"
+            )
+        self.unenforceable_disk_limit = unenforceable_disk_limit
 
     def __repr__(self) -> str:  # never show the password
         fields = ", ".join(
@@ -226,6 +235,30 @@ class Store:
         from . import reference
 
         ref = reference.parse(url)
+        feats = self.features()
+        if options.disk_limit_bytes > 0 and feats.quota == "none" and options.unenforceable_disk_limit == "refuse":
+            raise Unsupported(
+                f"a disk limit was asked for, and {self.path} ({feats.filesystem}) has no quota support to enforce "
+                "it (create.unenforceable_disk_limit is refuse)"
+            )
+        if options.mount and self.rootless:
+            raise Unsupported(
+                "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
+                "use create --without-mount (create.without_mount: true) and let the runtime mount it"
+            )
+        if options.mount and feats.overlay == "none":
+            raise Unsupported(
+                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}), "
+                "and fuse-overlayfs is not available: use create --without-mount and let the runtime mount it "
+                "(`graftfs features` says why)"
+            )
+        if not options.mount and feats.overlay == "fuse-overlayfs":
+            raise Unsupported(
+                f"the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), so no overlay mount "
+                "can be handed to the runtime; graftfs mounts this store with fuse-overlayfs: create without "
+                "--without-mount"
+            )
+
         from .sources import open_source
 
         source = open_source(
@@ -246,25 +279,6 @@ class Store:
             from .idmap import Namespace
 
             namespace = Namespace([], [])
-        feats = self.features()
-        if options.mount and self.rootless:
-            raise Unsupported(
-                "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
-                "use create --without-mount (create.without_mount: true) and let the runtime mount it"
-            )
-        if options.mount and feats.overlay == "none":
-            raise Unsupported(
-                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}), "
-                "and fuse-overlayfs is not available: use create --without-mount and let the runtime mount it "
-                "(`graftfs features` says why)"
-            )
-        if not options.mount and feats.overlay == "fuse-overlayfs":
-            raise Unsupported(
-                f"the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), so no overlay mount "
-                "can be handed to the runtime; graftfs mounts this store with fuse-overlayfs: create without "
-                "--without-mount"
-            )
-
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
         driver = "fuse-overlayfs" if feats.overlay == "fuse-overlayfs" else "kernel"
         overlay = self.images.overlay(image_id, volume_ids, feats.overlay_options(), driver)
@@ -286,9 +300,15 @@ class Store:
             lease = self.volumes.lease(volume_ids, build, workers)
             try:
                 base_size = sum(self.volumes.size(v) for v in volume_ids)
+                quota_bytes = 0
                 if limit > 0:
-                    self._check_limit(limit, base_size, options, log)
-                path = self.images.create(image_id, volume_ids, base_size, namespace.owner)
+                    if not options.exclude_image_from_quota and limit < base_size:
+                        raise InvalidArgument("disk limit is smaller than volume size")
+                    # GrootFS's semantics: the image's own size counts against the limit unless excluded.
+                    quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
+                    if feats.quota == "none":
+                        log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
+                path = self.images.create(image_id, volume_ids, base_size, namespace.owner, feats.quota, quota_bytes)
             except BaseException:
                 self.volumes.abandon(lease)
                 raise
@@ -309,13 +329,6 @@ class Store:
             config=spec.config,
             layers_built=len(lease.built),
         )
-
-    @staticmethod
-    def _check_limit(limit: int, base_size: int, options: CreateOptions, log: Logger) -> None:
-        if not options.exclude_image_from_quota and limit < base_size:
-            raise InvalidArgument("disk limit is smaller than volume size")
-        # No quota backend in this build: the limit is checked against the image but not enforced.
-        log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
 
     def delete(self, image_id_or_path: str) -> str:
         """Delete an image by ID or by its path. Returns the ID. Raises NotFound if there is none."""
@@ -356,7 +369,8 @@ class Store:
             atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps({"Size": size}).encode() + b"\n")
 
     def stats(self, image_id_or_path: str) -> DiskUsage:
-        return self.images.usage(self.resolve_id(image_id_or_path))
+        image_id = self.resolve_id(image_id_or_path)
+        return self.images.usage(image_id, self.features().quota if self.exists() else "none")
 
     def clean(self, threshold_bytes: int = 0) -> CleanResult:
         if threshold_bytes < 0:

@@ -33,6 +33,8 @@ class Config:
         self.insecure_registries: list[str] = []
         self.clean_log_file: str = ""
         self.remote_layer_client_certificates_path: str = ""
+        # graftfs's own: what a create with a disk limit does on a store without quota support.
+        self.unenforceable_disk_limit: str = "warn"
         self.threshold_bytes: int = 0
         self.store_size_bytes: int = 0
         self.with_direct_io: bool = False
@@ -120,6 +122,10 @@ def load(path: str) -> Config:
     cfg.insecure_registries = [_str(r) for r in registries]
     cfg.clean_log_file = _str(create.get("clean_log_file"))
     cfg.remote_layer_client_certificates_path = _str(create.get("remote_layer_client_certificates_path"))
+    policy = _str(create.get("unenforceable_disk_limit")) or "warn"
+    if policy not in ("warn", "refuse"):
+        raise InvalidArgument(f"invalid config file: `unenforceable_disk_limit` must be warn or refuse, not `{policy}`")
+    cfg.unenforceable_disk_limit = policy
     cfg.threshold_bytes = _int(_section(doc, "clean").get("threshold_bytes"), "threshold_bytes")
     init = _section(doc, "init")
     cfg.store_size_bytes = _int(init.get("store_size_bytes"), "store_size_bytes")

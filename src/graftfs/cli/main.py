@@ -267,6 +267,7 @@ def _create_options(cfg: Config, flags: dict[str, Any], progress: Progress | Non
         password=flags.get("password") or "",
         remote_layer_certificates=cfg.remote_layer_client_certificates_path,
         progress=progress,
+        unenforceable_disk_limit=cfg.unenforceable_disk_limit,
     )
 
 

@@ -17,6 +17,7 @@ prints them. A store made by an older graftfs (no record) is probed on first use
 * ``overlay``: ``kernel`` when this caller can mount overlayfs on this filesystem; ``fuse-overlayfs`` when
   the kernel refuses (it will not stack on another overlay, such as a container's own root) but
   fuse-overlayfs (its package, and ``/dev/fuse``) works; else ``none``;
+* ``quota``: ``btrfs`` (qgroups, see :mod:`.quota`) or ``none`` (measure only);
 * ``idmapped_mounts``: the kernel supports idmapped mounts (5.19+ for overlay layers): reported, not used.
 """
 
@@ -33,7 +34,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .layout import Layout
 
-FIELDS = ("version", "kernel", "filesystem", "userns", "xattrs", "whiteouts", "ids", "devices", "overlay")
+FIELDS = ("version", "kernel", "filesystem", "userns", "xattrs", "whiteouts", "ids", "devices", "overlay", "quota")
 VERSION = 1
 # statfs f_type magic numbers of the filesystems worth naming.
 _FS_NAMES = {
@@ -62,6 +63,7 @@ class Features:
         ids: str = "all",
         devices: bool = True,
         overlay: str = "kernel",
+        quota: str = "none",
     ) -> None:
         self.version = version
         self.kernel = kernel
@@ -72,6 +74,7 @@ class Features:
         self.ids = ids
         self.devices = devices
         self.overlay = overlay
+        self.quota = quota
 
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in FIELDS}
@@ -127,7 +130,13 @@ class Features:
                 if self.idmapped_mounts
                 else "not supported by this kernel"
             ),
-            "disk quotas      none: limits are checked against the image but not enforced",
+            "disk quotas      "
+            + (
+                "btrfs qgroups: each image's writable layer is a subvolume with its limit"
+                if self.quota == "btrfs"
+                else f"none on {self.filesystem} here: limits are checked against the image and the container's "
+                "writes are measured, but not enforced"
+            ),
         ]
         return lines
 
@@ -154,19 +163,22 @@ def probe(layout: Layout) -> Features:
     scratch = temp_name(os.path.join(layout.tmp, "probe"), "features")
     os.mkdir(scratch, 0o700)
     try:
+        userns = not _initial_userns()
+        filesystem = _filesystem(layout.root)
         xattrs = _xattrs(scratch)
         overlay = "kernel" if _overlay(scratch, xattrs) else "fuse-overlayfs" if _fuse_overlay(scratch) else "none"
         devices = _mknod(scratch, os.makedev(0, 0))
         return Features(
             version=VERSION,
             kernel=os.uname().release,
-            filesystem=_filesystem(layout.root),
-            userns=not _initial_userns(),
+            filesystem=filesystem,
+            userns=userns,
             xattrs=xattrs,
             whiteouts="device" if devices else "file" if overlay == "fuse-overlayfs" else "none",
             ids="all" if _chown_any(scratch) else "single",
             devices=_mknod(scratch, os.makedev(1, 3)),  # /dev/null's numbers
             overlay=overlay,
+            quota=_quota(layout.root, filesystem, userns),
         )
     finally:
         remove_tree(scratch)
@@ -268,3 +280,12 @@ def _fuse_overlay(scratch: str) -> bool:
         return False
     kernel.unmount(spec.target)
     return True
+
+
+def _quota(root: str, filesystem: str, userns: bool) -> str:
+    from . import quota
+
+    # qgroups are the filesystem's, so only the host's root may turn them on.
+    if not userns and filesystem == "btrfs" and quota.probe_btrfs(root):
+        return "btrfs"
+    return "none"

@@ -94,8 +94,11 @@ class Images:
         volume_ids: Sequence[str],
         base_size: int,
         owner: tuple[int, int] = (0, 0),
+        quota_backend: str = "none",
+        quota_bytes: int = 0,
     ) -> str:
         """Lay out and commit the image directory. The caller holds the image lock and the volumes' lease.
+        ``quota_bytes`` (when > 0) limits the writable layer through ``quota_backend`` (see store.quota).
         Returns the image path. Mounting is separate (:meth:`mount`)."""
         from .. import jsonc
 
@@ -107,7 +110,12 @@ class Images:
             self.remove_uncommitted(image_id)
         # Build under a temporary name, then rename: a crash leaves a dot-name that no listing shows.
         tmp = temp_name(os.path.join(self.layout.images, "." + image_id), "creating")
-        os.mkdir(tmp, 0o700)
+        if quota_backend == "none":
+            os.mkdir(tmp, 0o700)
+        else:
+            from . import quota
+
+            quota.make_image_dir(quota_backend, tmp)
         try:
             for sub in ("diff", "workdir", "rootfs"):
                 os.mkdir(os.path.join(tmp, sub), 0o755)
@@ -116,6 +124,12 @@ class Images:
             if owner != (0, 0):
                 os.chown(tmp, *owner)
             atomic_write(os.path.join(tmp, "image_info"), str(base_size).encode(), 0o600, sync=False)
+            if quota_bytes > 0:
+                if quota_backend != "none":
+                    from . import quota
+
+                    quota.limit(quota_backend, tmp, quota_bytes)
+                atomic_write(os.path.join(tmp, "image_quota"), str(quota_bytes).encode(), 0o600, sync=False)
             os.rename(tmp, path)
         except BaseException:
             remove_tree(tmp)
@@ -197,13 +211,19 @@ class Images:
                         finally:
                             lock.release()
 
-    def usage(self, image_id: str) -> DiskUsage:
+    def usage(self, image_id: str, quota_backend: str = "none") -> DiskUsage:
         validate_image_id(image_id)
         path = self.layout.image(image_id)
         if not self.is_committed(image_id) or not os.path.isdir(path):
             raise NotFound(f"Image `{image_id}` not found.")
         base = read_int(os.path.join(path, "image_info"))
         quota = read_int(os.path.join(path, "image_quota"))
-        # Without a quota backend, measure what the container wrote: its upper dir (GrootFS reports 0).
-        exclusive = disk_usage(os.path.join(path, "diff"))
+        exclusive = None
+        if quota_backend != "none":
+            from . import quota as quotas
+
+            exclusive = quotas.exclusive_bytes(quota_backend, path)
+        if exclusive is None:
+            # Without a quota backend, measure what the container wrote: its upper dir (GrootFS reports 0).
+            exclusive = disk_usage(os.path.join(path, "diff"))
         return DiskUsage(total=base + exclusive, exclusive=exclusive, quota=quota, committed=base + quota)

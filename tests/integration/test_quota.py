@@ -1,0 +1,110 @@
+"""Disk limits: enforced by btrfs qgroups on a btrfs filesystem (on a loop device the test makes), and
+measured only, with the caller's choice of warning or refusing, where the filesystem has no quotas.
+
+A 10 MB limit must let a container write 4 MB and stop it at 11 MB, with the image counted in the limit
+and with --exclude-image-from-quota; stats must report what was written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Graftfs
+from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.support.runc import run_in_rootfs
+
+MB = 1 << 20
+WRITE = "dd if=/dev/zero of=/data bs=1048576 count={n} 2>&1 && sync"
+
+
+@pytest.fixture
+def btrfs(workdir: Path) -> Iterator[Path]:
+    """A fresh btrfs on a loop device of our own, mounted under the test's temp dir."""
+    if not shutil.which("mkfs.btrfs"):
+        pytest.skip("needs btrfs-progs")
+    image, mnt = workdir / "btrfs.img", workdir / "btrfs"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(512 * MB)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["mount", device, str(mnt)], check=True)
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", "-R", str(mnt)], check=False)
+    finally:
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def _image(workdir: Path) -> str:
+    # ~1 MB of image on top of busybox's ~2 MB, so "counted in the limit" is visible.
+    top = TarBuilder().file("base-data", b"\xa5" * MB)
+    return write_oci_layout(workdir / "img", [busybox_layer(), top.build()]).url()
+
+
+def _write(g: Graftfs, image_id: str, megabytes: int) -> subprocess.CompletedProcess[str]:
+    return run_in_rootfs(g.rootfs(image_id), ["/bin/sh", "-c", WRITE.format(n=megabytes)], check=False)
+
+
+@pytest.mark.parametrize("exclude", [False, True], ids=["image-counted", "image-excluded"])
+def test_btrfs_qgroups_enforce_the_limit(btrfs: Path, workdir: Path, exclude: bool) -> None:
+    g = Graftfs(btrfs / "store")
+    g.run("init-store")
+    assert "disk quotas      btrfs qgroups" in g.run("features").stdout
+    url = _image(workdir)
+    flags = ["--disk-limit-size-bytes", str(10 * MB)] + (["--exclude-image-from-quota"] if exclude else [])
+    try:
+        g.create(url, "ok", *flags)
+        assert _write(g, "ok", 4).returncode == 0
+        subprocess.run(["btrfs", "filesystem", "sync", str(btrfs)], check=True)
+        usage = json.loads(g.run("stats", "ok").stdout)["disk_usage"]
+        base = int((g.store / "images/ok/image_info").read_text())
+        assert 4 * MB <= usage["exclusive_bytes_used"] <= 5 * MB, usage
+        assert usage["total_bytes_used"] == base + usage["exclusive_bytes_used"]
+        assert usage["quota_size_bytes"] == (10 * MB if exclude else 10 * MB - base)
+
+        g.create(url, "full", *flags)
+        result = _write(g, "full", 11)
+        assert result.returncode != 0 and "quota exceeded" in result.stdout.lower(), result.stdout
+    finally:
+        for image_id in ("ok", "full"):
+            g.run("delete", image_id, check=False)
+    assert g.run("list").stdout == "Store empty\n"
+
+
+def test_without_quota_support_limits_are_measured_and_warned_or_refused(gfs: Graftfs, workdir: Path) -> None:
+    assert "disk quotas      none on" in gfs.run("features").stdout
+    url = _image(workdir)
+    limit = ["--disk-limit-size-bytes", str(10 * MB)]
+    # warn (the default): created, logged, not enforced; stats still follow the container's writes.
+    result = gfs.run("--log-level", "error", "create", *limit, url, "warned")
+    assert '"message":"graftfs.create.disk-limit-not-enforced"' in result.stderr, result.stderr
+    before = json.loads(gfs.run("stats", "warned").stdout)["disk_usage"]
+    assert _write(gfs, "warned", 11).returncode == 0  # nothing stops it
+    after = json.loads(gfs.run("stats", "warned").stdout)["disk_usage"]
+    assert after["exclusive_bytes_used"] - before["exclusive_bytes_used"] >= 11 * MB
+    gfs.run("delete", "warned")
+    # refuse: the create fails before pulling anything, and the store is as it was.
+    config = workdir / "refuse.yml"
+    config.write_text("create:\n  unenforceable_disk_limit: refuse\n")
+    volumes = gfs.volumes()
+    out = gfs.fails("--config", str(config), "create", *limit, url, "refused")
+    filesystem = json.loads((gfs.store / "meta/features.json").read_text())["filesystem"]
+    assert out == (
+        f"a disk limit was asked for, and {gfs.store} ({filesystem}) has no quota support to enforce it "
+        "(create.unenforceable_disk_limit is refuse)"
+    )
+    assert gfs.volumes() == volumes and gfs.run("list").stdout == "Store empty\n"
+    # Without a limit, the same config creates as usual.
+    gfs.run("--config", str(config), "create", url, "unlimited")
+    gfs.run("delete", "unlimited")
