@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+from . import metrics
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -224,6 +225,7 @@ class Store:
     # -- images -----------------------------------------------------------------------------------------------
 
     def create(self, url: str, image_id: str, options: CreateOptions | None = None) -> Image:
+        start_ns = time.monotonic_ns()
         options = options or CreateOptions()
         validate_image_id(image_id)
         self.require()
@@ -320,6 +322,11 @@ class Store:
                     self.images.delete(image_id)
                     raise
         log.info("created", layers=len(volume_ids), built=len(lease.built))
+        if metrics.sink.enabled:
+            metrics.sink.since("ImageCreationTime", start_ns)
+            downloaded = sum(layer.expect.size for layer in spec.layers if layer.volume_id in lease.built)
+            metrics.sink.value("DownloadedLayersSizeInBytes", max(downloaded, 0), metrics.BYTES)
+            self._emit_store_metrics(committed=True)
         return Image(
             id=image_id,
             path=path,
@@ -336,9 +343,31 @@ class Store:
         if not self.layout.is_initialized():
             # Garden deletes every container from both of its stores; one may never have been created.
             raise NotFound(f"Image `{image_id}` not found.")
+        start_ns = time.monotonic_ns()
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
             self.images.delete(image_id)
+        if metrics.sink.enabled:
+            metrics.sink.since("ImageDeletionTime", start_ns)
+            self._emit_store_metrics()
         return image_id
+
+    def _emit_store_metrics(self, committed: bool = False) -> None:
+        """UsedLayersSize and UnusedLayersSize (volumes some image uses, and the rest), and with
+        ``committed`` also CommittedQuotaInBytes and UsedBackingStoreInBytes, as GrootFS emits them."""
+        from .store.fsutil import read_int
+
+        sizes = {v: self.volumes.size(v) for v in self.volumes.ids()}
+        used: set[str] = set()
+        quota = 0
+        for image_id in self.images.ids():
+            used.update(self.images.dependencies(image_id))
+            quota += read_int(os.path.join(self.layout.image(image_id), "image_quota"))
+        metrics.sink.value("UsedLayersSize", sum(sizes[v] for v in used if v in sizes), metrics.BYTES)
+        metrics.sink.value("UnusedLayersSize", sum(n for v, n in sizes.items() if v not in used), metrics.BYTES)
+        if committed:
+            metrics.sink.value("CommittedQuotaInBytes", quota, metrics.BYTES)
+            st = os.statvfs(self.path)
+            metrics.sink.value("UsedBackingStoreInBytes", (st.f_blocks - st.f_bfree) * st.f_frsize, metrics.BYTES)
 
     def resolve_id(self, image_id_or_path: str) -> str:
         if image_id_or_path.startswith("/"):
@@ -380,7 +409,11 @@ class Store:
         from .store.gc import clean
 
         start = time.monotonic()
+        start_ns = time.monotonic_ns()
         result = clean(self.layout, threshold_bytes)
+        if metrics.sink.enabled:
+            metrics.sink.since("ImageCleanTime", start_ns)
+            self._emit_store_metrics()
         self.log.info(
             "clean-finished",
             ran=result.ran,

@@ -25,6 +25,7 @@ class Config:
         self.newuidmap_bin: str = "newuidmap"
         self.newgidmap_bin: str = "newgidmap"
         self.metron_endpoint: str = ""
+        self.metrics_textfile: str = ""  # graftfs's own: a Prometheus text file for node_exporter
         self.exclude_image_from_quota: bool = False
         self.skip_layer_validation: bool = False
         self.with_clean: bool = False
@@ -105,7 +106,7 @@ def load(path: str) -> Config:
     for key in ("store", "tardis_bin", "newuidmap_bin", "newgidmap_bin"):
         if doc.get(key):
             setattr(cfg, key, _str(doc[key]))
-    for key in ("log_level", "log_file", "metron_endpoint"):
+    for key in ("log_level", "log_file", "metron_endpoint", "metrics_textfile"):
         if doc.get(key) is not None:
             setattr(cfg, key, _str(doc[key]))
     if not cfg.log_level:

@@ -52,6 +52,7 @@ GLOBAL_FLAGS = [
     Flag("newuidmap-bin", "str", "newuidmap binary for rootless stores"),
     Flag("newgidmap-bin", "str", "newgidmap binary for rootless stores"),
     Flag("metron-endpoint", "str", "HOST:PORT of a Loggregator agent for dropsonde metrics"),
+    Flag("metrics-textfile", "str", "Prometheus text file for node_exporter's textfile collector"),
     Flag("log-timestamp-format", "str", "accepted and ignored (removed from GrootFS)", hidden=True),
     Flag("help", "bool", "show help"),
     Flag("version", "bool", "print the version"),
@@ -138,7 +139,7 @@ def build_config(flags: dict[str, Any]) -> Config:
         if key in flags:
             setattr(cfg, key.replace("-", "_"), flags[key])
     # These four override the file only when non-empty (GrootFS).
-    for key in ("log-file", "metron-endpoint"):
+    for key in ("log-file", "metron-endpoint", "metrics-textfile"):
         if flags.get(key):
             setattr(cfg, key.replace("-", "_"), flags[key])
     if not cfg.store:
@@ -281,6 +282,8 @@ def _spawn_clean(cfg: Config) -> None:
     argv += ["--log-level", cfg.log_level, "--store", cfg.store]
     if cfg.metron_endpoint:
         argv += ["--metron-endpoint", cfg.metron_endpoint]
+    if cfg.metrics_textfile:
+        argv += ["--metrics-textfile", cfg.metrics_textfile]
     argv += ["clean", "--threshold-bytes", str(cfg.threshold_bytes)]
     subprocess.Popen(
         argv,
@@ -471,7 +474,17 @@ def run(argv: Sequence[str]) -> int:
         cfg = build_config(global_flags)
         # GrootFS points TMPDIR into the store so any temporary file lands on the store's filesystem.
         os.environ["TMPDIR"] = os.path.join(cfg.store, "tmp")
-        return command.run(cfg, flags, args)
+        if cfg.metron_endpoint or cfg.metrics_textfile:
+            from .. import metrics
+
+            metrics.sink = metrics.Metrics(cfg.metron_endpoint, cfg.metrics_textfile)
+        try:
+            return command.run(cfg, flags, args)
+        finally:
+            if cfg.metron_endpoint or cfg.metrics_textfile:
+                from .. import metrics
+
+                metrics.sink.close()
     except GraftfsError as exc:
         _log_failure(cfg, command.name, exc, start)
         print(exc)

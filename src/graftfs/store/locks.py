@@ -13,6 +13,7 @@ import fcntl
 import os
 import time
 
+from .. import metrics
 from ..errors import LockTimeout
 
 # Poll interval grows from 1 ms to 50 ms: contended locks are released in milliseconds on the warm path,
@@ -50,6 +51,9 @@ class FileLock:
             time.sleep(sleep)
             sleep = min(sleep * 2, _MAX_SLEEP)
         self.waited = time.monotonic() - start
+        metrics.sink.since(
+            "SharedLockingTime" if shared else "ExclusiveLockingTime", time.monotonic_ns() - int(self.waited * 1e9)
+        )
 
     def release(self) -> None:
         if self.fd >= 0:
