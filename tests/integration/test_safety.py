@@ -12,6 +12,7 @@ import signal
 import subprocess
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,44 @@ def test_escaping_rootfs_tar_via_gzip_is_refused(gfs: Graftfs, workdir: Path, ou
     tar = write_rootfs_tar(workdir / "evil.tgz", escape_tars(outside)["symlink-then-write"], "gzip")
     line = gfs.fails("create", str(tar), "evil")
     assert "refusing `link/evil`: it would be written through the symlink `link`" in line
+
+
+def test_creates_and_cleans_in_parallel_never_lose_a_layer(gfs: Graftfs, workdir: Path) -> None:
+    """100 creates (every other one deleted again at once, so cleans have layers to collect) interleaved
+    with 100 `clean --threshold-bytes 0`, eight processes at a time: all succeed, and every image that
+    remains has all of its layers."""
+    base = busybox_layer()
+    layouts = [
+        write_oci_layout(workdir / f"l{n}", [base, TarBuilder().file(f"top{n}", str(n).encode()).build()])
+        for n in range(5)
+    ]
+    argv = [*GRAFTFS, "--store", str(gfs.store)]
+
+    def job(i: int) -> tuple[list[str], subprocess.CompletedProcess[str]]:
+        if i % 2:
+            cmd = [*argv, "clean", "--threshold-bytes", "0"]
+            return cmd, subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        n = i // 2
+        cmd = [*argv, "create", layouts[n % 5].url(), f"c{n}"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode == 0 and n % 2:
+            result = subprocess.run([*argv, "delete", f"c{n}"], capture_output=True, text=True, timeout=120)
+        return cmd, result
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            outcomes = list(pool.map(job, range(200)))
+        failed = [(cmd, r.returncode, r.stdout, r.stderr) for cmd, r in outcomes if r.returncode != 0]
+        assert not failed, failed[:3]
+        kept = sorted(os.listdir(gfs.store / "images"))
+        assert kept == sorted(f"c{n}" for n in range(0, 100, 2))
+        for image_id in kept:
+            n = int(image_id[1:])
+            rootfs = gfs.rootfs(image_id)
+            assert (rootfs / f"top{n % 5}").read_bytes() == str(n % 5).encode()
+            assert (rootfs / "bin/busybox").exists()
+            for chain_id in layouts[n % 5].chain_ids:
+                assert (gfs.store / "volumes" / chain_id.partition(":")[2]).is_dir()
+    finally:
+        for image_id in os.listdir(gfs.store / "images"):
+            gfs.run("delete", image_id, check=False)

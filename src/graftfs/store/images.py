@@ -176,40 +176,35 @@ class Images:
             raise KernelError(f"deleting image path '{path}' failed")
 
     def sweep(self) -> Iterator[str]:
-        """Remove dot-named leftovers and uncommitted image dirs whose creator is gone."""
+        """Remove dot-named leftovers and uncommitted image dirs whose creator is gone. Everything here may
+        be going away under us (a delete or create finishing): what has vanished is simply skipped."""
         for name in os.listdir(self.layout.images):
             path = os.path.join(self.layout.images, name)
             if name.startswith("."):
-                real = name[1:].rsplit("-", 3)[0]
-                lock = self.lock(real)
-                if lock.try_acquire():
-                    try:
+                with self._unheld(name[1:].rsplit("-", 3)[0]) as free:
+                    if free and os.path.lexists(path):
                         self._unmount(path)
                         remove_tree(path)
                         yield name
-                    finally:
-                        lock.release()
             elif not self.is_committed(name):
-                lock = self.lock(name)
-                if lock.try_acquire():
-                    try:
-                        if not self.is_committed(name):
-                            self.remove_uncommitted(name)
-                            yield name
-                    finally:
-                        lock.release()
+                with self._unheld(name) as free:
+                    if free and not self.is_committed(name) and os.path.lexists(path):
+                        self.remove_uncommitted(name)
+                        yield name
         # Dependency records without an image directory (a delete killed between its two steps).
         for name in os.listdir(self.layout.dependencies):
             if name.startswith("image:") and name.endswith(".json"):
                 image_id = name[len("image:") : -len(".json")]
                 if not os.path.lexists(self.layout.image(image_id)):
-                    lock = self.lock(image_id)
-                    if lock.try_acquire():
-                        try:
-                            if not os.path.lexists(self.layout.image(image_id)):
+                    with self._unheld(image_id) as free:
+                        if free and not os.path.lexists(self.layout.image(image_id)):
+                            try:
                                 os.unlink(os.path.join(self.layout.dependencies, name))
-                        finally:
-                            lock.release()
+                            except FileNotFoundError:
+                                pass  # its delete finished meanwhile
+
+    def _unheld(self, image_id: str) -> _Unheld:
+        return _Unheld(self.lock(image_id))
 
     def usage(self, image_id: str, quota_backend: str = "none") -> DiskUsage:
         validate_image_id(image_id)
@@ -227,3 +222,17 @@ class Images:
             # Without a quota backend, measure what the container wrote: its upper dir (GrootFS reports 0).
             exclusive = disk_usage(os.path.join(path, "diff"))
         return DiskUsage(total=base + exclusive, exclusive=exclusive, quota=quota, committed=base + quota)
+
+
+class _Unheld:
+    """``with images._unheld(id) as free:`` the image's lock, taken without waiting; ``free`` says whether
+    it was (nobody is creating or deleting that image). Released on exit either way."""
+
+    def __init__(self, lock: FileLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> bool:
+        return self.lock.try_acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

@@ -227,15 +227,25 @@ class Volumes:
                         lock.release()
         existing = set(self.ids())
         for name in os.listdir(self.layout.meta):
-            if name.startswith("volume-") and name[len("volume-") :] not in existing:
-                volume_id = name[len("volume-") :]
-                lock = self.try_lock_exclusive(volume_id)
-                if lock is not None:
-                    try:
-                        if not self.exists(volume_id):
-                            self._forget(volume_id)
-                    finally:
-                        lock.release()
+            if not name.startswith("volume-"):
+                continue
+            volume_id, temp, _ = name[len("volume-") :].partition("-tmp-")
+            if volume_id in existing and not temp:
+                continue
+            # A size record being written (``volume-<id>-tmp-...``) belongs to the builder holding <id>'s
+            # lock: only with that lock free is it a leftover.
+            lock = self.try_lock_exclusive(volume_id)
+            if lock is not None:
+                try:
+                    if temp:
+                        try:
+                            os.unlink(os.path.join(self.layout.meta, name))
+                        except FileNotFoundError:
+                            pass
+                    elif not self.exists(volume_id):
+                        self._forget(volume_id)
+                finally:
+                    lock.release()
         for name in os.listdir(self.layout.links):
             link = os.path.join(self.layout.links, name)
             if not os.path.exists(link) and os.path.islink(link):
