@@ -22,6 +22,7 @@ from .errors import (
     VerificationError,
 )
 from .log import NULL, Logger
+from .mount import kernel
 from .store.fsutil import atomic_write, read_text, remove_tree
 from .store.images import DiskUsage, Images
 from .store.layout import Layout, validate_image_id
@@ -166,10 +167,16 @@ class Store:
 
         return Namespace.from_json(read_text(self.layout.namespace_file))
 
-    def init(self, uid_mappings: Sequence[Mapping] = (), gid_mappings: Sequence[Mapping] = ()) -> None:
-        """Create the store (idempotent). Mappings are a property of the store and cannot change later."""
+    def init(
+        self, uid_mappings: Sequence[Mapping] = (), gid_mappings: Sequence[Mapping] = (), size_bytes: int = 0
+    ) -> None:
+        """Create the store (idempotent). Mappings are a property of the store and cannot change later.
+        ``size_bytes`` > 0 puts the store on an XFS filesystem with project quotas, in a loop-mounted
+        ``<store>.backing-store`` file of that size, as GrootFS does (unless the store is a mount already)."""
         from .idmap import Namespace
 
+        if size_bytes > 0:
+            self._backing_store(size_bytes)
         wanted = Namespace(list(uid_mappings), list(gid_mappings))
         os.makedirs(self.layout.meta, mode=0o755, exist_ok=True)
         if os.path.exists(self.layout.namespace_file):
@@ -220,7 +227,30 @@ class Store:
             else:
                 with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
                     self.images.delete(image_id)
+        backing = self.path.rstrip("/") + ".backing-store"
+        if os.path.exists(backing) and kernel.is_mountpoint(self.path):
+            kernel.unmount(self.path)
+            os.unlink(backing)
         remove_tree(self.path)
+
+    def _backing_store(self, size: int) -> None:
+        if os.path.isdir(self.path) and kernel.is_mountpoint(self.path):
+            return
+        from .store.quota import run
+
+        backing = self.path.rstrip("/") + ".backing-store"
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        with open(backing, "wb") as f:
+            f.truncate(size)
+        try:
+            run("mkfs.xfs", "-f", "-q", backing)
+            run("mount", "-o", "loop,pquota,noatime", backing, self.path)
+        except KernelError as exc:
+            os.unlink(backing)
+            raise KernelError(
+                f"init-store --store-size-bytes: making the XFS backing store (needs xfsprogs and loop devices): "
+                f"{exc.message}"
+            ) from None
 
     # -- images -----------------------------------------------------------------------------------------------
 

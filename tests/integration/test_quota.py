@@ -8,6 +8,7 @@ and with --exclude-image-from-quota; stats must report what was written.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Graftfs
+from tests.integration.conftest import GRAFTFS, Graftfs
+from tests.support import uml
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
 from tests.support.runc import run_in_rootfs
 
@@ -108,3 +110,42 @@ def test_without_quota_support_limits_are_measured_and_warned_or_refused(gfs: Gr
     # Without a limit, the same config creates as usual.
     gfs.run("--config", str(config), "create", url, "unlimited")
     gfs.run("delete", "unlimited")
+
+
+@pytest.mark.skipif(not uml.available(), reason="needs user-mode-linux and kmod")
+def test_xfs_project_quotas_in_user_mode_linux(workdir: Path) -> None:
+    """init-store --store-size-bytes makes an XFS backing store with project quotas (loop device and all),
+    which this machine's kernel cannot; user-mode Linux's can. Same limits as on btrfs."""
+    url = _image(workdir)
+    store = workdir / "store"
+    gfs = shlex.join([*GRAFTFS, "--store", str(store)])
+    limit = f"--disk-limit-size-bytes {10 * MB}"
+    script = f"""
+set -e
+{gfs} init-store --store-size-bytes {400 * MB}
+grep " {store} " /proc/self/mountinfo | grep -q "xfs .*prjquota" && echo xfs-prjquota-mounted
+{gfs} features | grep "disk quotas"
+for mode in counted excluded; do
+  flags="{limit}"; [ $mode = excluded ] && flags="$flags --exclude-image-from-quota"
+  {gfs} create $flags {url} $mode > /dev/null
+  rootfs={store}/images/$mode/rootfs
+  dd if=/dev/zero of=$rootfs/four bs=1048576 count=4 2>/dev/null && echo $mode-4MB-written
+  {gfs} stats $mode
+  dd if=/dev/zero of=$rootfs/eleven bs=1048576 count=11 2>/dev/null || echo $mode-11MB-stopped
+  {gfs} delete $mode
+done
+{gfs} delete-store
+test ! -e {store}.backing-store && echo backing-store-removed
+"""
+    out = uml.run_in_uml(script)
+    assert out.endswith("exit=0\n"), out
+    lines = out.splitlines()
+    assert "xfs-prjquota-mounted" in lines, out
+    assert "disk quotas      XFS project quotas: each image's writable layer is a project with its limit" in lines
+    for mode in ("counted", "excluded"):
+        assert f"{mode}-4MB-written" in lines and f"{mode}-11MB-stopped" in lines, out
+    usages = [json.loads(line)["disk_usage"] for line in lines if line.startswith('{"disk_usage"')]
+    assert len(usages) == 2
+    for usage in usages:
+        assert 4 * MB <= usage["exclusive_bytes_used"] <= 5 * MB, usages
+    assert "backing-store-removed" in lines

@@ -181,6 +181,8 @@ def cmd_init_store(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
         raise _usage_error("init-store")
     from ..idmap import parse_all
 
+    if "store-size-bytes" in flags:
+        cfg.store_size_bytes = flags["store-size-bytes"]
     uid_mappings = parse_all(flags.get("uid-mapping", []))
     gid_mappings = parse_all(flags.get("gid-mapping", []))
     if os.geteuid() != 0:
@@ -190,7 +192,7 @@ def cmd_init_store(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
         uid_mappings = uid_mappings or userns.default_mappings("uid")
         gid_mappings = gid_mappings or userns.default_mappings("gid")
     store = _store(cfg, (uid_mappings, gid_mappings))
-    store.init(uid_mappings, gid_mappings)
+    store.init(uid_mappings, gid_mappings, cfg.store_size_bytes)
     return 0
 
 
@@ -369,7 +371,7 @@ COMMANDS: dict[str, Command] = {
             (
                 Flag("uid-mapping", "list", "UID mapping NS:HOST:SIZE (repeatable)"),
                 Flag("gid-mapping", "list", "GID mapping NS:HOST:SIZE (repeatable)"),
-                Flag("store-size-bytes", "int", "size of the store (reported by capacity)"),
+                Flag("store-size-bytes", "int", "make the store an XFS filesystem of this size (loop device, quotas)"),
                 Flag("with-direct-io", "bool", "accepted for GrootFS compatibility"),
             ),
             cmd_init_store,

@@ -17,7 +17,7 @@ prints them. A store made by an older graftfs (no record) is probed on first use
 * ``overlay``: ``kernel`` when this caller can mount overlayfs on this filesystem; ``fuse-overlayfs`` when
   the kernel refuses (it will not stack on another overlay, such as a container's own root) but
   fuse-overlayfs (its package, and ``/dev/fuse``) works; else ``none``;
-* ``quota``: ``btrfs`` (qgroups, see :mod:`.quota`) or ``none`` (measure only);
+* ``quota``: ``xfs`` (project quotas), ``btrfs`` (qgroups) or ``none`` (measure only): see :mod:`.quota`;
 * ``idmapped_mounts``: the kernel supports idmapped mounts (5.19+ for overlay layers): reported, not used.
 """
 
@@ -131,11 +131,13 @@ class Features:
                 else "not supported by this kernel"
             ),
             "disk quotas      "
-            + (
-                "btrfs qgroups: each image's writable layer is a subvolume with its limit"
-                if self.quota == "btrfs"
-                else f"none on {self.filesystem} here: limits are checked against the image and the container's "
-                "writes are measured, but not enforced"
+            + {
+                "btrfs": "btrfs qgroups: each image's writable layer is a subvolume with its limit",
+                "xfs": "XFS project quotas: each image's writable layer is a project with its limit",
+            }.get(
+                self.quota,
+                f"none on {self.filesystem} here: limits are checked against the image and the container's writes "
+                "are measured, but not enforced",
             ),
         ]
         return lines
@@ -178,7 +180,7 @@ def probe(layout: Layout) -> Features:
             ids="all" if _chown_any(scratch) else "single",
             devices=_mknod(scratch, os.makedev(1, 3)),  # /dev/null's numbers
             overlay=overlay,
-            quota=_quota(layout.root, filesystem, userns),
+            quota=_quota(layout.root, userns),
         )
     finally:
         remove_tree(scratch)
@@ -190,19 +192,9 @@ def _initial_userns() -> bool:
 
 
 def _filesystem(path: str) -> str:
-    # os.statvfs has no f_type; /proc/self/mountinfo names the filesystem of the longest matching mount.
-    best, fstype = "", "unknown"
-    real = os.path.realpath(path)
-    for line in read_text("/proc/self/mountinfo", "").splitlines():
-        fields = line.split(" ")
-        try:
-            point = fields[4].replace("\\040", " ")
-            kind = fields[fields.index("-") + 1]
-        except (IndexError, ValueError):
-            continue
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-            best, fstype = point, kind
-    return fstype
+    from .quota import mount_of
+
+    return mount_of(path)[1]
 
 
 def _xattrs(scratch: str) -> str:
@@ -282,10 +274,8 @@ def _fuse_overlay(scratch: str) -> bool:
     return True
 
 
-def _quota(root: str, filesystem: str, userns: bool) -> str:
+def _quota(root: str, userns: bool) -> str:
     from . import quota
 
-    # qgroups are the filesystem's, so only the host's root may turn them on.
-    if not userns and filesystem == "btrfs" and quota.probe_btrfs(root):
-        return "btrfs"
-    return "none"
+    # Quotas are the filesystem's: only the host's root may set them (or turn them on).
+    return "none" if userns else quota.probe(root)

@@ -24,6 +24,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from .quota import Quota
+
 
 class DiskUsage:
     """GrootFS's ``disk_usage`` document. Field order is the JSON key order."""
@@ -110,12 +112,11 @@ class Images:
             self.remove_uncommitted(image_id)
         # Build under a temporary name, then rename: a crash leaves a dot-name that no listing shows.
         tmp = temp_name(os.path.join(self.layout.images, "." + image_id), "creating")
-        if quota_backend == "none":
+        quota = self._quota(quota_backend)
+        if quota is None:
             os.mkdir(tmp, 0o700)
         else:
-            from . import quota
-
-            quota.make_image_dir(quota_backend, tmp)
+            quota.make_image_dir(tmp)
         try:
             for sub in ("diff", "workdir", "rootfs"):
                 os.mkdir(os.path.join(tmp, sub), 0o755)
@@ -125,14 +126,16 @@ class Images:
                 os.chown(tmp, *owner)
             atomic_write(os.path.join(tmp, "image_info"), str(base_size).encode(), 0o600, sync=False)
             if quota_bytes > 0:
-                if quota_backend != "none":
-                    from . import quota
-
-                    quota.limit(quota_backend, tmp, quota_bytes)
+                if quota is not None:
+                    quota.limit(tmp, quota_bytes)
                 atomic_write(os.path.join(tmp, "image_quota"), str(quota_bytes).encode(), 0o600, sync=False)
             os.rename(tmp, path)
+            if quota is not None:
+                quota.renamed(tmp, path)
         except BaseException:
             remove_tree(tmp)
+            if quota is not None:
+                quota.release(tmp)
             raise
         atomic_write(self.layout.dependency_file(image_id), jsonc.dumps(list(volume_ids)).encode())
         return path
@@ -174,6 +177,14 @@ class Images:
         remove_tree(doomed)
         if os.path.lexists(doomed):
             raise KernelError(f"deleting image path '{path}' failed")
+        self._release_project(path)
+
+    def _release_project(self, path: str) -> None:
+        """An XFS project ID left pointing at a removed image directory is freed (one stat otherwise)."""
+        if os.path.lexists(os.path.join(self.layout.projectids, f"image-{os.path.basename(path)}")):
+            quota = self._quota("xfs")
+            assert quota is not None
+            quota.release(path)
 
     def sweep(self) -> Iterator[str]:
         """Remove dot-named leftovers and uncommitted image dirs whose creator is gone. Everything here may
@@ -185,6 +196,7 @@ class Images:
                     if free and os.path.lexists(path):
                         self._unmount(path)
                         remove_tree(path)
+                        self._release_project(path)
                         yield name
             elif not self.is_committed(name):
                 with self._unheld(name) as free:
@@ -203,6 +215,13 @@ class Images:
                             except FileNotFoundError:
                                 pass  # its delete finished meanwhile
 
+    def _quota(self, backend: str) -> Quota | None:
+        if backend == "none":
+            return None
+        from .quota import Quota
+
+        return Quota(backend, self.layout)
+
     def _unheld(self, image_id: str) -> _Unheld:
         return _Unheld(self.lock(image_id))
 
@@ -213,11 +232,8 @@ class Images:
             raise NotFound(f"Image `{image_id}` not found.")
         base = read_int(os.path.join(path, "image_info"))
         quota = read_int(os.path.join(path, "image_quota"))
-        exclusive = None
-        if quota_backend != "none":
-            from . import quota as quotas
-
-            exclusive = quotas.exclusive_bytes(quota_backend, path)
+        quota_backend_ = self._quota(quota_backend)
+        exclusive = quota_backend_.exclusive_bytes(path) if quota_backend_ is not None else None
         if exclusive is None:
             # Without a quota backend, measure what the container wrote: its upper dir (GrootFS reports 0).
             exclusive = disk_usage(os.path.join(path, "diff"))

@@ -74,6 +74,10 @@ class Layout:
         return os.path.join(self.root, "meta", "namespace.json")
 
     @property
+    def projectids(self) -> str:
+        return os.path.join(self.meta, "projectids")
+
+    @property
     def features_file(self) -> str:
         return os.path.join(self.meta, "features.json")
 
