@@ -50,6 +50,7 @@ class CreateOptions:
 
     __slots__ = (
         "disk_limit_bytes",
+        "ephemeral",
         "exclude_image_from_quota",
         "insecure_registries",
         "mount",
@@ -74,6 +75,7 @@ class CreateOptions:
         remote_layer_certificates: str = "",
         progress: Progress | None = None,
         unenforceable_disk_limit: str = "warn",
+        ephemeral: bool = False,
     ) -> None:
         self.mount = mount
         self.skip_layer_validation = skip_layer_validation
@@ -93,6 +95,8 @@ class CreateOptions:
                 f"unenforceable disk limit policy must be warn or refuse, not `{unenforceable_disk_limit}`"
             )
         self.unenforceable_disk_limit = unenforceable_disk_limit
+        # The writable layer in memory (a tmpfs as large as the disk limit), gone with the image.
+        self.ephemeral = ephemeral
 
     def __repr__(self) -> str:  # never show the password
         fields = ", ".join(
@@ -268,7 +272,8 @@ class Store:
 
         ref = reference.parse(url)
         feats = self.features()
-        if options.disk_limit_bytes > 0 and feats.quota == "none" and options.unenforceable_disk_limit == "refuse":
+        enforced = feats.quota != "none" or options.ephemeral
+        if options.disk_limit_bytes > 0 and not enforced and options.unenforceable_disk_limit == "refuse":
             raise Unsupported(
                 f"a disk limit was asked for, and {self.path} ({feats.filesystem}) has no quota support to enforce "
                 "it (create.unenforceable_disk_limit is refuse)"
@@ -338,9 +343,11 @@ class Store:
                         raise InvalidArgument("disk limit is smaller than volume size")
                     # GrootFS's semantics: the image's own size counts against the limit unless excluded.
                     quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
-                    if feats.quota == "none":
+                    if not enforced:
                         log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
-                path = self.images.create(image_id, volume_ids, base_size, namespace.owner, feats.quota, quota_bytes)
+                path = self.images.create(
+                    image_id, volume_ids, base_size, namespace.owner, feats.quota, quota_bytes, options.ephemeral
+                )
             except BaseException:
                 self.volumes.abandon(lease)
                 raise

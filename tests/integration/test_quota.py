@@ -149,3 +149,19 @@ test ! -e {store}.backing-store && echo backing-store-removed
     for usage in usages:
         assert 4 * MB <= usage["exclusive_bytes_used"] <= 5 * MB, usages
     assert "backing-store-removed" in lines
+
+
+def test_an_ephemeral_writable_layer_is_a_tmpfs_as_large_as_the_limit(gfs: Graftfs, workdir: Path) -> None:
+    url = _image(workdir)
+    gfs.create(url, "eph", "--ephemeral", "--disk-limit-size-bytes", str(10 * MB), "--exclude-image-from-quota")
+    image = gfs.store / "images/eph"
+    assert subprocess.run(["findmnt", "-n", "-o", "FSTYPE", str(image)], capture_output=True, text=True).stdout == (
+        "tmpfs\n"
+    )
+    assert _write(gfs, "eph", 4).returncode == 0
+    usage = json.loads(gfs.run("stats", "eph").stdout)["disk_usage"]
+    assert 4 * MB <= usage["exclusive_bytes_used"] <= 5 * MB and usage["quota_size_bytes"] == 10 * MB
+    result = _write(gfs, "eph", 11)
+    assert result.returncode != 0 and "no space left" in result.stdout.lower(), result.stdout
+    gfs.run("delete", "eph")
+    assert not image.exists() and gfs.run("list").stdout == "Store empty\n"

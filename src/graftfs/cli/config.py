@@ -36,6 +36,7 @@ class Config:
         self.remote_layer_client_certificates_path: str = ""
         # graftfs's own: what a create with a disk limit does on a store without quota support.
         self.unenforceable_disk_limit: str = "warn"
+        self.ephemeral: bool = False  # graftfs's own: writable layers on tmpfs
         self.threshold_bytes: int = 0
         self.store_size_bytes: int = 0
         self.with_direct_io: bool = False
@@ -127,6 +128,7 @@ def load(path: str) -> Config:
     if policy not in ("warn", "refuse"):
         raise InvalidArgument(f"invalid config file: `unenforceable_disk_limit` must be warn or refuse, not `{policy}`")
     cfg.unenforceable_disk_limit = policy
+    cfg.ephemeral = _bool(create.get("ephemeral"), "ephemeral")
     cfg.threshold_bytes = _int(_section(doc, "clean").get("threshold_bytes"), "threshold_bytes")
     init = _section(doc, "init")
     cfg.store_size_bytes = _int(init.get("store_size_bytes"), "store_size_bytes")

@@ -217,7 +217,7 @@ def cmd_create(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
         cfg.threshold_bytes = flags["threshold-bytes"]
     if cfg.threshold_bytes < 0:
         raise InvalidArgument("invalid argument: clean threshold cannot be negative")
-    for key in ("exclude-image-from-quota", "skip-layer-validation"):
+    for key in ("exclude-image-from-quota", "skip-layer-validation", "ephemeral"):
         if flags.get(key):
             setattr(cfg, key.replace("-", "_"), True)
     if flags.get("with-clean"):
@@ -271,6 +271,7 @@ def _create_options(cfg: Config, flags: dict[str, Any], progress: Progress | Non
         remote_layer_certificates=cfg.remote_layer_client_certificates_path,
         progress=progress,
         unenforceable_disk_limit=cfg.unenforceable_disk_limit,
+        ephemeral=cfg.ephemeral,
     )
 
 
@@ -392,6 +393,7 @@ COMMANDS: dict[str, Command] = {
                 Flag("threshold-bytes", "int", "clean threshold for --with-clean"),
                 Flag("with-mount", "bool", "mount the root filesystem (default)"),
                 Flag("without-mount", "bool", "print the mount instead of performing it"),
+                Flag("ephemeral", "bool", "keep the writable layer on a tmpfs, as large as the disk limit"),
                 Flag("username", "str", "registry username"),
                 Flag("password", "str", "registry password"),
                 Flag("clean-log-file", "str", "log file of the clean started by --with-clean"),

@@ -80,6 +80,26 @@ def mount_overlay(spec: OverlaySpec) -> None:
         raise KernelError(f"mounting overlay at {spec.target}: {os.strerror(err)}", err)
 
 
+MS_MOVE = 8192
+
+
+def mount_tmpfs(target: str, size: int) -> None:
+    """A private tmpfs at ``target`` (mode 0700), holding at most ``size`` bytes when ``size`` > 0."""
+    _call_mount(b"tmpfs", target, b"tmpfs", 0, ("mode=0700" + (f",size={size}" if size > 0 else "")).encode())
+
+
+def move(source: str, target: str) -> None:
+    """Move the mount at ``source`` to ``target`` (MS_MOVE): a mounted directory cannot be renamed."""
+    _call_mount(_fs(source), target, None, MS_MOVE, None)
+
+
+def _call_mount(source: bytes, target: str, fstype: bytes | None, flags: int, data: bytes | None) -> None:
+    mount, _, _, get_errno = _c()
+    if mount(source, _fs(target), fstype, flags, data) != 0:
+        err = get_errno()
+        raise KernelError(f"mounting {source.decode(errors='replace')} at {target}: {os.strerror(err)}", err)
+
+
 def _mount_fuse(spec: OverlaySpec) -> None:
     """fuse-overlayfs is a program (it serves the mount from user space), so this one mount is a command."""
     import subprocess

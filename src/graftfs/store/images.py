@@ -98,9 +98,12 @@ class Images:
         owner: tuple[int, int] = (0, 0),
         quota_backend: str = "none",
         quota_bytes: int = 0,
+        ephemeral: bool = False,
     ) -> str:
         """Lay out and commit the image directory. The caller holds the image lock and the volumes' lease.
         ``quota_bytes`` (when > 0) limits the writable layer through ``quota_backend`` (see store.quota).
+        ``ephemeral`` puts the whole image directory, writable layer included, on a tmpfs of its own, of
+        ``quota_bytes`` when > 0: the limit is then tmpfs's size, whatever the store's filesystem.
         Returns the image path. Mounting is separate (:meth:`mount`)."""
         from .. import jsonc
 
@@ -112,8 +115,11 @@ class Images:
             self.remove_uncommitted(image_id)
         # Build under a temporary name, then rename: a crash leaves a dot-name that no listing shows.
         tmp = temp_name(os.path.join(self.layout.images, "." + image_id), "creating")
-        quota = self._quota(quota_backend)
-        if quota is None:
+        quota = None if ephemeral else self._quota(quota_backend)
+        if ephemeral:
+            os.mkdir(tmp, 0o700)
+            kernel.mount_tmpfs(tmp, quota_bytes)
+        elif quota is None:
             os.mkdir(tmp, 0o700)
         else:
             quota.make_image_dir(tmp)
@@ -129,10 +135,21 @@ class Images:
                 if quota is not None:
                     quota.limit(tmp, quota_bytes)
                 atomic_write(os.path.join(tmp, "image_quota"), str(quota_bytes).encode(), 0o600, sync=False)
-            os.rename(tmp, path)
+            if ephemeral:
+                os.mkdir(path, 0o700)
+                kernel.move(tmp, path)
+                os.rmdir(tmp)
+            else:
+                os.rename(tmp, path)
             if quota is not None:
                 quota.renamed(tmp, path)
         except BaseException:
+            if ephemeral:
+                self._unmount(tmp)
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
             remove_tree(tmp)
             if quota is not None:
                 quota.release(tmp)
@@ -167,6 +184,8 @@ class Images:
         kernel.unmount(rootfs)
         if kernel.is_mountpoint(rootfs):
             raise KernelError(f"deleting image path '{path}' failed: rootfs is still mounted")
+        if kernel.is_mountpoint(path):  # an ephemeral image's tmpfs
+            kernel.unmount(path)
 
     def _remove_dir(self, path: str) -> None:
         if not os.path.lexists(path):
