@@ -192,7 +192,7 @@ class Store:
         else:
             atomic_write(self.layout.namespace_file, wanted.to_json(), 0o644)
         owner = (0, 0) if self.rootless else wanted.owner
-        for directory in self.layout.directories():
+        for directory in [*self.layout.directories(), self.layout.released]:
             os.makedirs(directory, mode=0o755, exist_ok=True)
             if owner != (0, 0):
                 os.chown(directory, *owner)
@@ -438,7 +438,8 @@ class Store:
         image_id = self.resolve_id(image_id_or_path)
         return self.images.usage(image_id, self.features().quota if self.exists() else "none")
 
-    def clean(self, threshold_bytes: int = 0) -> CleanResult:
+    def clean(self, threshold_bytes: int = 0, keep_seconds: float = 0) -> CleanResult:
+        """GrootFS's clean; ``keep_seconds`` > 0 also keeps layers an image used that recently."""
         if threshold_bytes < 0:
             raise InvalidArgument("invalid argument: clean threshold cannot be negative")
         if not self.exists():
@@ -447,7 +448,7 @@ class Store:
 
         start = time.monotonic()
         start_ns = time.monotonic_ns()
-        result = clean(self.layout, threshold_bytes)
+        result = clean(self.layout, threshold_bytes, keep_seconds)
         if metrics.sink.enabled:
             metrics.sink.since("ImageCleanTime", start_ns)
             self._emit_store_metrics()

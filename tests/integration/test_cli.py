@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -195,7 +196,8 @@ def test_clean_keeps_layers_in_use_and_honours_the_threshold(gfs: Graftfs, workd
     gfs.run("clean")
     assert gfs.volumes() == set()
     assert os.listdir(gfs.store / "l") == []
-    assert sorted(os.listdir(gfs.store / "meta")) == ["dependencies", "features.json", "namespace.json"]
+    assert sorted(os.listdir(gfs.store / "meta")) == ["dependencies", "features.json", "namespace.json", "released"]
+    assert os.listdir(gfs.store / "meta" / "released") == []
 
 
 def test_clean_without_a_store_is_not_an_error(workdir: Path) -> None:
@@ -322,3 +324,27 @@ def test_features_are_probed_once_and_reported(gfs: Graftfs, workdir: Path) -> N
     gfs.create(info.url(), "x")
     assert json.loads(record.read_text()) == doc
     gfs.run("delete", "x")
+
+
+def test_clean_can_keep_layers_used_recently(gfs: Graftfs, workdir: Path) -> None:
+    info = write_oci_layout(workdir / "img", [busybox_layer(), TarBuilder().file("f", b"f").build()])
+    gfs.create(info.url(), "a")
+    gfs.run("delete", "a")
+    volumes = gfs.volumes()
+    assert len(volumes) == 2
+    # Deleted a moment ago: an hour's window keeps its layers, and so does a second's, for now.
+    assert gfs.run("clean", "--keep-used-within-seconds", "3600").stdout == "clean completed\n"
+    assert gfs.volumes() == volumes
+    config = workdir / "keep.yml"
+    config.write_text("clean:\n  keep_used_within_seconds: 1\n")
+    gfs.run("--config", str(config), "clean")
+    assert gfs.volumes() == volumes
+    time.sleep(1.2)
+    gfs.run("--config", str(config), "clean")
+    assert gfs.volumes() == set()
+    assert os.listdir(gfs.store / "meta" / "released") == []
+    # Without the policy (GrootFS's clean), unused layers go at once.
+    gfs.create(info.url(), "b")
+    gfs.run("delete", "b")
+    gfs.run("clean")
+    assert gfs.volumes() == set()

@@ -38,6 +38,7 @@ class Config:
         self.unenforceable_disk_limit: str = "warn"
         self.ephemeral: bool = False  # graftfs's own: writable layers on tmpfs
         self.threshold_bytes: int = 0
+        self.keep_used_within_seconds: int = 0  # graftfs's own clean policy
         self.store_size_bytes: int = 0
         self.with_direct_io: bool = False
         for key, value in overrides.items():
@@ -129,7 +130,9 @@ def load(path: str) -> Config:
         raise InvalidArgument(f"invalid config file: `unenforceable_disk_limit` must be warn or refuse, not `{policy}`")
     cfg.unenforceable_disk_limit = policy
     cfg.ephemeral = _bool(create.get("ephemeral"), "ephemeral")
-    cfg.threshold_bytes = _int(_section(doc, "clean").get("threshold_bytes"), "threshold_bytes")
+    clean = _section(doc, "clean")
+    cfg.threshold_bytes = _int(clean.get("threshold_bytes"), "threshold_bytes")
+    cfg.keep_used_within_seconds = _int(clean.get("keep_used_within_seconds"), "keep_used_within_seconds")
     init = _section(doc, "init")
     cfg.store_size_bytes = _int(init.get("store_size_bytes"), "store_size_bytes")
     cfg.with_direct_io = _bool(init.get("with_direct_io"), "with_direct_io")

@@ -288,6 +288,8 @@ def _spawn_clean(cfg: Config) -> None:
     if cfg.metrics_textfile:
         argv += ["--metrics-textfile", cfg.metrics_textfile]
     argv += ["clean", "--threshold-bytes", str(cfg.threshold_bytes)]
+    if cfg.keep_used_within_seconds:
+        argv += ["--keep-used-within-seconds", str(cfg.keep_used_within_seconds)]
     subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
@@ -332,13 +334,17 @@ def cmd_list(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
 def cmd_clean(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
     if "threshold-bytes" in flags:
         cfg.threshold_bytes = flags["threshold-bytes"]
+    if "keep-used-within-seconds" in flags:
+        cfg.keep_used_within_seconds = flags["keep-used-within-seconds"]
+    if cfg.keep_used_within_seconds < 0:
+        raise InvalidArgument("invalid argument: keep-used-within-seconds cannot be negative")
     store = _store(cfg)
     if not store.exists():
         # GrootFS: not an error, and said on both streams.
         print(f"no store found at {store.path}")
         sys.stderr.write(f"no store found at {store.path}")
         return 0
-    result = store.clean(cfg.threshold_bytes)
+    result = store.clean(cfg.threshold_bytes, cfg.keep_used_within_seconds)
     print("clean completed" if result.ran else "threshold not reached: skipping clean")
     return 0
 
@@ -406,7 +412,10 @@ COMMANDS: dict[str, Command] = {
             "clean",
             "clean [options]",
             "remove unused layers and leftovers of interrupted work",
-            (Flag("threshold-bytes", "int", "only clean when the store uses more than this"),),
+            (
+                Flag("threshold-bytes", "int", "only clean when the store uses more than this"),
+                Flag("keep-used-within-seconds", "int", "also keep layers an image used this recently"),
+            ),
             cmd_clean,
         ),
         Command("list", "list", "list images", (), cmd_list),

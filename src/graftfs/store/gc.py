@@ -4,11 +4,17 @@ GrootFS makes clean take a store-wide exclusive lock that every create holds sha
 in-flight pulls and, past 3 s, fails. Here a volume is protected by its own lock instead (see volumes.py):
 clean locks candidate volumes *without waiting*, skips those a create is using, re-reads the dependency
 records once it holds its locks (a create that committed in between is seen), and collects the rest.
+
+An age policy GrootFS lacks: with ``keep_seconds`` > 0 a layer an image used in the last ``keep_seconds``
+is kept too, so a host that deletes and re-creates containers of the same image does not download it again
+after every clean. A delete moves its image's dependency record to ``meta/released/`` (the move's time is
+the last use); clean reads those younger than the window and removes the older ones.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 from .fsutil import read_int
 from .images import Images
@@ -41,21 +47,47 @@ def in_use(images: Images) -> set[str]:
     return used
 
 
-def clean(layout: Layout, threshold: int = 0) -> CleanResult:
+def recently_released(layout: Layout, keep_seconds: float) -> set[str]:
+    """Volumes of images deleted within ``keep_seconds``; older released records are removed."""
+    from .. import jsonc
+
+    kept: set[str] = set()
+    horizon = time.time() - keep_seconds
+    try:
+        names = os.listdir(layout.released)
+    except FileNotFoundError:
+        return kept
+    for name in names:
+        path = os.path.join(layout.released, name)
+        try:
+            if keep_seconds > 0 and os.stat(path).st_ctime >= horizon:
+                with open(path, encoding="utf-8") as f:
+                    deps = jsonc.loads(f.read())
+                if isinstance(deps, list):
+                    kept.update(d for d in deps if isinstance(d, str))
+            else:
+                os.unlink(path)
+        except (OSError, ValueError):
+            continue  # removed meanwhile, or damaged: it protects nothing
+    return kept
+
+
+def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanResult:
     images, volumes = Images(layout), Volumes(layout)
     with FileLock(layout.locks, "groot-gc-lock").held(timeout=GC_LOCK_WAIT):
         if threshold > 0 and committed_quota(layout, images) + volumes_size(volumes) < threshold:
             return CleanResult(ran=False)
         result = CleanResult(ran=True)
         result.leftovers.extend(images.sweep())
-        candidates = set(volumes.ids()) - in_use(images)
+        recent = recently_released(layout, keep_seconds)
+        candidates = set(volumes.ids()) - in_use(images) - recent
         held: dict[str, FileLock] = {}
         try:
             for volume_id in sorted(candidates):
                 lock = volumes.try_lock_exclusive(volume_id)
                 if lock is not None:
                     held[volume_id] = lock
-            used = in_use(images)  # again, now that no create can start using what we hold
+            used = in_use(images) | recent  # again, now that no create can start using what we hold
             for volume_id in held:
                 if volume_id not in used and volumes.exists(volume_id):
                     volumes.collect(volume_id)

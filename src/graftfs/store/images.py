@@ -169,9 +169,18 @@ class Images:
         self._unmount(path)
         # Un-commit first: from here on the image is garbage to anyone who looks, never a half image.
         try:
-            os.unlink(self.layout.dependency_file(image_id))
+            # Moved, not unlinked (same cost): the time of the move is when these layers were last used,
+            # which clean's age policy reads. Clean removes the moved records.
+            os.rename(
+                self.layout.dependency_file(image_id),
+                temp_name(os.path.join(self.layout.released, f"image:{image_id}"), "released"),
+            )
         except FileNotFoundError:
-            pass
+            # No record (an uncommitted image), or a store from before released/ existed.
+            try:
+                os.unlink(self.layout.dependency_file(image_id))
+            except FileNotFoundError:
+                pass
         self._remove_dir(path)
 
     def remove_uncommitted(self, image_id: str) -> None:

@@ -74,6 +74,11 @@ class Layout:
         return os.path.join(self.root, "meta", "namespace.json")
 
     @property
+    def released(self) -> str:
+        """Dependency records of deleted images, kept a while for clean's age policy (see store.gc)."""
+        return os.path.join(self.meta, "released")
+
+    @property
     def projectids(self) -> str:
         return os.path.join(self.meta, "projectids")
 
