@@ -93,6 +93,10 @@ def test_without_quota_support_limits_are_measured_and_warned_or_refused(gfs: Gr
     assert '"message":"graftfs.create.disk-limit-not-enforced"' in result.stderr, result.stderr
     before = json.loads(gfs.run("stats", "warned").stdout)["disk_usage"]
     assert _write(gfs, "warned", 11).returncode == 0  # nothing stops it
+    # A measurement is reused for a few seconds (Garden polls every container): not walked again yet...
+    assert json.loads(gfs.run("stats", "warned").stdout)["disk_usage"] == before
+    # ... and measured again once that time is up (here at once).
+    gfs.env = {"GRAFTFS_STATS_CACHE_SECONDS": "0"}
     after = json.loads(gfs.run("stats", "warned").stdout)["disk_usage"]
     assert after["exclusive_bytes_used"] - before["exclusive_bytes_used"] >= 11 * MB
     gfs.run("delete", "warned")
