@@ -106,15 +106,18 @@ class LayerBuilder:
                 blob = self.progress.layer(blob, layer.expect.size)
             stream = LayerStream(blob, layer.expect)
             try:
-                result = unpack(stream.tar, directory, self._options(index, layer))
-            except Exception:
-                # Corrupt bytes usually break decompression or tar parsing before the digest can be
-                # compared; if the blob is wrong, that is the error worth reporting.
-                explained = stream.explain()
-                if explained is not None:
-                    raise explained from None
-                raise
-            stream.finish()
+                try:
+                    result = unpack(stream.tar, directory, self._options(index, layer))
+                except Exception:
+                    # Corrupt bytes usually break decompression or tar parsing before the digest can be
+                    # compared; if the blob is wrong, that is the error worth reporting.
+                    explained = stream.explain()
+                    if explained is not None:
+                        raise explained from None
+                    raise
+                stream.finish()
+            finally:
+                stream.close()
         if self.progress is not None:
             self.progress.layer_done()
         return result.bytes_written
