@@ -15,7 +15,6 @@ destination configured it is a no-op and the values that need a scan of the stor
 from __future__ import annotations
 
 import os
-import struct
 import time
 
 TYPE_CHECKING = False
@@ -100,6 +99,8 @@ def _length_delimited(number: int, data: bytes) -> bytes:
 def envelope(name: str, value: float, unit: str, timestamp_ns: int, origin: str = ORIGIN) -> bytes:
     """``events.Envelope`` (sonde-go's envelope.proto): origin=1, eventType=2, timestamp=6, valueMetric=9;
     ``ValueMetric``: name=1, value=2 (double), unit=3."""
+    import struct  # not at the top: every command imports this module, few send metrics
+
     metric = (
         _length_delimited(1, name.encode())
         + _field(2, 1)
