@@ -4,13 +4,14 @@ The layers copy subtrees of the host's /usr (shared libraries, /usr/share's many
 a Python library tree) on top of the busybox base layer the tests use, so the image runs (``/bin/sh``) and
 looks like a Debian image to an unpacker: thousands of files of every size, directories, symlinks and hard
 links. Entries are sorted and every mtime is fixed (TarBuilder's), so two builds on one machine give the
-same digests. Small and many-layer images come from ``tests.support.images`` directly (``busybox_layer``,
-``many_layers_image``).
+same digests. The small image is busybox alone; the many-small-files layer is generated from a seeded
+random generator; the many-layer image is ``tests.support.images.many_layers_image``.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,3 +94,25 @@ def debian_like_image(
     budget = size_mb << 20
     tars = [busybox_layer()] + [host_layer(layer.root, round(budget * layer.share)) for layer in layers]
     return write_oci_layout(path, tars, compression="gzip", tag=tag, config={"Cmd": ["/bin/sh"]})
+
+
+def small_image(path: Path) -> OCIImageInfo:
+    """One layer, busybox (~2 MB), and a command (``podman create`` refuses an image without one)."""
+    return write_oci_layout(path, [busybox_layer()], config={"Cmd": ["/bin/sh"]})
+
+
+def small_files_layer(files: int, seed: int = 0) -> bytes:
+    """An uncompressed layer of ``files`` regular files of 1-8 KiB, 100 to a directory and 10 directories to
+    a parent. Their content is random hex text, which gzip shrinks by about half, as it does the text and
+    code that most small files in images hold (random bytes would not compress, zeros would vanish)."""
+    rng = random.Random(seed)
+    tb = TarBuilder().dir("data")
+    for i in range(files):
+        parent, leaf = f"data/{i // 1000:03d}", f"data/{i // 1000:03d}/{i // 100 % 10}"
+        if i % 1000 == 0:
+            tb.dir(parent)
+        if i % 100 == 0:
+            tb.dir(leaf)
+        size = rng.randint(1024, 8192)
+        tb.file(f"{leaf}/{i:05d}", rng.randbytes((size + 1) // 2).hex()[:size].encode())
+    return tb.build()
