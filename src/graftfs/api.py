@@ -243,17 +243,32 @@ class Store:
         from .store.quota import run
 
         backing = self.path.rstrip("/") + ".backing-store"
+        created = not os.path.exists(self.path)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         with open(backing, "wb") as f:
             f.truncate(size)
         try:
             run("mkfs.xfs", "-f", "-q", backing)
-            run("mount", "-o", "loop,pquota,noatime", backing, self.path)
+            try:
+                run("mount", "-o", "loop,pquota,noatime", backing, self.path)
+            except KernelError as exc:
+                # Tell a kernel without XFS quotas (CONFIG_XFS_QUOTA) from one without loop devices or XFS.
+                try:
+                    run("mount", "-o", "loop,noatime", backing, self.path)
+                except KernelError:
+                    raise exc from None
+                kernel.unmount(self.path)
+                raise KernelError(
+                    "this kernel's XFS has no quota support (mounting with pquota fails, without it works), so "
+                    "disk limits cannot be enforced on an XFS store here"
+                ) from None
         except KernelError as exc:
             os.unlink(backing)
+            if created:
+                os.rmdir(self.path)
             raise KernelError(
-                f"init-store --store-size-bytes: making the XFS backing store (needs xfsprogs and loop devices): "
-                f"{exc.message}"
+                f"init-store --store-size-bytes: making the XFS backing store (needs xfsprogs, loop devices and "
+                f"XFS quotas): {exc.message}"
             ) from None
 
     # -- images -----------------------------------------------------------------------------------------------
