@@ -136,8 +136,10 @@ class Features:
                 "xfs": "XFS project quotas: each image's writable layer is a project with its limit",
             }.get(
                 self.quota,
-                f"none on {self.filesystem} here: limits are checked against the image and the container's writes "
-                "are measured, but not enforced",
+                f"none on {self.filesystem} here"
+                + (" (not mounted with prjquota)" if self.filesystem == "xfs" else "")
+                + ": limits are checked against the image and the container's writes are measured, but not "
+                "enforced",
             ),
         ]
         return lines
