@@ -218,15 +218,6 @@ def peak_rss(stats: dict[str, object]) -> str:
     return text
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def summary(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
     return {

@@ -23,7 +23,8 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.common import installed, run, stop, unmount_under
+from bench.common import installed, run, unmount_under
+from tests.support.registry import stop
 
 # Every peer command a benchmark may run, for the versions it reports.
 COMMANDS = ("docker-registry", "containerd", "ctr", "skopeo", "umoci", "podman")

@@ -7,13 +7,12 @@ threads; they all report here, under a lock, and the line is redrawn at most eve
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO, Any
+    from typing import IO
 
 INTERVAL = 0.1
 
@@ -36,7 +35,9 @@ class Progress:
             self.started += 1
             self.total += max(size, 0)
         self._draw(force=True)
-        return io.BufferedReader(_Counted(raw, self), 1 << 16)
+        from .layers.stream import observed
+
+        return observed(raw, lambda n, _ns: self.advance(n))
 
     def layer_done(self) -> None:
         with self._lock:
@@ -75,24 +76,3 @@ class Progress:
 
 def _mb(n: float) -> str:
     return f"{n / 1e6:.1f}"
-
-
-class _Counted(io.RawIOBase):
-    def __init__(self, raw: IO[bytes], progress: Progress) -> None:
-        super().__init__()
-        self._raw = raw
-        self._progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n: int = self._raw.readinto(buffer)  # type: ignore[attr-defined]
-        if n:
-            self._progress.advance(n)
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()

@@ -6,7 +6,6 @@ This is the only place where a source, a layer stream and the unpacker meet; the
 
 from __future__ import annotations
 
-import io
 import os
 import time
 
@@ -17,8 +16,6 @@ from .log import Logger
 
 TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
 if TYPE_CHECKING:
-    from typing import IO, Any
-
     from .layers.unpack import UnpackOptions
     from .progress import Progress
     from .sources.base import ImageSpec, LayerInfo, Source
@@ -66,6 +63,9 @@ class LayerBuilder:
         metrics.sink.value("DownloadTime", self._download_ns.pop(index, 0), metrics.NANOS)
         return size
 
+    def _waited(self, index: int, nanoseconds: int) -> None:
+        self._download_ns[index] = self._download_ns.get(index, 0) + nanoseconds
+
     def _options(self, index: int, layer: LayerInfo) -> UnpackOptions:
         from .layers.unpack import UnpackOptions
 
@@ -96,12 +96,12 @@ class LayerBuilder:
 
     def _unpack(self, index: int, layer: LayerInfo, directory: str) -> int:
         # Imported here: a warm create (every layer cached) never needs tarfile, isal or zstandard.
-        from .layers.stream import LayerStream
+        from .layers.stream import LayerStream, observed
         from .layers.unpack import unpack
 
         with self.source.open_blob(layer) as blob:
             if metrics.sink.enabled:
-                blob = io.BufferedReader(_Timed(blob, self._download_ns, index), 1 << 16)
+                blob = observed(blob, lambda _n, ns: self._waited(index, ns))
             if self.progress is not None:
                 blob = self.progress.layer(blob, layer.expect.size)
             stream = LayerStream(blob, layer.expect)
@@ -121,27 +121,3 @@ class LayerBuilder:
         if self.progress is not None:
             self.progress.layer_done()
         return result.bytes_written
-
-
-class _Timed(io.RawIOBase):
-    """Adds the time spent in the blob's reads to ``totals[key]``."""
-
-    def __init__(self, raw: IO[bytes], totals: dict[int, int], key: int) -> None:
-        super().__init__()
-        self._raw = raw
-        self._totals = totals
-        self._key = key
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        start = time.monotonic_ns()
-        n: int = self._raw.readinto(buffer)  # type: ignore[attr-defined]
-        self._totals[self._key] = self._totals.get(self._key, 0) + time.monotonic_ns() - start
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()

@@ -21,7 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import ClassVar
 
@@ -195,15 +195,8 @@ def front(registry: Registry) -> Iterator[str]:
                 keep = ("Content-Type", "Docker-Content-Digest")
                 self._reply(status, body, {k: headers[k] for k in keep if headers[k]})
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serve(Handler) as host:
+        yield host
 
 
 def test_blobs_follow_redirects_to_another_host(

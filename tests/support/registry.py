@@ -146,13 +146,18 @@ def start_registry(work: Path, config: str = "", tls: ssl.SSLContext | None = No
             time.sleep(0.05)
         yield Registry(f"127.0.0.1:{port}", log, work, tls)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """Terminate a server we started, by its PID; kill it if it does not go."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @contextmanager

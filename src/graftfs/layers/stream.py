@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Callable
 from typing import IO, Any, cast
 
@@ -265,3 +266,30 @@ def _size_error(expected: int, actual: int) -> VerificationError:
         "validating actual blob size: layer size is different from the value in the manifest; "
         f"expected: {expected}, actual {actual}"
     )
+
+
+class Observed(io.RawIOBase):
+    """Passes a blob through, telling ``on_read(bytes, nanoseconds)`` about each read (progress, metrics)."""
+
+    def __init__(self, raw: IO[bytes], on_read: Callable[[int, int], None]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._on_read = on_read
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        start = time.monotonic_ns()
+        n: int = self._raw.readinto(buffer)  # type: ignore[attr-defined]
+        self._on_read(n, time.monotonic_ns() - start)
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def observed(raw: IO[bytes], on_read: Callable[[int, int], None]) -> IO[bytes]:
+    return io.BufferedReader(Observed(raw, on_read), 1 << 16)

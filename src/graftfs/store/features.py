@@ -230,26 +230,7 @@ def _chown_any(scratch: str) -> bool:
 
 
 def _overlay(scratch: str, xattrs: str) -> bool:
-    from ..errors import KernelError
-    from ..mount import kernel
-    from ..mount.spec import OverlaySpec
-
-    for name in ("lower", "upper", "work", "merged"):
-        os.makedirs(os.path.join(scratch, name), exist_ok=True)
-    spec = OverlaySpec(
-        cwd=scratch,
-        lowers=("lower",),
-        upper="upper",
-        work="work",
-        target=os.path.join(scratch, "merged"),
-        extra_options=("userxattr",) if xattrs == "user" else (),
-    )
-    try:
-        kernel.mount_overlay(spec)
-    except KernelError:
-        return False
-    kernel.unmount(spec.target)
-    return True
+    return _mounts(scratch, "kernel", ("userxattr",) if xattrs == "user" else ())
 
 
 def _fuse_overlay(scratch: str) -> bool:
@@ -261,13 +242,18 @@ def _fuse_overlay(scratch: str) -> bool:
         os.close(os.open("/dev/fuse", os.O_RDWR))
     except OSError:
         return False
+    return _mounts(scratch, "fuse-overlayfs")
+
+
+def _mounts(scratch: str, driver: str, extra_options: tuple[str, ...] = ()) -> bool:
+    """Whether an overlay can be mounted (and unmounted) here with ``driver``."""
     from ..errors import KernelError
     from ..mount import kernel
     from ..mount.spec import OverlaySpec
 
     for name in ("lower", "upper", "work", "merged"):
         os.makedirs(os.path.join(scratch, name), exist_ok=True)
-    spec = OverlaySpec(scratch, ("lower",), "upper", "work", os.path.join(scratch, "merged"), driver="fuse-overlayfs")
+    spec = OverlaySpec(scratch, ("lower",), "upper", "work", os.path.join(scratch, "merged"), extra_options, driver)
     try:
         kernel.mount_overlay(spec)
     except KernelError:
