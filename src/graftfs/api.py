@@ -288,28 +288,7 @@ class Store:
         ref = reference.parse(url)
         feats = self.features()
         enforced = feats.quota != "none" or options.ephemeral
-        if options.disk_limit_bytes > 0 and not enforced and options.unenforceable_disk_limit == "refuse":
-            raise Unsupported(
-                f"a disk limit was asked for, and {self.path} ({feats.filesystem}) has no quota support to enforce "
-                "it (create.unenforceable_disk_limit is refuse)"
-            )
-        if options.mount and self.rootless:
-            raise Unsupported(
-                "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
-                "use create --without-mount (create.without_mount: true) and let the runtime mount it"
-            )
-        if options.mount and feats.overlay == "none":
-            raise Unsupported(
-                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}), "
-                "and fuse-overlayfs is not available: use create --without-mount and let the runtime mount it "
-                "(`graftfs features` says why)"
-            )
-        if not options.mount and feats.overlay == "fuse-overlayfs":
-            raise Unsupported(
-                f"the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), so no overlay mount "
-                "can be handed to the runtime; graftfs mounts this store with fuse-overlayfs: create without "
-                "--without-mount"
-            )
+        self._check_possible(feats, options, enforced)
 
         from .sources import open_source
 
@@ -402,6 +381,31 @@ class Store:
             metrics.sink.since("ImageDeletionTime", start_ns)
             self._emit_store_metrics()
         return image_id
+
+    def _check_possible(self, feats: Features, options: CreateOptions, enforced: bool) -> None:
+        """Refuse, before anything is pulled, what this caller cannot do in this store."""
+        if options.disk_limit_bytes > 0 and not enforced and options.unenforceable_disk_limit == "refuse":
+            raise Unsupported(
+                f"a disk limit was asked for, and {self.path} ({feats.filesystem}) has no quota support to enforce "
+                "it (create.unenforceable_disk_limit is refuse)"
+            )
+        if options.mount and self.rootless:
+            raise Unsupported(
+                "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
+                "use create --without-mount (create.without_mount: true) and let the runtime mount it"
+            )
+        if options.mount and feats.overlay == "none":
+            raise Unsupported(
+                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}), "
+                "and fuse-overlayfs is not available: use create --without-mount and let the runtime mount it "
+                "(`graftfs features` says why)"
+            )
+        if not options.mount and feats.overlay == "fuse-overlayfs":
+            raise Unsupported(
+                f"the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), so no overlay mount "
+                "can be handed to the runtime; graftfs mounts this store with fuse-overlayfs: create without "
+                "--without-mount"
+            )
 
     def _emit_store_metrics(self, committed: bool = False) -> None:
         """UsedLayersSize and UnusedLayersSize (volumes some image uses, and the rest), and with
