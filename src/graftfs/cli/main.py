@@ -487,17 +487,16 @@ def run(argv: Sequence[str]) -> int:
         cfg = build_config(global_flags)
         # GrootFS points TMPDIR into the store so any temporary file lands on the store's filesystem.
         os.environ["TMPDIR"] = os.path.join(cfg.store, "tmp")
+        sink = None
         if cfg.metron_endpoint or cfg.metrics_textfile:
             from .. import metrics
 
-            metrics.sink = metrics.Metrics(cfg.metron_endpoint, cfg.metrics_textfile)
+            sink = metrics.sink = metrics.Metrics(cfg.metron_endpoint, cfg.metrics_textfile)
         try:
             return command.run(cfg, flags, args)
         finally:
-            if cfg.metron_endpoint or cfg.metrics_textfile:
-                from .. import metrics
-
-                metrics.sink.close()
+            if sink is not None:
+                sink.close()  # the text file is written once, with every value of the command
     except GraftfsError as exc:
         _log_failure(cfg, command.name, exc, start)
         print(exc)
