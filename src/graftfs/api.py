@@ -172,16 +172,24 @@ class Store:
         return Namespace.from_json(read_text(self.layout.namespace_file))
 
     def init(
-        self, uid_mappings: Sequence[Mapping] = (), gid_mappings: Sequence[Mapping] = (), size_bytes: int = 0
+        self,
+        uid_mappings: Sequence[Mapping] = (),
+        gid_mappings: Sequence[Mapping] = (),
+        size_bytes: int = 0,
+        shared_layers: str = "",
     ) -> None:
         """Create the store (idempotent). Mappings are a property of the store and cannot change later.
         ``size_bytes`` > 0 puts the store on an XFS filesystem with project quotas, in a loop-mounted
-        ``<store>.backing-store`` file of that size, as GrootFS does (unless the store is a mount already)."""
+        ``<store>.backing-store`` file of that size, as GrootFS does (unless the store is a mount already).
+        ``shared_layers`` (a directory) keeps one unshifted copy of the layers there for every store that
+        names it, whatever their mappings: a store with mappings then mounts its layers idmapped."""
         from .idmap import Namespace
 
         if size_bytes > 0:
             self._backing_store(size_bytes)
         wanted = Namespace(list(uid_mappings), list(gid_mappings))
+        if shared_layers or self.layout.shared_layers() is not None:
+            self._share_layers(shared_layers, bool(wanted.uid_mappings or wanted.gid_mappings))
         os.makedirs(self.layout.meta, mode=0o755, exist_ok=True)
         if os.path.exists(self.layout.namespace_file):
             have = self.namespace()
@@ -204,6 +212,48 @@ class Store:
         self._features = features.probe(self.layout)
         features.save(self.layout, self._features)
         self.log.debug("store-initialized", store=self.path, **self._features.as_dict())
+
+    def _share_layers(self, directory: str, mapped: bool) -> None:
+        current = self.layout.shared_layers()
+        if not directory:
+            return  # re-init of a sharing store
+        if not os.path.isabs(directory):
+            raise InvalidArgument(f"shared layers directory `{directory}` must be an absolute path")
+        directory = os.path.normpath(directory)
+        if current is not None and current != directory:
+            raise InvalidArgument(f"store {self.path} already shares the layers in {current}")
+        if current is None and os.path.isdir(self.layout.volumes):
+            raise InvalidArgument(f"store {self.path} has layers of its own; only a new store can share layers")
+        if self.rootless:
+            raise Unsupported("rootless: sharing layers between stores needs idmapped mounts, which need root")
+        from .store.features import Features
+
+        if mapped and not Features(kernel=os.uname().release).idmapped_mounts:
+            raise Unsupported(
+                "sharing layers with a store that has ID mappings needs idmapped mounts on overlay layers "
+                f"(Linux 5.19 or later); this kernel is {os.uname().release}"
+            )
+        for name in ("volumes", "l", "meta", "locks", "stores"):
+            os.makedirs(os.path.join(directory, name), mode=0o755, exist_ok=True)
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        for name in ("volumes", "l", "locks"):
+            link = os.path.join(self.path, name)
+            if not os.path.lexists(link):
+                os.symlink(os.path.join(directory, name), link)
+        member = os.path.join(directory, "stores", _store_key(self.path))
+        if not os.path.lexists(member):
+            os.symlink(self.path, member)
+
+    def layers_mode(self) -> tuple[str, bool]:
+        """How this store keeps its layers, in words (for ``graftfs features``), and whether its mounts are
+        idmapped."""
+        shared = self.layout.shared_layers()
+        namespace = self.namespace()
+        mapped = bool(namespace.uid_mappings or namespace.gid_mappings)
+        if shared is None:
+            return "this store's own" + (", unpacked with its ID mappings applied" if mapped else ""), False
+        mode = f"shared, unshifted, with every store using {shared}"
+        return mode + ("; this store's ID mappings are applied by idmapped mounts" if mapped else ""), mapped
 
     def features(self) -> Features:
         """What this caller can do in this store (probed by ``init``, kept in ``meta/features.json``)."""
@@ -231,6 +281,12 @@ class Store:
             else:
                 with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
                     self.images.delete(image_id)
+        shared = self.layout.shared_layers()
+        if shared is not None:
+            try:
+                os.unlink(os.path.join(shared, "stores", _store_key(self.path)))
+            except FileNotFoundError:
+                pass
         backing = self.path.rstrip("/") + ".backing-store"
         if os.path.exists(backing) and kernel.is_mountpoint(self.path):
             kernel.unmount(self.path)
@@ -304,15 +360,25 @@ class Store:
         if limit > 0 and not options.exclude_image_from_quota and spec.compressed_size > limit:
             raise InvalidArgument(f"layers exceed disk quota {spec.compressed_size}/{limit} bytes")
         volume_ids = [layer.volume_id for layer in spec.layers]
-        # Rootless, the process is already in the store's namespace: IDs are written as they are.
-        namespace = self.namespace()
-        if self.rootless:
+        mapping = self.namespace()
+        owner = (0, 0) if self.rootless else mapping.owner
+        # Layers are unpacked with the store's mappings applied, except rootless (the process is already in
+        # the store's namespace: the kernel maps) and in shared layers (unshifted; idmapped mounts map).
+        shared = self.layout.shared_layers() is not None
+        translation = mapping
+        if self.rootless or shared:
             from .idmap import Namespace
 
-            namespace = Namespace([], [])
+            translation = Namespace([], [])
+        idmap = mapping.kernel_maps() if shared and (mapping.uid_mappings or mapping.gid_mappings) else None
+        if idmap is not None and not options.mount:
+            raise Unsupported(
+                "this store's layers are shared unshifted and mounted idmapped, which a runtime spec's mount "
+                "cannot express: create without --without-mount"
+            )
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
         driver = "fuse-overlayfs" if feats.overlay == "fuse-overlayfs" else "kernel"
-        overlay = self.images.overlay(image_id, volume_ids, feats.overlay_options(), driver)
+        overlay = self.images.overlay(image_id, volume_ids, feats.overlay_options(), driver, idmap)
         overlay.check()
         builder: LayerBuilder | None = None
 
@@ -322,7 +388,7 @@ class Store:
             if builder is None:
                 from .pull import LayerBuilder
 
-                builder = LayerBuilder(self.layout, source, spec, namespace, feats, log, options.progress)
+                builder = LayerBuilder(self.layout, source, spec, translation, feats, log, options.progress)
             return builder.build(index, directory)
 
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
@@ -340,7 +406,7 @@ class Store:
                     if not enforced:
                         log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
                 path = self.images.create(
-                    image_id, volume_ids, base_size, namespace.owner, feats.quota, quota_bytes, options.ephemeral
+                    image_id, volume_ids, base_size, owner, feats.quota, quota_bytes, options.ephemeral
                 )
             except BaseException:
                 self.volumes.abandon(lease)
@@ -479,6 +545,12 @@ class Store:
             seconds=round(time.monotonic() - start, 3),
         )
         return result
+
+
+def _store_key(path: str) -> str:
+    from hashlib import sha256
+
+    return sha256(path.encode()).hexdigest()[:16]
 
 
 __all__ = [

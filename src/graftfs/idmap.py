@@ -91,6 +91,14 @@ class Namespace:
 
     __hash__ = None  # type: ignore[assignment]
 
+    def kernel_maps(self) -> tuple[str, str]:
+        """``/proc/<pid>/uid_map`` and ``gid_map`` contents for these mappings (identity where none)."""
+
+        def lines(mappings: Sequence[Mapping]) -> str:
+            return "".join(f"{m.namespace_id} {m.host_id} {m.size}\n" for m in mappings) or "0 0 4294967295\n"
+
+        return lines(self.uid_mappings), lines(self.gid_mappings)
+
     def to_json(self) -> bytes:
         doc = {
             "uid-mappings": sorted(str(m) for m in self.uid_mappings),

@@ -102,3 +102,59 @@ def test_a_store_on_an_overlay_is_served_by_fuse_overlayfs(workdir: Path) -> Non
         assert not g.volumes()
     finally:
         subprocess.run(["umount", "-R", str(root)], check=False)
+
+
+def test_stores_with_different_mappings_share_one_unshifted_copy_of_the_layers(tmp_path: Path) -> None:
+    """Garden's privileged store (no mappings) and unprivileged store (its mappings) name one shared layers
+    directory: each layer is unpacked once, unshifted, and the unprivileged store's containers see it
+    through idmapped mounts, as they would have seen a shifted copy."""
+    top = TarBuilder().dir("var/www", uid=33, gid=33).file("var/www/index.html", b"hi\n", uid=33, gid=33)
+    top.file("etc/motd", b"shared\n")
+    info = write_oci_layout(tmp_path / "img", [busybox_layer(), top.build()])
+    with traversable_tmpdir() as base:
+        layers = base / "layers"
+        privileged, unprivileged = Graftfs(base / "privileged"), Graftfs(base / "unprivileged")
+        privileged.run("init-store", "--shared-layers", str(layers))
+        flags = [arg for m in GARDEN_FLAGS for arg in ("--uid-mapping", m, "--gid-mapping", m)]
+        unprivileged.run("init-store", "--shared-layers", str(layers), *flags)
+        try:
+            report = unprivileged.run("features").stdout
+            assert f"layers           shared, unshifted, with every store using {layers}; this store's ID" in report
+            assert "idmapped mounts  used:" in report, report
+
+            privileged.create(info.url(), "p")
+            unprivileged.create(info.url(), "u")
+            volumes = sorted(os.listdir(layers / "volumes"))
+            assert len(volumes) == 2  # one copy, unpacked by the first create, used by both stores
+            index = next((layers / "volumes").glob("*/var/www/index.html"))
+            assert os.stat(index)[4:6] == (33, 33) and os.stat(index.parent.parent.parent / "etc").st_uid == 0
+
+            script = "stat -c '%u:%g %n' /etc/motd /var/www/index.html"
+            out = run_in_rootfs(
+                unprivileged.rootfs("u"), ["/bin/sh", "-c", script], uid_mappings=GARDEN, gid_mappings=GARDEN
+            )
+            assert out.stdout.splitlines() == ["0:0 /etc/motd", "33:33 /var/www/index.html"]
+            assert os.stat(unprivileged.rootfs("u") / "etc/motd").st_uid == MAXIMUS  # the host's view
+            out = run_in_rootfs(privileged.rootfs("p"), ["/bin/sh", "-c", script])
+            assert out.stdout.splitlines() == ["0:0 /etc/motd", "33:33 /var/www/index.html"]
+
+            # A clean in one store keeps what the other store uses; deleting never touches the layers.
+            privileged.run("delete", "p")
+            privileged.run("clean")
+            assert sorted(os.listdir(layers / "volumes")) == volumes
+            unprivileged.run("delete", "u")
+            assert index.read_bytes() == b"hi\n"
+            assert not mounts_under(base)
+            unprivileged.run("clean")
+            assert os.listdir(layers / "volumes") == []
+            # --without-mount cannot hand an idmapped stack to a runtime: refused, by name.
+            refused = unprivileged.fails("create", "--without-mount", info.url(), "x")
+            assert refused.startswith("this store's layers are shared unshifted and mounted idmapped")
+        finally:
+            for g in (privileged, unprivileged):
+                for image_id in os.listdir(g.store / "images"):
+                    g.run("delete", image_id, check=False)
+            left = mounts_under(base)
+            for point in left:
+                subprocess.run(["umount", "-l", point], check=False)
+            assert not left, left

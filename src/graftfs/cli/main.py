@@ -192,7 +192,7 @@ def cmd_init_store(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
         uid_mappings = uid_mappings or userns.default_mappings("uid")
         gid_mappings = gid_mappings or userns.default_mappings("gid")
     store = _store(cfg, (uid_mappings, gid_mappings))
-    store.init(uid_mappings, gid_mappings, cfg.store_size_bytes)
+    store.init(uid_mappings, gid_mappings, cfg.store_size_bytes, flags.get("shared-layers") or "")
     return 0
 
 
@@ -200,7 +200,10 @@ def cmd_features(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
     if args:
         raise _usage_error("features")
     store = _store(cfg)
-    sys.stdout.write("\n".join(store.features().describe(store.path)) + "\n")
+    mode, idmapped = store.layers_mode()
+    lines = store.features().describe(store.path, idmapped)
+    lines.insert(2, f"layers           {mode}")
+    sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
 
@@ -379,6 +382,13 @@ COMMANDS: dict[str, Command] = {
                 Flag("uid-mapping", "list", "UID mapping NS:HOST:SIZE (repeatable)"),
                 Flag("gid-mapping", "list", "GID mapping NS:HOST:SIZE (repeatable)"),
                 Flag("store-size-bytes", "int", "make the store an XFS filesystem of this size (loop device, quotas)"),
+                Flag(
+                    "shared-layers",
+                    "str",
+                    "keep the layers in this directory, unshifted, shared by every store naming it; a store with "
+                    "mappings mounts them idmapped (Linux 5.19+). Without it the store's layers are its own, "
+                    "unpacked with its mappings applied",
+                ),
                 Flag("with-direct-io", "bool", "accepted for GrootFS compatibility"),
             ),
             cmd_init_store,

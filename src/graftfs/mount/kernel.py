@@ -23,7 +23,8 @@ _calls: Any = None
 
 
 def _c() -> Any:
-    """``(mount, umount2, unshare, get_errno)`` from the C library already loaded in this process."""
+    """``(mount, umount2, unshare, get_errno, syscall, c_long)`` from the C library already loaded in this
+    process."""
     global _calls
     if _calls is None:
         import _ctypes
@@ -51,7 +52,17 @@ def _c() -> Any:
         umount2.argtypes = (c_char_p, c_int)
         unshare = Function(("unshare", Libc))  # type: ignore[arg-type]  # os.unshare is Python 3.12+
         unshare.argtypes = (c_int,)
-        _calls = (mount, umount2, unshare, _ctypes.get_errno)
+
+        class c_long(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "l"
+
+        class LongFunction(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = c_long
+
+        # syscall(2) is variadic: callers pass every argument as c_long, so each fills a whole register.
+        syscall = LongFunction(("syscall", Libc))  # type: ignore[arg-type]
+        _calls = (mount, umount2, unshare, _ctypes.get_errno, syscall, c_long)
     return _calls
 
 
@@ -66,7 +77,37 @@ def mount_overlay(spec: OverlaySpec) -> None:
     if spec.driver == "fuse-overlayfs":
         _mount_fuse(spec)
         return
-    mount, _, _, get_errno = _c()
+    if spec.idmap is not None:
+        _bind_lowers(spec)
+        try:
+            _mount_kernel_overlay(spec)
+        except BaseException:
+            for point in mounts_under(spec.cwd):
+                unmount(point)
+            raise
+        return
+    _mount_kernel_overlay(spec)
+
+
+def _bind_lowers(spec: OverlaySpec) -> None:
+    assert spec.idmap is not None
+    os.makedirs(spec.cwd, mode=0o700, exist_ok=True)
+    ns = userns_fd(*spec.idmap)
+    try:
+        for index, source in enumerate(spec.sources):
+            target = os.path.join(spec.cwd, str(index))
+            os.makedirs(target, exist_ok=True)
+            bind_idmapped(source, target, ns)
+    except BaseException:
+        for point in mounts_under(spec.cwd):
+            unmount(point)
+        raise
+    finally:
+        os.close(ns)
+
+
+def _mount_kernel_overlay(spec: OverlaySpec) -> None:
+    mount, _, _, get_errno, *_ = _c()
     options = spec.options().encode()
     old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -94,7 +135,7 @@ def move(source: str, target: str) -> None:
 
 
 def _call_mount(source: bytes, target: str, fstype: bytes | None, flags: int, data: bytes | None) -> None:
-    mount, _, _, get_errno = _c()
+    mount, _, _, get_errno, *_ = _c()
     if mount(source, _fs(target), fstype, flags, data) != 0:
         err = get_errno()
         raise KernelError(f"mounting {source.decode(errors='replace')} at {target}: {os.strerror(err)}", err)
@@ -122,7 +163,7 @@ def _mount_fuse(spec: OverlaySpec) -> None:
 def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
     """Unmount ``target``; not mounted is success. EBUSY is retried (bounded), as GrootFS does, because a
     container's last processes can take a moment to let go after the runtime kills them."""
-    _, umount2, _, get_errno = _c()
+    _, umount2, _, get_errno, *_ = _c()
     for attempt in range(retries):
         if umount2(_fs(target), 0) == 0:
             return
@@ -148,7 +189,84 @@ CLONE_NEWUSER = 0x10000000
 
 
 def unshare(flags: int) -> None:
-    _, _, call, get_errno = _c()
+    _, _, call, get_errno, *_ = _c()
     if call(flags) != 0:
         err = get_errno()
         raise KernelError(f"unshare: {os.strerror(err)}", err)
+
+
+# -- idmapped mounts (Linux 5.12+; on overlay layers 5.19+) --------------------------------------------------
+
+# The new mount API's calls have the same numbers on every architecture (they came after the tables merged).
+_SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
+_AT_FDCWD = -100
+_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 0x1, 0x1000, 0x8000
+_MOUNT_ATTR_IDMAP = 0x00100000
+_MOVE_MOUNT_F_EMPTY_PATH = 0x4
+
+
+def _syscall(name: str, number: int, *args: int | bytes) -> int:
+    _, _, _, get_errno, syscall, c_long = _c()
+    rc = int(syscall(c_long(number), *(a if isinstance(a, bytes) else c_long(a) for a in args)))
+    if rc < 0:
+        err = get_errno()
+        raise KernelError(f"{name}: {os.strerror(err)}", err)
+    return rc
+
+
+def userns_fd(uid_map: str, gid_map: str) -> int:
+    """An fd of a new user namespace with these maps (``/proc/<pid>/uid_map`` lines), for idmapped mounts.
+    A forked child unshares it and waits while this process writes its maps and opens it."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked child
+        status = 1
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            unshare(CLONE_NEWUSER)
+            os.write(ready_w, b"x")
+            os.read(done_r, 1)
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"x":
+            raise KernelError("making a user namespace for an idmapped mount: the helper process failed")
+        for name, lines in (("uid_map", uid_map), ("gid_map", gid_map)):
+            with open(f"/proc/{child}/{name}", "w", encoding="ascii") as f:
+                f.write(lines)
+        return os.open(f"/proc/{child}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(child, 0)
+
+
+def bind_idmapped(source: str, target: str, ns_fd: int) -> None:
+    """Bind ``source`` at ``target`` with the ID mapping of the user namespace ``ns_fd``: files owned by k on
+    disk appear owned by the namespace's host ID for k."""
+    tree = _syscall("open_tree", _SYS_OPEN_TREE, _AT_FDCWD, _fs(source), _OPEN_TREE_CLONE | os.O_CLOEXEC)
+    try:
+        import struct
+
+        attr = struct.pack("=QQQQ", _MOUNT_ATTR_IDMAP, 0, 0, ns_fd)  # struct mount_attr
+        _syscall("mount_setattr", _SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH, attr, len(attr))
+        _syscall("move_mount", _SYS_MOVE_MOUNT, tree, b"", _AT_FDCWD, _fs(target), _MOVE_MOUNT_F_EMPTY_PATH)
+    finally:
+        os.close(tree)
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo)."""
+    prefix = os.path.realpath(path).rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            point = line.split(" ", 5)[4].replace("\\040", " ")
+            if point == prefix[:-1] or point.startswith(prefix):
+                points.append(point)
+    return sorted(points, key=len, reverse=True)

@@ -25,7 +25,7 @@ class OverlaySpec:
     ``driver`` is "kernel" (overlayfs) or "fuse-overlayfs" (for stores the kernel will not stack on, such as
     a store on another overlay)."""
 
-    __slots__ = ("cwd", "driver", "extra_options", "lowers", "target", "upper", "work")
+    __slots__ = ("cwd", "driver", "extra_options", "idmap", "lowers", "sources", "target", "upper", "work")
 
     def __init__(
         self,
@@ -36,9 +36,15 @@ class OverlaySpec:
         target: str,
         extra_options: tuple[str, ...] = (),
         driver: str = "kernel",
+        idmap: tuple[str, str] | None = None,
+        sources: tuple[str, ...] = (),
     ) -> None:
         self.cwd = cwd
         self.driver = driver
+        # With ``idmap`` (uid_map and gid_map lines), lower ``i`` is ``sources[i]`` bound into ``cwd/i`` by an
+        # idmapped mount first: the layers stay unshifted on disk, shared by stores of any mapping.
+        self.idmap = idmap
+        self.sources = sources
         self.lowers = lowers
         self.upper = upper
         self.work = work

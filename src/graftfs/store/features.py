@@ -92,7 +92,7 @@ class Features:
         """Extra overlay mount options the layers need (their whiteout xattrs are ``user.*``)."""
         return ("userxattr",) if self.xattrs == "user" else ()
 
-    def describe(self, store: str) -> list[str]:
+    def describe(self, store: str, idmapped_in_use: bool = False) -> list[str]:
         """The report ``graftfs features`` prints: one line per capability, saying what it means."""
         who = (
             "root in a user namespace (IDs are those of the namespace)"
@@ -126,7 +126,9 @@ class Features:
             "device nodes     " + ("created" if self.devices else "skipped (not allowed here; runtimes provide /dev)"),
             "idmapped mounts  "
             + (
-                "supported by the kernel, not used: layers are unpacked with the store's IDs"
+                "used: the store's mappings are applied to its shared, unshifted layers when mounting"
+                if idmapped_in_use
+                else "supported by the kernel, not used: layers are unpacked with the store's IDs"
                 if self.idmapped_mounts
                 else "not supported by this kernel"
             ),

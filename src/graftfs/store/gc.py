@@ -41,9 +41,11 @@ def volumes_size(volumes: Volumes) -> int:
 
 
 def in_use(images: Images) -> set[str]:
+    """Volumes some image uses: this store's, and those of the stores sharing its layers."""
     used: set[str] = set()
-    for image_id in images.ids():
-        used.update(images.dependencies(image_id))
+    for store in [images, *(Images(member) for member in images.layout.members())]:
+        for image_id in store.ids():
+            used.update(store.dependencies(image_id))
     return used
 
 
@@ -79,7 +81,7 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
             return CleanResult(ran=False)
         result = CleanResult(ran=True)
         result.leftovers.extend(images.sweep())
-        recent = recently_released(layout, keep_seconds)
+        recent = set().union(*(recently_released(s, keep_seconds) for s in [layout, *layout.members()]))
         candidates = set(volumes.ids()) - in_use(images) - recent
         held: dict[str, FileLock] = {}
         try:

@@ -77,8 +77,26 @@ class Images:
         return [n for n in names if not n.startswith(".") and self.is_committed(n)]
 
     def overlay(
-        self, image_id: str, volume_ids: Sequence[str], extra_options: Sequence[str] = (), driver: str = "kernel"
+        self,
+        image_id: str,
+        volume_ids: Sequence[str],
+        extra_options: Sequence[str] = (),
+        driver: str = "kernel",
+        idmap: tuple[str, str] | None = None,
     ) -> OverlaySpec:
+        if idmap is not None:
+            # Each layer bound, idmapped, at images/<id>/lowers/<index>; short names keep the options small.
+            return OverlaySpec(
+                cwd=os.path.join(self.layout.image(image_id), "lowers"),
+                lowers=tuple(str(i) for i in reversed(range(len(volume_ids)))),
+                upper=os.path.join("..", "diff"),
+                work=os.path.join("..", "workdir"),
+                target=os.path.join(self.layout.image(image_id), "rootfs"),
+                extra_options=tuple(extra_options),
+                driver=driver,
+                idmap=idmap,
+                sources=tuple(self.layout.volume(v) for v in volume_ids),
+            )
         rel = os.path.join("images", image_id)
         return OverlaySpec(
             cwd=self.layout.root,
@@ -194,6 +212,14 @@ class Images:
         kernel.unmount(rootfs)
         if kernel.is_mountpoint(rootfs):
             raise KernelError(f"deleting image path '{path}' failed: rootfs is still mounted")
+        if os.path.isdir(os.path.join(path, "lowers")):
+            # Idmapped layer binds: unmounted, and checked gone, before anything below is removed (a
+            # remove through one would delete the shared layer itself).
+            for point in kernel.mounts_under(os.path.join(path, "lowers")):
+                kernel.unmount(point)
+            left = kernel.mounts_under(os.path.join(path, "lowers"))
+            if left:
+                raise KernelError(f"deleting image path '{path}' failed: {left[0]} is still mounted")
         if kernel.is_mountpoint(path):  # an ephemeral image's tmpfs
             kernel.unmount(path)
 

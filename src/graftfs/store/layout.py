@@ -105,8 +105,41 @@ class Layout:
     def volume(self, volume_id: str) -> str:
         return os.path.join(self.volumes, volume_id)
 
+    @property
+    def volume_meta_dir(self) -> str:
+        """Where volume size records live: ``meta/`` beside ``volumes/``. Spelled through ``volumes/..`` so
+        that in a store sharing its layers (``volumes`` a symlink), the kernel resolves it to the shared
+        ``meta/``; never normalise it."""
+        return os.path.join(self.volumes, os.pardir, "meta")
+
     def volume_meta(self, volume_id: str) -> str:
-        return os.path.join(self.meta, f"volume-{volume_id}")
+        return os.path.join(self.volume_meta_dir, f"volume-{volume_id}")
+
+    # -- shared layers ----------------------------------------------------------------------------------
+
+    def shared_layers(self) -> str | None:
+        """The directory whose layers this store shares (``volumes`` links there), or None."""
+        try:
+            target = os.readlink(self.volumes)
+        except OSError:
+            return None
+        return os.path.dirname(target)
+
+    def members(self) -> list[Layout]:
+        """The other stores sharing this store's layers (registered in ``<shared>/stores/``)."""
+        shared = self.shared_layers()
+        if shared is None:
+            return []
+        stores = os.path.join(shared, "stores")
+        found = []
+        for name in sorted(os.listdir(stores)) if os.path.isdir(stores) else ():
+            try:
+                root = os.readlink(os.path.join(stores, name))
+            except OSError:
+                continue
+            if root != self.root and os.path.isdir(root):
+                found.append(Layout(root))
+        return found
 
     @staticmethod
     def short_id(volume_id: str) -> str:

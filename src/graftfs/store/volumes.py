@@ -229,7 +229,7 @@ class Volumes:
                     finally:
                         lock.release()
         existing = set(self.ids())
-        for name in os.listdir(self.layout.meta):
+        for name in os.listdir(self.layout.volume_meta_dir):
             if not name.startswith("volume-"):
                 continue
             volume_id, temp, _ = name[len("volume-") :].partition("-tmp-")
@@ -242,7 +242,7 @@ class Volumes:
                 try:
                     if temp:
                         try:
-                            os.unlink(os.path.join(self.layout.meta, name))
+                            os.unlink(os.path.join(self.layout.volume_meta_dir, name))
                         except FileNotFoundError:
                             pass
                     elif not self.exists(volume_id):
