@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import time
 
-from . import metrics
 from .errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .idmap import Mapping, Namespace
+    from .metrics import Metrics
     from .progress import Progress
     from .pull import LayerBuilder
     from .store.features import Features
@@ -135,9 +135,13 @@ class Image:
 
 
 class Store:
-    def __init__(self, path: str, logger: Logger = NULL, rootless: bool = False) -> None:
+    def __init__(
+        self, path: str, logger: Logger = NULL, rootless: bool = False, metrics: Metrics | None = None
+    ) -> None:
         """``rootless``: this process runs as root of a user namespace made with the store's own mappings
-        (see :mod:`graftfs.userns`), so IDs are written as they are and the kernel maps them."""
+        (see :mod:`graftfs.userns`), so IDs are written as they are and the kernel maps them. ``metrics``
+        (a :class:`graftfs.metrics.Metrics`) receives GrootFS's metrics; none are measured without it."""
+        self.metrics = metrics
         self.layout = Layout.at(path)
         self.rootless = rootless
         self._features: Features | None = None
@@ -388,7 +392,9 @@ class Store:
             if builder is None:
                 from .pull import LayerBuilder
 
-                builder = LayerBuilder(self.layout, source, spec, translation, feats, log, options.progress)
+                builder = LayerBuilder(
+                    self.layout, source, spec, translation, feats, log, options.progress, self.metrics
+                )
             return builder.build(index, directory)
 
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
@@ -419,11 +425,11 @@ class Store:
                     self.images.delete(image_id)
                     raise
         log.info("created", layers=len(volume_ids), built=len(lease.built))
-        if metrics.sink.enabled:
-            metrics.sink.since("ImageCreationTime", start_ns)
+        if self.metrics is not None:
+            self.metrics.since("ImageCreationTime", start_ns)
             downloaded = sum(layer.expect.size for layer in spec.layers if layer.volume_id in lease.built)
-            metrics.sink.value("DownloadedLayersSizeInBytes", max(downloaded, 0), metrics.BYTES)
-            self._emit_store_metrics(committed=True)
+            self.metrics.size("DownloadedLayersSizeInBytes", max(downloaded, 0))
+            self._emit_store_metrics(self.metrics, committed=True)
         return Image(
             id=image_id,
             path=path,
@@ -443,9 +449,9 @@ class Store:
         start_ns = time.monotonic_ns()
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
             self.images.delete(image_id)
-        if metrics.sink.enabled:
-            metrics.sink.since("ImageDeletionTime", start_ns)
-            self._emit_store_metrics()
+        if self.metrics is not None:
+            self.metrics.since("ImageDeletionTime", start_ns)
+            self._emit_store_metrics(self.metrics)
         return image_id
 
     def _check_possible(self, feats: Features, options: CreateOptions, enforced: bool) -> None:
@@ -473,7 +479,7 @@ class Store:
                 "--without-mount"
             )
 
-    def _emit_store_metrics(self, committed: bool = False) -> None:
+    def _emit_store_metrics(self, metrics: Metrics, committed: bool = False) -> None:
         """UsedLayersSize and UnusedLayersSize (volumes some image uses, and the rest), and with
         ``committed`` also CommittedQuotaInBytes and UsedBackingStoreInBytes, as GrootFS emits them."""
         from .store.fsutil import read_int
@@ -484,12 +490,12 @@ class Store:
         for image_id in self.images.ids():
             used.update(self.images.dependencies(image_id))
             quota += read_int(os.path.join(self.layout.image(image_id), "image_quota"))
-        metrics.sink.value("UsedLayersSize", sum(sizes[v] for v in used if v in sizes), metrics.BYTES)
-        metrics.sink.value("UnusedLayersSize", sum(n for v, n in sizes.items() if v not in used), metrics.BYTES)
+        metrics.size("UsedLayersSize", sum(sizes[v] for v in used if v in sizes))
+        metrics.size("UnusedLayersSize", sum(n for v, n in sizes.items() if v not in used))
         if committed:
-            metrics.sink.value("CommittedQuotaInBytes", quota, metrics.BYTES)
+            metrics.size("CommittedQuotaInBytes", quota)
             st = os.statvfs(self.path)
-            metrics.sink.value("UsedBackingStoreInBytes", (st.f_blocks - st.f_bfree) * st.f_frsize, metrics.BYTES)
+            metrics.size("UsedBackingStoreInBytes", (st.f_blocks - st.f_bfree) * st.f_frsize)
 
     def resolve_id(self, image_id_or_path: str) -> str:
         if image_id_or_path.startswith("/"):
@@ -534,9 +540,9 @@ class Store:
         start = time.monotonic()
         start_ns = time.monotonic_ns()
         result = clean(self.layout, threshold_bytes, keep_seconds)
-        if metrics.sink.enabled:
-            metrics.sink.since("ImageCleanTime", start_ns)
-            self._emit_store_metrics()
+        if self.metrics is not None:
+            self.metrics.since("ImageCleanTime", start_ns)
+            self._emit_store_metrics(self.metrics)
         self.log.info(
             "clean-finished",
             ran=result.ran,

@@ -8,8 +8,10 @@
   latest value any graftfs command reported. Each command merges its values into the file under a lock
   and replaces it atomically, so concurrent commands never lose each other's values.
 
-Commands run one per process, so the sink is process-wide (:data:`sink`, set by the CLI); with neither
-destination configured it is a no-op and the values that need a scan of the store are not computed.
+A :class:`Metrics` is handed to the :class:`~graftfs.Store` (the CLI makes one only when a destination is
+configured, so nobody else even imports this module); without one, nothing is measured and the values that
+need a scan of the store are not computed. Lock waits are reported through ``FileLock.observer``, which a
+Metrics sets for the process.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ class Metrics:
         self.textfile = textfile
         self.values: dict[str, tuple[float, str]] = {}
         self._socket: socket.socket | None = None
+        if self.enabled:
+            from .store.locks import FileLock
+
+            FileLock.observer = self._lock_waited
+
+    def _lock_waited(self, shared: bool, seconds: float) -> None:
+        # GrootFS's SharedLockingTime/ExclusiveLockingTime: the time spent acquiring, per lock.
+        self.value("SharedLockingTime" if shared else "ExclusiveLockingTime", seconds * 1e9, NANOS)
 
     @property
     def enabled(self) -> bool:
@@ -44,6 +54,12 @@ class Metrics:
         self.values[name] = (float(value), unit)
         if self.metron_endpoint:
             self._send(envelope(name, float(value), unit, time.time_ns()))
+
+    def size(self, name: str, size: int) -> None:
+        self.value(name, size, BYTES)
+
+    def duration(self, name: str, nanoseconds: int) -> None:
+        self.value(name, nanoseconds, NANOS)
 
     def since(self, name: str, start_ns: int) -> None:
         """A duration metric: nanoseconds from ``start_ns`` (``time.monotonic_ns()``) to now."""
@@ -67,10 +83,6 @@ class Metrics:
             self._socket = None
         if self.textfile and self.values:
             write_textfile(self.textfile, self.values)
-
-
-#: The process's sink; the CLI replaces it when a destination is configured.
-sink = Metrics()
 
 
 # -- dropsonde ---------------------------------------------------------------------------------------------------

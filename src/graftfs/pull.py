@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import time
 
-from . import metrics
 from .errors import GraftfsError, KernelError
 from .idmap import IdMap, Namespace
 from .log import Logger
@@ -17,6 +16,7 @@ from .log import Logger
 TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
 if TYPE_CHECKING:
     from .layers.unpack import UnpackOptions
+    from .metrics import Metrics
     from .progress import Progress
     from .sources.base import ImageSpec, LayerInfo, Source
     from .store.features import Features
@@ -33,12 +33,14 @@ class LayerBuilder:
         features: Features,
         log: Logger,
         progress: Progress | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.layout = layout
         self.source = source
         self.spec = spec
         self.log = log
         self.progress = progress
+        self.metrics = metrics
         self._download_ns: dict[int, int] = {}
         self.features = features
         self.uid_map = IdMap(namespace.uid_mappings)
@@ -59,8 +61,9 @@ class LayerBuilder:
         self.log.debug("layer-unpacked", volume=layer.volume_id, bytes=size, seconds=time.monotonic() - start)
         # Download, verification and unpacking are one stream here: UnpackTime is the whole layer, and
         # DownloadTime the part of it spent waiting for the blob's bytes.
-        metrics.sink.since("UnpackTime", start_ns)
-        metrics.sink.value("DownloadTime", self._download_ns.pop(index, 0), metrics.NANOS)
+        if self.metrics is not None:
+            self.metrics.since("UnpackTime", start_ns)
+            self.metrics.duration("DownloadTime", self._download_ns.pop(index, 0))
         return size
 
     def _waited(self, index: int, nanoseconds: int) -> None:
@@ -100,7 +103,7 @@ class LayerBuilder:
         from .layers.unpack import unpack
 
         with self.source.open_blob(layer) as blob:
-            if metrics.sink.enabled:
+            if self.metrics is not None:
                 blob = observed(blob, lambda _n, ns: self._waited(index, ns))
             if self.progress is not None:
                 blob = self.progress.layer(blob, layer.expect.size)

@@ -24,9 +24,12 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..api import CreateOptions
+    from ..metrics import Metrics
     from ..progress import Progress
 
 VERSION = "0.1.0"
+#: The command's metrics destination, when one is configured (see :func:`run`).
+_metrics: Metrics | None = None
 
 
 class UsageError(Exception):
@@ -169,7 +172,7 @@ def _store(cfg: Config, init_mappings: tuple[list[Any], list[Any]] | None = None
         uid_mappings = init_mappings[0] or userns.default_mappings("uid")
         gid_mappings = init_mappings[1] or userns.default_mappings("gid")
         userns.enter(uid_mappings, gid_mappings)
-    return Store(cfg.store, Logger.open(cfg.log_level, cfg.log_file), rootless=rootless)
+    return Store(cfg.store, Logger.open(cfg.log_level, cfg.log_file), rootless=rootless, metrics=_metrics)
 
 
 def _usage_error(cmd: str) -> InvalidArgument:
@@ -497,16 +500,16 @@ def run(argv: Sequence[str]) -> int:
         cfg = build_config(global_flags)
         # GrootFS points TMPDIR into the store so any temporary file lands on the store's filesystem.
         os.environ["TMPDIR"] = os.path.join(cfg.store, "tmp")
-        sink = None
+        global _metrics
         if cfg.metron_endpoint or cfg.metrics_textfile:
-            from .. import metrics
+            from ..metrics import Metrics
 
-            sink = metrics.sink = metrics.Metrics(cfg.metron_endpoint, cfg.metrics_textfile)
+            _metrics = Metrics(cfg.metron_endpoint, cfg.metrics_textfile)
         try:
             return command.run(cfg, flags, args)
         finally:
-            if sink is not None:
-                sink.close()  # the text file is written once, with every value of the command
+            if _metrics is not None:
+                _metrics.close()  # the text file is written once, with every value of the command
     except GraftfsError as exc:
         _log_failure(cfg, command.name, exc, start)
         print(exc)

@@ -13,11 +13,12 @@ import os
 import time
 
 from ..errors import KernelError
-from .spec import OverlaySpec
 
 TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
     from typing import Any
+
+    from .spec import OverlaySpec
 
 _calls: Any = None
 

@@ -16,7 +16,6 @@ import time
 
 from ..errors import AlreadyExists, KernelError, NotFound
 from ..mount import kernel
-from ..mount.spec import OverlaySpec
 from .fsutil import atomic_write, disk_usage, read_int, remove_tree, temp_name
 from .layout import Layout, validate_image_id
 from .locks import FileLock
@@ -25,6 +24,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from ..mount.spec import OverlaySpec
     from .quota import Quota
 
 
@@ -84,6 +84,8 @@ class Images:
         driver: str = "kernel",
         idmap: tuple[str, str] | None = None,
     ) -> OverlaySpec:
+        from ..mount.spec import OverlaySpec  # only creates build mounts
+
         if idmap is not None:
             # Each layer bound, idmapped, at images/<id>/lowers/<index>; short names keep the options small.
             return OverlaySpec(
