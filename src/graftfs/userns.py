@@ -28,9 +28,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-#: Set once this process has entered a namespace made for its store (IDs are then the namespace's).
-entered = False
-
 
 def default_mappings(kind: str) -> list[Mapping]:
     """``0:<own id>:1``, plus ``1:<start>:<count>`` from ``/etc/sub{u,g}id`` when the caller has a range."""
@@ -64,7 +61,6 @@ def _subordinate(kind: str) -> tuple[int, int] | None:
 
 def enter(uid_mappings: Sequence[Mapping], gid_mappings: Sequence[Mapping]) -> None:
     """Unshare a user and mount namespace, map it, and become its root."""
-    global entered
     if _own_only(uid_mappings, os.getuid()) and _own_only(gid_mappings, os.getgid()):
         uid, gid = os.getuid(), os.getgid()
         kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS)
@@ -76,7 +72,6 @@ def enter(uid_mappings: Sequence[Mapping], gid_mappings: Sequence[Mapping]) -> N
         _enter_with_helpers(uid_mappings, gid_mappings)
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
-    entered = True
 
 
 def _own_only(mappings: Sequence[Mapping], own: int) -> bool:

@@ -220,7 +220,7 @@ class Transport:
                     raise GraftfsError(INSECURE_TEXT, final=True) from None
                 if transient(exc, parts.netloc in self._reached):
                     raise _Transient(url, describe(exc)) from None
-                raise ConnectFailed(f"fetching {url}: {describe(exc)}", exc) from None
+                raise ConnectFailed(f"fetching {url}: {describe(exc)}") from None
             self._reached.add(parts.netloc)
             if resp.status not in _REDIRECTS:
                 return resp, url
@@ -306,10 +306,6 @@ class Transport:
 
 class ConnectFailed(GraftfsError):
     """A connection (or TLS handshake) failed in a way retrying will not fix."""
-
-    def __init__(self, message: str, cause: BaseException) -> None:
-        super().__init__(message)
-        self.cause = cause
 
 
 class Retry:
