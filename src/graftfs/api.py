@@ -482,18 +482,14 @@ class Store:
     def _emit_store_metrics(self, metrics: Metrics, committed: bool = False) -> None:
         """UsedLayersSize and UnusedLayersSize (volumes some image uses, and the rest), and with
         ``committed`` also CommittedQuotaInBytes and UsedBackingStoreInBytes, as GrootFS emits them."""
-        from .store.fsutil import read_int
+        from .store.gc import committed_quota, in_use
 
         sizes = {v: self.volumes.size(v) for v in self.volumes.ids()}
-        used: set[str] = set()
-        quota = 0
-        for image_id in self.images.ids():
-            used.update(self.images.dependencies(image_id))
-            quota += read_int(os.path.join(self.layout.image(image_id), "image_quota"))
+        used = in_use(self.images)
         metrics.size("UsedLayersSize", sum(sizes[v] for v in used if v in sizes))
         metrics.size("UnusedLayersSize", sum(n for v, n in sizes.items() if v not in used))
         if committed:
-            metrics.size("CommittedQuotaInBytes", quota)
+            metrics.size("CommittedQuotaInBytes", committed_quota(self.layout, self.images))
             st = os.statvfs(self.path)
             metrics.size("UsedBackingStoreInBytes", (st.f_blocks - st.f_bfree) * st.f_frsize)
 
