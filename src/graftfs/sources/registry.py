@@ -22,7 +22,6 @@ thread and the token is shared under a lock.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import threading
@@ -33,7 +32,7 @@ from ..reference import ImageRef
 from . import platform
 from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, verify_blob
 from .oci_layout import INDEX_TYPES, MAX_INDEX_DEPTH, MAX_JSON
-from .transport import ConnectFailed, Retry, Transport, describe, registry_error, transient
+from .transport import ConnectFailed, Retry, Transport, basic_authorization, describe, registry_error, transient
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -102,7 +101,7 @@ class RegistrySource:
                     return False
                 self._basic = True
                 user, password = self.credentials
-                self._authorization = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+                self._authorization = basic_authorization(user, password)
                 return True
             if scheme == "bearer":
                 self._authorization = "Bearer " + self._token(params)
@@ -120,7 +119,7 @@ class RegistrySource:
         headers = {}
         if self.credentials is not None:
             user, password = self.credentials
-            headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = basic_authorization(user, password)
         resp, _ = self.transport.get(url, self.transport.retry(), headers)
         try:
             data = resp.read(MAX_JSON)

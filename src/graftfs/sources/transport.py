@@ -461,8 +461,13 @@ def _proxy_for(scheme: str, netloc: str) -> tuple[str, dict[str, str]] | None:
     if proxy.username is not None:
         user = urllib.parse.unquote(proxy.username)
         password = urllib.parse.unquote(proxy.password or "")
-        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Proxy-Authorization"] = basic_authorization(user, password)
     return f"{proxy.hostname}:{proxy.port or 80}", headers
+
+
+def basic_authorization(user: str, password: str) -> str:
+    """An HTTP basic ``Authorization`` (or ``Proxy-Authorization``) value."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def _is_loopback(host: str) -> bool:
