@@ -238,7 +238,7 @@ class Images:
 
     def _release_project(self, path: str) -> None:
         """An XFS project ID left pointing at a removed image directory is freed (one stat otherwise)."""
-        if os.path.lexists(os.path.join(self.layout.projectids, f"image-{os.path.basename(path)}")):
+        if os.path.lexists(self.layout.project_pointer(path)):
             quota = self._quota("xfs")
             assert quota is not None
             quota.release(path)

@@ -82,6 +82,10 @@ class Layout:
     def projectids(self) -> str:
         return os.path.join(self.meta, "projectids")
 
+    def project_pointer(self, image_dir: str) -> str:
+        """The record naming the XFS project ID of an image directory (by its name, temp or final)."""
+        return os.path.join(self.projectids, f"image-{os.path.basename(image_dir)}")
+
     @property
     def features_file(self) -> str:
         return os.path.join(self.meta, "features.json")

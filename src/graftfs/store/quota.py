@@ -120,12 +120,12 @@ class Quota:
         """After the image directory is gone: free its project ID (xfs); qgroups go with the subvolume."""
         if self.backend != "xfs":
             return
-        project = read_text(os.path.join(self.layout.projectids, f"image-{os.path.basename(path)}"), "").strip()
+        project = read_text(self.layout.project_pointer(path), "").strip()
         if project.isdigit():
             self._xfs(f"limit -p bhard=0 {project}")
-            for name in (project, f"image-{os.path.basename(path)}"):
+            for record in (os.path.join(self.layout.projectids, project), self.layout.project_pointer(path)):
                 try:
-                    os.unlink(os.path.join(self.layout.projectids, name))
+                    os.unlink(record)
                 except FileNotFoundError:
                     pass
 
@@ -135,7 +135,7 @@ class Quota:
         return run("xfs_quota", "-x", "-c", command, mount_of(self.layout.root)[0])
 
     def _project(self, path: str) -> str:
-        project = read_text(os.path.join(self.layout.projectids, f"image-{os.path.basename(path)}"), "").strip()
+        project = read_text(self.layout.project_pointer(path), "").strip()
         if not project.isdigit():
             raise FailedPrecondition(f"{path} has no XFS project ID")
         return project
@@ -160,10 +160,10 @@ class Quota:
     def renamed(self, old: str, new: str) -> None:
         """The image directory ``old`` is now ``new`` (its commit): move the pointer to its project ID."""
         if self.backend == "xfs":
-            pointer = os.path.join(self.layout.projectids, f"image-{os.path.basename(old)}")
+            pointer = self.layout.project_pointer(old)
             self.bind(new, read_text(pointer, "").strip())
             os.unlink(pointer)
 
     def bind(self, path: str, project: int | str) -> None:
-        with open(os.path.join(self.layout.projectids, f"image-{os.path.basename(path)}"), "w") as f:
+        with open(self.layout.project_pointer(path), "w") as f:
             f.write(f"{project}\n")
