@@ -22,6 +22,7 @@ import pytest
 from tests.integration.conftest import Graftfs, mounts_under
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
 from tests.support.runc import make_config, run_in_rootfs, runc_binary, traversable_tmpdir
+from tests.support.users import graftfs_with_system_python
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("fuse-overlayfs") and runc_binary() and os.path.exists("/dev/fuse")),
@@ -31,7 +32,6 @@ pytestmark = pytest.mark.skipif(
 SHIFT = 200_000  # the outer container's user namespace: its root is host 200000
 OUTER = [(0, SHIFT, 65536)]
 SRC = str(Path(__file__).resolve().parents[2] / "src")
-BOOT = "import sys; sys.path[:0] = sys.argv[1:3]; del sys.argv[1:3]; from graftfs.cli.main import main; main()"
 
 
 def _ro(path: str, destination: str | None = None) -> dict[str, object]:
@@ -76,7 +76,7 @@ def test_graftfs_in_a_container_whose_root_is_an_overlay(outer: tuple[Graftfs, P
     os.mknod(fuse, 0o666 | stat.S_IFCHR, os.makedev(10, 229))
     fuse.chmod(0o666)
     purelib = sysconfig.get_paths()["purelib"]
-    graftfs = shlex.join(["/usr/bin/python3", "-c", BOOT, SRC, purelib, "--store", "/store/s"])
+    graftfs = shlex.join([*graftfs_with_system_python(), "--store", "/store/s"])
     script = f"""
 set -e
 test ! -e /dev/loop0 && test ! -e /dev/loop-control && echo no-loop-devices

@@ -98,6 +98,12 @@ def graftfs_for_others() -> list[str]:
     """A command line that runs this checkout's graftfs for any user."""
     if _world_executable(sys.executable):
         return [sys.executable, "-m", "graftfs"]
+    return graftfs_with_system_python()
+
+
+def graftfs_with_system_python() -> list[str]:
+    """This checkout's graftfs under Debian's ``/usr/bin/python3``, with the venv's packages: runs wherever
+    /usr, the checkout and the venv are visible (another user, a container binding them in)."""
     src = str(Path(__file__).resolve().parents[2] / "src")
     return ["/usr/bin/python3", "-c", _BOOT, src, sysconfig.get_paths()["purelib"]]
 
