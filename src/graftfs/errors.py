@@ -16,6 +16,15 @@ if TYPE_CHECKING:
     from typing import Self
 
 
+def os_reason(exc: BaseException) -> str:
+    """An OS error's reason as Go prints it (``no such file or directory``): GrootFS's texts, which operators'
+    scripts match, carry Go's lower-case errno strings; Python's ``strerror`` is capitalised."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+        return text[:1].lower() + text[1:]
+    return str(exc)
+
+
 class GraftfsError(Exception):
     """Base class. ``str()`` is a single human-readable line."""
 
@@ -106,4 +115,5 @@ __all__ = [
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
+    "os_reason",
 ]
