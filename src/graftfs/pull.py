@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from .errors import GraftfsError, KernelError
+from .errors import GraftfsError, KernelError, os_reason
 from .idmap import IdMap, Namespace
 from .log import Logger
 
@@ -52,11 +52,14 @@ class LayerBuilder:
         start_ns = time.monotonic_ns()
         try:
             size = self._unpack(index, layer, directory)
+        except KernelError as exc:
+            # Only the unpacker raises these here: ```entry`: operation: reason``.
+            raise exc.wrap(f"unpacking layer `{layer.blob}`").wrap("pulling the image") from exc
         except GraftfsError as exc:
             raise exc.wrap(f"streaming blob `{layer.blob}`").wrap("pulling the image") from exc
         except OSError as exc:
             raise KernelError(
-                f"pulling the image: unpacking layer `{layer.blob}`: {exc.strerror or exc}", exc.errno or 0
+                f"pulling the image: unpacking layer `{layer.blob}`: {os_reason(exc)}", exc.errno or 0
             ) from exc
         self.log.debug("layer-unpacked", volume=layer.volume_id, bytes=size, seconds=time.monotonic() - start)
         # Download, verification and unpacking are one stream here: UnpackTime is the whole layer, and
