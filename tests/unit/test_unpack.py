@@ -7,20 +7,40 @@ inside ``tmp_path``, where :func:`outside_untouched` can prove nothing changed. 
 
 from __future__ import annotations
 
+import errno
+import gzip
 import io
 import os
+import re
+import shutil
 import stat
+import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
-from graftfs.errors import InvalidImage, UnsafeArchive, Unsupported
+from graftfs.errors import InvalidImage, KernelError, UnsafeArchive, Unsupported
 from graftfs.idmap import IdMap, Mapping
-from graftfs.layers.unpack import UnpackOptions, UnpackResult, unpack
+from graftfs.layers.unpack import UnpackOptions, UnpackResult, failure, unpack
+from tests.support.hostile import (
+    END,
+    Case,
+    blowup_cases,
+    crash_cases,
+    header,
+    member,
+    padded,
+    pax,
+    pax_records,
+    replace_one_name_layer,
+    sparse_hole_layer,
+)
 from tests.support.images import DEFAULT_MTIME, TarBuilder
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="unpack tests chown, mknod and set trusted.* xattrs")
@@ -799,3 +819,225 @@ def test_non_directory_root_entries_cannot_replace_the_layer_root(dest: Path, ki
     )
     assert stat.S_ISDIR(os.lstat(dest).st_mode)
     assert (dest / "keep").read_bytes() == b"k"
+
+
+# -- hostile headers (issue 10): one error, in time proportional to the bytes ---------------------------------
+
+
+def unpack_layer(dest: Path, case: Case) -> UnpackResult:
+    data = gzip.decompress(case.layer) if case.gzipped and len(case.layer) < 1 << 16 else case.layer
+    stream: IO[bytes] = io.BytesIO(data)
+    if case.gzipped and data is case.layer:
+        # The 1 GiB header is not decompressed up front: the unpack reads it as a stream, as create does.
+        stream = io.BufferedReader(gzip.GzipFile(fileobj=io.BytesIO(data)), 1 << 20)
+    return unpack(stream, str(dest), UnpackOptions())
+
+
+@pytest.mark.parametrize("name", sorted(crash_cases()))
+def test_malformed_headers_are_the_layers_error_not_a_crash(tmp_path: Path, dest: Path, name: str) -> None:
+    case = crash_cases()[name]
+    with outside_untouched(tmp_path, dest), pytest.raises(InvalidImage) as err:
+        unpack_layer(dest, case)
+    assert case.error in str(err.value)
+    assert str(err.value).startswith("invalid layer tar: ")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(blowup_cases()))
+def test_claimed_sizes_cost_nothing_beyond_the_bytes_there(dest: Path, name: str) -> None:
+    # Before: 2**40 took 14 s (2**60 months), skipping 64 KiB at a time past the end; the 1 GiB PAX header
+    # was read whole (2.1 GB of memory). Now both end at the first header that claims too much.
+    case = blowup_cases()[name]
+    start = time.monotonic()
+    with pytest.raises(InvalidImage, match=re.escape(case.error)):
+        unpack_layer(dest, case)
+    assert time.monotonic() - start < 2
+
+
+def test_headers_up_to_the_cap_are_read(dest: Path) -> None:
+    records = [(b"comment", b"c" * ((1 << 20) - 400)), (b"path", b"d/" + b"n" * 200), (b"SCHILY.xattr.user.k", b"v")]
+    assert len(pax_records(records)) <= 1 << 20
+    run(dest, pax(records) + member(b"ignored", b"y") + END)
+    assert (dest / "d" / ("n" * 200)).read_bytes() == b"y"
+    assert os.getxattr(dest / "d" / ("n" * 200), "user.k") == b"v"
+
+
+def test_a_header_over_the_cap_is_refused_before_it_is_read(dest: Path) -> None:
+    layer = header(b"L", typeflag=b"L", size=(1 << 20) + 1) + END
+    with pytest.raises(InvalidImage, match="GNU long name header of 1048577 bytes"):
+        run(dest, layer)
+
+
+def test_a_sparse_hole_costs_nothing(dest: Path) -> None:
+    # Before: a 100 GiB hole took 71 s (tarfile hands it over as zero bytes, which were counted and seeked).
+    start = time.monotonic()
+    result = run(dest, sparse_hole_layer(100 << 30))
+    assert time.monotonic() - start < 2
+    st = os.lstat(dest / "sparse")
+    assert st.st_size == (100 << 30) + 4
+    assert st.st_blocks * 512 <= 1 << 20
+    with open(dest / "sparse", "rb") as f:
+        f.seek(100 << 30)
+        assert f.read() == b"tail"
+    assert result.bytes_written == (100 << 30) + 4
+
+
+def test_replacing_one_name_again_and_again_costs_linear_time(dest: Path, tmp_path: Path) -> None:
+    # Before: each replacement scanned every directory seen so far; 16,000 entries took 35 s. Compare a
+    # layer with four times the entries: linear is 4x, quadratic 16x (syscalls keep it from being exact).
+    def seconds(n: int, where: Path) -> float:
+        where.mkdir()
+        start = time.monotonic()
+        run(where, replace_one_name_layer(n))
+        return time.monotonic() - start
+
+    small = min(seconds(3000, tmp_path / "a"), seconds(3000, tmp_path / "b"))
+    large = seconds(12_000, tmp_path / "c")
+    assert large < 8 * small, (small, large)
+    assert (tmp_path / "c" / "f").read_bytes() == b"x"
+
+
+def test_base256_numbers_and_the_ustar_prefix(dest: Path) -> None:
+    run(dest, member(b"file", b"x", prefix=b"some/dir", uid=1 << 22, gid=(1 << 32) - 2, mtime=1 << 33) + END)
+    st = os.lstat(dest / "some" / "dir" / "file")
+    assert (st.st_uid, st.st_gid, st.st_mtime_ns) == (1 << 22, (1 << 32) - 2, (1 << 33) * NS)
+
+
+def test_gnu_long_names_and_links(dest: Path) -> None:
+    name, target = "n" * 150, "t" * 120
+    tb = TarBuilder().file(target, b"t")
+    tb.raw(raw_info(name, tarfile.LNKTYPE, linkname=target))
+    data = tb.build()
+    # Rewritten in the GNU format, which spells long names as 'L' and 'K' pseudo-members.
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        members = list(tf)
+    gnu = io.BytesIO()
+    with tarfile.open(fileobj=gnu, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        tf.addfile(members[0], io.BytesIO(b"t"))
+        tf.addfile(members[1])
+    assert b"././@LongLink" in gnu.getvalue()
+    run(dest, gnu.getvalue())
+    assert os.lstat(dest / name).st_ino == os.lstat(dest / target).st_ino
+
+
+@pytest.mark.parametrize(
+    ("records", "data", "content"),
+    [
+        ([(b"GNU.sparse.map", b"0,2,8,2"), (b"GNU.sparse.size", b"12")], b"abcd", b"ab\0\0\0\0\0\0cd\0\0"),
+        (
+            [(b"GNU.sparse.offset", b"3"), (b"GNU.sparse.numbytes", b"1"), (b"GNU.sparse.size", b"5")],
+            b"z",
+            b"\0\0\0z\0",
+        ),
+    ],
+)
+def test_pax_sparse_0x_formats(dest: Path, records: list[tuple[bytes, bytes]], data: bytes, content: bytes) -> None:
+    run(dest, pax([*records, (b"GNU.sparse.name", b"s")]) + member(b"GNUSparseFile.0/s", data) + END)
+    assert (dest / "s").read_bytes() == content
+
+
+def test_sparse_data_must_match_the_map(dest: Path) -> None:
+    with pytest.raises(InvalidImage, match="map does not match its data"):
+        run(dest, pax([(b"GNU.sparse.map", b"0,5"), (b"GNU.sparse.size", b"9")]) + member(b"s", b"ab") + END)
+
+
+@pytest.mark.parametrize(
+    ("layer", "needle"),
+    [
+        (b"x" * 512, "bad checksum"),
+        (member(b"f", b"x") + header(b"g", checksum=1) + END, "bad checksum"),
+        (member(b"f", size=b"12x"), "not a number"),
+        (pax([(b"size", b"-1")]) + member(b"f") + END, "negative PAX size"),
+        (header(b"PaxHeaders/f", typeflag=b"x", size=6) + padded(b"9 a=b\n") + member() + END, "PAX record"),
+        (pax([(b"mtime", b"1.x")]) + member() + END, "PAX mtime"),
+        (member(b"f", b"x")[:700], "unexpected end of data"),
+        (pax([(b"path", b"p")]), "unexpected end of data"),
+    ],
+)
+def test_malformed_archives_are_invalid_tar(dest: Path, layer: bytes, needle: str) -> None:
+    with pytest.raises(InvalidImage, match="invalid layer tar: .*" + re.escape(needle)):
+        run(dest, layer)
+
+
+def test_an_archive_without_an_end_marker_ends_at_the_last_member(dest: Path) -> None:
+    run(dest, member(b"f", b"x"))
+    assert (dest / "f").read_bytes() == b"x"
+
+
+def test_names_longer_than_path_max_are_refused_by_name(dest: Path) -> None:
+    with pytest.raises(InvalidImage, match=r"file name too long \(Linux allows 4095 bytes\)"):
+        run(dest, pax([(b"path", b"a/" * 2100 + b"f")]) + member() + END)
+
+
+def test_pax_fractional_and_negative_mtimes(dest: Path) -> None:
+    run(dest, pax([(b"mtime", b"-1.25")]) + member(b"f") + END)
+    assert os.lstat(dest / "f").st_mtime_ns == -1_250_000_000
+
+
+def test_global_pax_headers_are_ignored(dest: Path) -> None:
+    run(dest, pax([(b"uid", b"1234"), (b"comment", b"x")], typeflag=b"g") + member(b"f") + END)
+    assert os.lstat(dest / "f").st_uid == 0
+
+
+# -- what a failed system call says (issue 10, item 9) ----------------------------------------------------------
+
+
+def test_a_failed_system_call_names_the_entry_and_the_operation(dest: Path) -> None:
+    layer = pax([(b"SCHILY.xattr.bogus.name", b"v")]) + member(b"./usr/bin/tool", b"x") + END
+    with pytest.raises(KernelError) as err:
+        run(dest, layer)
+    assert str(err.value) == "`usr/bin/tool`: setting xattr bogus.name: operation not supported"
+    assert err.value.errno == errno.EOPNOTSUPP
+
+
+CHILD = """
+import io, sys
+from graftfs.errors import KernelError
+from graftfs.layers.unpack import unpack
+try:
+    unpack(io.BytesIO(sys.stdin.buffer.read()), sys.argv[1])
+except KernelError as exc:
+    print(exc)
+"""
+
+
+def unpack_without(cap: str, dest: Path, layer: bytes) -> str:
+    """Unpack in a child that lost ``cap`` (bounding set, so the root child's exec does not regain it)."""
+    argv = ["setpriv", "--inh-caps=-all", f"--bounding-set=-{cap}", sys.executable, "-c", CHILD, str(dest)]
+    out = subprocess.run(argv, input=layer, capture_output=True, check=True, timeout=60)
+    return out.stdout.decode().strip()
+
+
+needs_setpriv = pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+
+
+@needs_setpriv
+def test_eperm_on_a_file_capability_names_cap_setfcap(dest: Path) -> None:
+    layer = TarBuilder().file("usr/bin/ping", b"x", mode=0o755, xattrs={"security.capability": CAP_BLOB}).build()
+    assert unpack_without("setfcap", dest, layer) == (
+        "`usr/bin/ping`: setting xattr security.capability: operation not permitted "
+        "(needs CAP_SETFCAP, which this process does not have)"
+    )
+
+
+@needs_setpriv
+def test_eperm_on_a_device_node_names_cap_mknod(dest: Path) -> None:
+    layer = TarBuilder().chardev("dev/null", 1, 3).build()
+    assert unpack_without("mknod", dest, layer) == (
+        "`dev/null`: creating device node 1:3: operation not permitted "
+        "(needs CAP_MKNOD, which this process does not have)"
+    )
+
+
+@needs_setpriv
+def test_eperm_on_chown_names_cap_chown(dest: Path) -> None:
+    layer = TarBuilder().file("home/user/file", b"x", uid=1000, gid=1000).build()
+    assert unpack_without("chown", dest, layer) == (
+        "`home/user/file`: changing owner to 1000:1000: operation not permitted "
+        "(needs CAP_CHOWN, which this process does not have)"
+    )
+
+
+def test_eperm_with_the_capability_present_names_none() -> None:
+    exc = PermissionError(errno.EPERM, "Operation not permitted")
+    assert str(failure("f", "changing owner to 1:1", exc)) == "`f`: changing owner to 1:1: operation not permitted"

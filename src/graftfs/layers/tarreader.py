@@ -281,7 +281,7 @@ class TarReader:
     def _check_sum(block: bytes) -> None:
         stored = _cstr(block[148:156]).strip(b" ")
         if not stored.isdigit():
-            raise _error("invalid header (no checksum)")
+            raise _error("invalid header (bad checksum)")
         try:
             expected = int(stored, 8)
         except ValueError:
