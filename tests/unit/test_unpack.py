@@ -1041,3 +1041,9 @@ def test_eperm_on_chown_names_cap_chown(dest: Path) -> None:
 def test_eperm_with_the_capability_present_names_none() -> None:
     exc = PermissionError(errno.EPERM, "Operation not permitted")
     assert str(failure("f", "changing owner to 1:1", exc)) == "`f`: changing owner to 1:1: operation not permitted"
+
+
+def test_an_empty_pax_value_leaves_the_header_field(dest: Path) -> None:
+    run(dest, pax([(b"path", b""), (b"uid", b""), (b"mtime", b"")]) + member(b"f", b"x", uid=7) + END)
+    st = os.lstat(dest / "f")
+    assert (st.st_uid, st.st_mtime_ns) == (7, DEFAULT_MTIME * NS)

@@ -51,6 +51,7 @@ _REGULAR = frozenset("0\x007S")
 # Types whose size field says nothing about data following the header (tarfile and Go agree).
 _HEADER_ONLY = frozenset("123456")
 _SIGNED_SUM = struct.Struct("148b8x356b")
+_REVERTIBLE = frozenset((b"path", b"linkpath", b"size", b"uid", b"gid", b"mtime"))
 
 
 def _error(what: str) -> InvalidImage:
@@ -349,6 +350,8 @@ class TarReader:
         offsets: list[bytes] = []
         sizes: list[bytes] = []
         for key, value in records:
+            if not value and key in _REVERTIBLE:
+                continue  # POSIX: an empty value means the header's own field stands
             if key == b"path":
                 m.name = _text(value)
             elif key == b"linkpath":
@@ -377,7 +380,7 @@ class TarReader:
         elif b"map" in sparse:
             text = sparse[b"map"]
             m.sparse = _pairs([_decimal(v, "sparse map") for v in text.split(b",")] if text else [])
-        elif offsets or sizes:
+        elif offsets or sizes or b"numblocks" in sparse:
             if len(offsets) != len(sizes):
                 raise _error("GNU sparse 0.0 records do not pair up")
             pairs = zip(offsets, sizes, strict=True)
