@@ -49,7 +49,7 @@ from tests.support.hostile import (
     replace_one_name_layer,
     sparse_hole_layer,
 )
-from tests.support.images import write_oci_layout, write_rootfs_tar
+from tests.support.images import TarBuilder, write_oci_layout, write_rootfs_tar
 
 EXAMPLES = int(os.environ.get("GRAFTFS_FUZZ_EXAMPLES", "1000"))
 PARALLEL = 8
@@ -393,3 +393,24 @@ def test_a_100_gib_sparse_hole_is_quick(rig: FuzzRig) -> None:
     assert time.monotonic() - start < 5
     volume = next(p for p in (rig.stores[2] / "volumes").iterdir() if (p / "sparse").exists())
     assert (volume / "sparse").stat().st_size == (100 << 30) + 4
+
+
+# -- what a failed unpack says (issue 10, item 9) ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs util-linux setpriv")
+def test_a_file_capability_without_cap_setfcap_names_the_entry_and_the_capability(rig: FuzzRig) -> None:
+    cap = bytes.fromhex("0100000200040000000000000000000000000000")  # cap_net_bind_service+ep
+    layer = TarBuilder().dir("usr").dir("usr/bin").file("usr/bin/ping", b"x", xattrs={"security.capability": cap})
+    info = write_oci_layout(rig.inputs / "capability", [layer.build()])
+    store = rig.stores[3]
+    before = store_state(store)
+    argv = ["setpriv", "--inh-caps=-all", "--bounding-set=-setfcap", *GRAFTFS, "--store", str(store)]
+    argv += ["create", "--without-mount", info.url(), "capability"]
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=LIMIT, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1, result
+    assert result.stdout == (
+        f"pulling the image: unpacking layer `{info.layer_digests[0]}`: `usr/bin/ping`: setting xattr "
+        "security.capability: operation not permitted (needs CAP_SETFCAP, which this process does not have)\n"
+    )
+    assert store_state(store) == before
