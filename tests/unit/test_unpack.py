@@ -974,6 +974,16 @@ def test_pax_fractional_and_negative_mtimes(dest: Path) -> None:
     assert os.lstat(dest / "f").st_mtime_ns == -1_250_000_000
 
 
+@pytest.mark.parametrize("mtime", [2**63 - 1, -(2**63)])
+def test_extreme_header_mtimes_are_taken(dest: Path, mtime: int) -> None:
+    run(dest, member(b"f", mtime=mtime) + member(b"d", typeflag=b"5", mtime=mtime) + END)  # the kernel clamps
+
+
+def test_a_pax_mtime_below_64_bit_seconds_is_invalid(dest: Path) -> None:
+    with pytest.raises(InvalidImage, match=r"PAX mtime .* is out of range"):
+        run(dest, pax([(b"mtime", str(-(2**63)).encode() + b".5")]) + member(b"f") + END)
+
+
 def test_global_pax_headers_are_ignored(dest: Path) -> None:
     run(dest, pax([(b"uid", b"1234"), (b"comment", b"x")], typeflag=b"g") + member(b"f") + END)
     assert os.lstat(dest / "f").st_uid == 0

@@ -110,7 +110,10 @@ def _pax_time_ns(value: bytes) -> int:
     if dot and not frac.isdigit():
         raise _error(f"PAX mtime {show(_text(value))!r} is not a time")
     nanos = int((frac + b"000000000")[:9]) if frac else 0
-    return seconds * 1_000_000_000 + (-nanos if whole.startswith(b"-") else nanos)
+    ns = seconds * 1_000_000_000 + (-nanos if whole.startswith(b"-") else nanos)
+    if ns < -_INT64 * 1_000_000_000:  # the fraction took it below the 64-bit seconds os.utime converts to
+        raise _error(f"PAX mtime {show(_text(value))!r} is out of range")
+    return ns
 
 
 def _parse_pax(data: bytes) -> list[tuple[bytes, bytes]]:
