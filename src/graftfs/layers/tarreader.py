@@ -175,9 +175,6 @@ class Member:
         #: For sparse members, the data regions (offset, length) in order; their bytes follow back to back.
         self.sparse: list[tuple[int, int]] | None = None
 
-    def isreg(self) -> bool:
-        return self.type == REG
-
 
 class TarReader:
     """Iterate members with :meth:`next`; read the current member's data with :meth:`readinto`.
