@@ -115,5 +115,4 @@ __all__ = [
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
-    "os_reason",
 ]
