@@ -19,6 +19,7 @@ from .errors import (
     NotFound,
     Unsupported,
     VerificationError,
+    os_reason,
 )
 from .log import NULL, Logger
 from .mount import kernel
@@ -273,12 +274,15 @@ class Store:
         return self._features
 
     def delete_store(self) -> None:
+        """Delete every image and the store. A mount in the store that graftfs did not make (a bind of a
+        host directory into an image, say) stops it before anything is removed, naming the mount."""
         if not os.path.exists(self.path):
             return
         try:
             ids = os.listdir(self.layout.images)
         except OSError as exc:
-            raise FailedPrecondition(f"listing images: {exc}") from None
+            raise FailedPrecondition(f"listing images: {os_reason(exc)}") from None
+        self._refuse_foreign_mounts()
         for image_id in ids:
             if image_id.startswith("."):
                 self.images.remove_uncommitted(image_id)  # handles dot-named leftovers too
@@ -295,7 +299,22 @@ class Store:
         if os.path.exists(backing) and kernel.is_mountpoint(self.path):
             kernel.unmount(self.path)
             os.unlink(backing)
-        remove_tree(self.path)
+        try:
+            remove_tree(self.path)
+        except OSError as exc:
+            raise KernelError(f"deleting store path: {exc.filename or self.path}: {os_reason(exc)}") from None
+
+    def _refuse_foreign_mounts(self) -> None:
+        from .store.images import foreign_mount, is_own_mount
+
+        real = os.path.realpath(self.path)
+        images = os.path.join(real, "images") + "/"
+        for point, fstype in kernel.mount_entries(real):
+            if point == real:
+                continue  # the store's own backing filesystem (init-store --store-size-bytes)
+            image_dir = images + point[len(images) :].split("/", 1)[0] if point.startswith(images) else ""
+            if not image_dir or not is_own_mount(image_dir, point, fstype):
+                raise foreign_mount("deleting image path" if image_dir else "deleting store path", point, fstype)
 
     def _backing_store(self, size: int) -> None:
         if os.path.isdir(self.path) and kernel.is_mountpoint(self.path):
@@ -397,33 +416,42 @@ class Store:
                 )
             return builder.build(index, directory)
 
-        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
-            # A base-directory layer takes owners from the layers below it, so it needs them built first.
-            workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS
-            lease = self.volumes.lease(volume_ids, build, workers)
+        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as image_lock:
             try:
-                base_size = sum(self.volumes.size(v) for v in volume_ids)
-                quota_bytes = 0
-                if limit > 0:
-                    if not options.exclude_image_from_quota and limit < base_size:
-                        raise InvalidArgument("disk limit is smaller than volume size")
-                    # GrootFS's semantics: the image's own size counts against the limit unless excluded.
-                    quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
-                    if not enforced:
-                        log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
-                path = self.images.create(
-                    image_id, volume_ids, base_size, owner, feats.quota, quota_bytes, options.ephemeral
-                )
+                # A base-directory layer takes owners from the layers below it, so it needs them built first.
+                workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS
+                lease = self.volumes.lease(volume_ids, build, workers)
+                try:
+                    base_size = sum(self.volumes.size(v) for v in volume_ids)
+                    quota_bytes = 0
+                    if limit > 0:
+                        if not options.exclude_image_from_quota and limit < base_size:
+                            raise InvalidArgument("disk limit is smaller than volume size")
+                        # GrootFS's semantics: the image's own size counts against the limit unless excluded.
+                        quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
+                        if not enforced:
+                            log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
+                    path = self.images.create(
+                        image_id, volume_ids, base_size, owner, feats.quota, quota_bytes, options.ephemeral
+                    )
+                    try:
+                        # Mounted before the commit record, while the lease still protects the layers: a
+                        # create killed in between leaves an uncommitted directory that the next create of
+                        # this ID (or clean) unmounts and removes, never a listed image without its mount.
+                        if options.mount:
+                            self.images.mount(overlay)
+                        self.images.commit(image_id, volume_ids)
+                    except BaseException:
+                        self.images.remove_uncommitted(image_id)
+                        raise
+                except BaseException:
+                    self.volumes.abandon(lease)
+                    raise
             except BaseException:
-                self.volumes.abandon(lease)
+                if not os.path.lexists(self.layout.image(image_id)) and not self.images.is_committed(image_id):
+                    image_lock.discard()  # a failed create leaves no lock file behind either
                 raise
             lease.release()
-            if options.mount:
-                try:
-                    self.images.mount(overlay)
-                except GraftfsError:
-                    self.images.delete(image_id)
-                    raise
         log.info("created", layers=len(volume_ids), built=len(lease.built))
         if self.metrics is not None:
             self.metrics.since("ImageCreationTime", start_ns)
@@ -447,8 +475,9 @@ class Store:
             # Garden deletes every container from both of its stores; one may never have been created.
             raise NotFound(f"Image `{image_id}` not found.")
         start_ns = time.monotonic_ns()
-        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
+        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as lock:
             self.images.delete(image_id)
+            lock.discard()  # one lock file per container ever created would pile up otherwise
         if self.metrics is not None:
             self.metrics.since("ImageDeletionTime", start_ns)
             self._emit_store_metrics(self.metrics)

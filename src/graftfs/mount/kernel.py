@@ -263,11 +263,34 @@ def bind_idmapped(source: str, target: str, ns_fd: int) -> None:
 
 def mounts_under(path: str) -> list[str]:
     """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo)."""
+    return [point for point, _ in mount_entries(path)]
+
+
+def mount_entries(path: str) -> list[tuple[str, str]]:
+    """``(mount point, filesystem type)`` of every mount at or below ``path``, deepest first; a point
+    mounted over twice is listed twice."""
     prefix = os.path.realpath(path).rstrip("/") + "/"
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            point = line.split(" ", 5)[4].replace("\\040", " ")
+            fields = line.split(" ")
+            # id parent major:minor root point options [optional fields...] - fstype source super-options
+            point = _unescape(fields[4])
             if point == prefix[:-1] or point.startswith(prefix):
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
+                found.append((point, fields[fields.index("-", 6) + 1]))
+    return sorted(found, key=lambda entry: len(entry[0]), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    """The kernel writes space, tab, newline and backslash in mountinfo paths as octal escapes."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)

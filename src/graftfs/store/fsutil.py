@@ -39,6 +39,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -
         fsync_dir(os.path.dirname(path))
 
 
+def unlink(path: str) -> None:
+    """Remove a file; missing is fine (someone else removed it first)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def read_text(path: str, default: str = "") -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -57,8 +65,15 @@ def read_int(path: str) -> int:
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class CrossesMount(OSError):
+    """A tree to remove holds another filesystem: a mount point (or a btrfs subvolume) below it."""
+
+
 def remove_tree(path: str) -> None:
-    """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree.
+    """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree, and never
+    descends into another filesystem (as ``rm --one-file-system``): a directory on another device than the
+    top is a mount point, whose files belong to whoever mounted it, so the removal stops with
+    :class:`CrossesMount` naming it and leaves that directory (and the ones above it) in place.
 
     Not ``shutil.rmtree``: importing shutil costs ~2 ms (it loads bz2 and lzma), a sixth of the interpreter's
     start-up, on every delete. This walks with directory fds as shutil does (a symlink put where a directory
@@ -67,6 +82,7 @@ def remove_tree(path: str) -> None:
     top = _open_dir(None, path)
     if top is None:
         return
+    device = os.fstat(top).st_dev
     # Each entry: a directory's fd, its name in the one below it on the stack, the subdirectories left.
     stack: list[tuple[int, str, list[str]]] = [(top, path, _clear(top))]
     try:
@@ -76,7 +92,11 @@ def remove_tree(path: str) -> None:
                 child_name = subdirs.pop()
                 child = _open_dir(fd, child_name)
                 if child is not None:
-                    stack.append((child, child_name, _clear(child)))
+                    stack.append((child, child_name, []))
+                    if os.fstat(child).st_dev != device:
+                        where = os.path.join(*(entry[1] for entry in stack))
+                        raise CrossesMount(errno.EXDEV, "another filesystem is mounted there", where)
+                    stack[-1] = (child, child_name, _clear(child))
                 continue
             stack.pop()
             os.close(fd)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import time
 
+from ..errors import FailedPrecondition, os_reason
 from .fsutil import read_int
 from .images import Images
 from .layout import Layout
@@ -75,12 +76,16 @@ def recently_released(layout: Layout, keep_seconds: float) -> set[str]:
 
 
 def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanResult:
+    """Collect unused volumes and sweep leftovers. Every step that fails is noted and the rest still
+    run (a clean killed half way, or a mount found in a leftover, must not keep later cleans from the
+    rest of the store); what failed is raised at the end, in one line."""
     images, volumes = Images(layout), Volumes(layout)
     with FileLock(layout.locks, "groot-gc-lock").held(timeout=GC_LOCK_WAIT):
         if threshold > 0 and committed_quota(layout, images) + volumes_size(volumes) < threshold:
             return CleanResult(ran=False)
         result = CleanResult(ran=True)
-        result.leftovers.extend(images.sweep())
+        failures: list[str] = []
+        result.leftovers.extend(images.sweep(failures))
         recent = set().union(*(recently_released(s, keep_seconds) for s in [layout, *layout.members()]))
         candidates = set(volumes.ids()) - in_use(images) - recent
         held: dict[str, FileLock] = {}
@@ -90,12 +95,21 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
                 if lock is not None:
                     held[volume_id] = lock
             used = in_use(images) | recent  # again, now that no create can start using what we hold
-            for volume_id in held:
-                if volume_id not in used and volumes.exists(volume_id):
+            for volume_id, lock in held.items():
+                if volume_id in used or not volumes.exists(volume_id):
+                    continue
+                try:
                     volumes.collect(volume_id)
-                    result.collected.append(volume_id)
+                except OSError as exc:
+                    failures.append(f"collecting volume {volume_id}: {os_reason(exc)}")
+                    continue
+                lock.discard()
+                result.collected.append(volume_id)
         finally:
             for lock in held.values():
                 lock.release()
-        result.leftovers.extend(volumes.sweep())
+        result.leftovers.extend(volumes.sweep(failures))
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise FailedPrecondition(f"clean: could not remove {failures[0]}{more}")
         return result

@@ -17,13 +17,20 @@ import os
 from ..errors import InvalidArgument
 
 INCOMPLETE = "incomplete"  # volumes/<id>-incomplete-<ns>-<rand>: a volume being built
-GC_PREFIX = "gc."  # volumes/gc.<id>: a volume marked for collection
+GC_PREFIX = "gc."  # volumes/gc.<id>-collecting-<ns>-<rand>: a volume being removed
+COLLECTING = "collecting"
 SHORT_ID_LEN = 12
 
 
 def validate_image_id(image_id: str) -> str:
     if "/" in image_id:
         raise InvalidArgument(f"id `{image_id}` contains invalid characters: `/`")
+    bad = sorted({c for c in image_id if c < " " or c == "\x7f"})
+    if bad:
+        # A newline would split `list`'s output and the one-line error; shown escaped, as Go's %q would.
+        shown = image_id.encode("unicode_escape").decode("ascii")
+        chars = "".join(c.encode("unicode_escape").decode("ascii") for c in bad)
+        raise InvalidArgument(f"id `{shown}` contains invalid characters: `{chars}`")
     if not image_id or image_id in (".", "..") or image_id.startswith("."):
         raise InvalidArgument(f"id `{image_id}` is not a valid image id")
     if "\x00" in image_id or len(image_id.encode("utf-8", "surrogateescape")) > 200:
