@@ -40,6 +40,11 @@ def test_create_with_wrong_argument_count(gfs: Graftfs) -> None:
 def test_invalid_id_is_refused(gfs: Graftfs, image: str) -> None:
     assert gfs.fails("create", image, "a/b") == "id `a/b` contains invalid characters: `/`"
     assert "not a valid image id" in gfs.fails("create", image, "..")
+    # A newline would split `list` and the one-line error: refused, and shown escaped.
+    assert gfs.fails("create", image, "a\nb") == "id `a\\nb` contains invalid characters: `\\n`"
+    assert gfs.fails("create", image, "tab\there\x1b") == "id `tab\\there\\x1b` contains invalid characters: `\\t\\x1b`"
+    assert gfs.run("list").stdout == "Store empty\n"
+    assert os.listdir(gfs.store / "locks") == []
 
 
 def test_unknown_scheme_is_a_clear_error_not_a_crash(gfs: Graftfs) -> None:

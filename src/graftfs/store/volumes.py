@@ -154,6 +154,9 @@ class Volumes:
                         if not self.exists(volume_id):
                             self._build(index, volume_id, build)
                             lease.built.append(volume_id)
+                    except BaseException:
+                        lock.discard()  # the build failed and left nothing: no lock file either
+                        raise
                     finally:
                         lock.release()
                     continue  # flock cannot downgrade atomically: take it shared afresh and look again
