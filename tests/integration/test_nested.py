@@ -59,13 +59,13 @@ def _run_outer(
     script: str,
     *,
     binds: Sequence[Path] = (),
-    fuse: bool = True,
+    fuse: str = "usable",
     drop_capabilities: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``script`` as root of the outer container: busybox as a graftfs image of ``host`` (its root is an
     overlay), in a user namespace, with this checkout's graftfs, ``binds`` read-only at their own paths,
-    ``/dev/fuse`` unless not ``fuse``, and Docker's capabilities plus CAP_SYS_ADMIN less
-    ``drop_capabilities``."""
+    ``/dev/fuse`` (``fuse``: ``usable``, ``missing``, or ``denied``: there, but not allowed by the device
+    cgroup), and Docker's capabilities plus CAP_SYS_ADMIN less ``drop_capabilities``."""
     info = write_oci_layout(base / "outer-img", [busybox_layer(), TarBuilder().dir("store").dir("run").build()])
     host.create(info.url(), "outer")
     mounts: list[Mapping[str, object]] = [
@@ -77,13 +77,13 @@ def _run_outer(
         *(_ro(str(path)) for path in binds),
     ]
     devices: list[tuple[int, int]] = []
-    if fuse:
+    if fuse != "missing":
         # A /dev/fuse of the test's own, usable by the container's root (the host's may be 0600 root's).
         node = base / "fuse"
         os.mknod(node, 0o666 | stat.S_IFCHR, os.makedev(10, 229))
         node.chmod(0o666)
         mounts.append({"destination": "/dev/fuse", "type": "bind", "source": str(node), "options": ["bind"]})
-        devices.append((10, 229))
+        devices += [(10, 229)] if fuse == "usable" else []
     return run_in_rootfs(
         host.rootfs("outer"),
         ["/bin/sh", "-c", script],
@@ -201,17 +201,27 @@ echo exit=$rc
     assert "`usr/bin/ping`" in line and "security.capability" in line and "CAP_SETFCAP" in line, line
 
 
-def test_without_dev_fuse_the_refusal_names_it_and_advises_what_works(outer: tuple[Graftfs, Path]) -> None:
-    """No /dev/fuse, and the store on the container's overlay root: neither graftfs nor a runtime can mount
-    an image there. The refusal names /dev/fuse and does not advise --without-mount, whose mount the kernel
-    would refuse too; --without-mount itself is refused the same way."""
+@pytest.mark.parametrize(
+    ("fuse", "seen", "problem", "fix"),
+    [
+        ("missing", "test ! -e /dev/fuse", "/dev/fuse is missing", "give the container /dev/fuse"),
+        # A node bound in, as a pod spec may, while the device cgroup does not allow it: open() is refused.
+        ("denied", "test -c /dev/fuse", "/dev/fuse cannot be opened", "let the container open /dev/fuse"),
+    ],
+)
+def test_without_dev_fuse_the_refusal_names_it_and_advises_what_works(
+    outer: tuple[Graftfs, Path], fuse: str, seen: str, problem: str, fix: str
+) -> None:
+    """No usable /dev/fuse, and the store on the container's overlay root: neither graftfs nor a runtime can
+    mount an image there. The refusal names /dev/fuse and does not advise --without-mount, whose mount the
+    kernel would refuse too; --without-mount itself is refused the same way."""
     host, base = outer
     inner = write_oci_layout(base / "inner-img", [busybox_layer()])
     os.system(f"chmod -R a+rX {base / 'inner-img'}")
     graftfs = _graftfs()
     script = f"""
 set -e
-test ! -e /dev/fuse && echo no-dev-fuse
+{seen} && echo fuse-{fuse}
 {graftfs} init-store
 {graftfs} features
 echo ---
@@ -223,13 +233,13 @@ rc=0
 {graftfs} create --without-mount oci://{inner.path}:latest x || rc=$?
 echo exit=$rc
 """
-    result = _run_outer(host, base, script, binds=[inner.path], fuse=False)
+    result = _run_outer(host, base, script, binds=[inner.path], fuse=fuse)
     assert result.returncode == 0, (result.stdout, result.stderr)
     report, mounted, unmounted = result.stdout.split("---\n")
-    assert report.startswith("no-dev-fuse\n"), report
+    assert report.startswith(f"fuse-{fuse}\n"), report
     overlay = next(line for line in report.splitlines() if line.startswith("overlay "))
-    assert "/dev/fuse is missing" in overlay and "--without-mount" not in overlay, overlay
+    assert problem in overlay and fix in overlay and "--without-mount" not in overlay, overlay
     for line in (_refusal(mounted), _refusal(unmounted)):
         assert line.startswith(f"this caller cannot mount overlayfs on {INNER_STORE} (overlay, kernel "), line
-        assert "/dev/fuse is missing" in line and "give the container /dev/fuse" in line, line
+        assert problem in line and fix in line, line
         assert "--without-mount" not in line, line
