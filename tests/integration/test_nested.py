@@ -243,3 +243,29 @@ echo exit=$rc
         assert line.startswith(f"this caller cannot mount overlayfs on {INNER_STORE} (overlay, kernel "), line
         assert problem in line and fix in line, line
         assert "--without-mount" not in line, line
+
+
+def test_without_cap_chown_features_name_it_and_files_keep_one_owner(outer: tuple[Graftfs, Path]) -> None:
+    """Without CAP_CHOWN (every ID mapped, so not "only one ID is mapped"), files cannot be given the
+    layers' owners: ``graftfs features`` names the capability, and creates go on with one owner."""
+    host, base = outer
+    www = TarBuilder().dir("var/www", uid=33, gid=33).file("var/www/index.html", b"hi\n", uid=33, gid=33)
+    inner = write_oci_layout(base / "inner-img", [busybox_layer(), www.build()])
+    os.system(f"chmod -R a+rX {base / 'inner-img'}")
+    graftfs = _graftfs()
+    script = f"""
+set -e
+{graftfs} init-store
+{graftfs} features
+echo ---
+{graftfs} create oci://{inner.path}:latest www > /dev/null
+stat -c %u:%g {INNER_STORE}/images/www/rootfs/var/www/index.html
+{graftfs} delete www
+"""
+    result = _run_outer(host, base, script, binds=[inner.path], drop_capabilities=["CAP_CHOWN"])
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    report, _, after = result.stdout.partition("---\n")
+    assert "file owners      this process lacks CAP_CHOWN: every file belongs to root" in report, report
+    assert "only one ID" not in report, report
+    assert "capabilities     missing CAP_CHOWN: files cannot be given the layers' owners" in report, report
+    assert after == "0:0\nImage www deleted\n", after

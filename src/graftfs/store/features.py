@@ -12,7 +12,8 @@ prints them. A store made by an older graftfs (no record) is probed on first use
   ``file`` (the layers' own ``.wh.`` files, which fuse-overlayfs reads) where they cannot but
   fuse-overlayfs serves the store, else ``none``;
 * ``ids``: ``all`` when files can be given any owner the layers name, ``single`` when only the caller's
-  own ID exists (a user namespace that maps one ID): owners then all become root;
+  own ID exists (a user namespace that maps one ID) or the caller lacks CAP_CHOWN: owners then all become
+  root;
 * ``devices``: device nodes in layers can be created (root on the host only);
 * ``overlay``: ``kernel`` when this caller can mount overlayfs on this filesystem; ``fuse-overlayfs`` when
   the kernel refuses (it will not stack on another overlay, such as a container's own root) but
