@@ -491,21 +491,33 @@ class Store:
                 "it (create.unenforceable_disk_limit is refuse)"
             )
         if options.mount and self.rootless:
+            # --without-mount is advised only where the runtime's own overlay mount would be accepted.
             raise Unsupported(
                 "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
-                "use create --without-mount (create.without_mount: true) and let the runtime mount it"
+                + (
+                    "use create --without-mount (create.without_mount: true) and let the runtime mount it"
+                    if feats.runtime_can_mount
+                    else f"and the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), whoever "
+                    f"mounts it: keep the store on a filesystem that is not {feats.filesystem} (a volume)"
+                )
             )
-        if options.mount and feats.overlay == "none":
+        if feats.overlay == "none" and (options.mount or not feats.runtime_can_mount):
+            # Without a mount the runtime's would be refused too: refused here, by name, rather than there.
+            why, advice = feats.no_mount()
             raise Unsupported(
-                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}), "
-                "and fuse-overlayfs is not available: use create --without-mount and let the runtime mount it "
-                "(`graftfs features` says why)"
+                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}): "
+                f"{why}: {advice}"
             )
         if not options.mount and feats.overlay == "fuse-overlayfs":
             raise Unsupported(
                 f"the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), so no overlay mount "
-                "can be handed to the runtime; graftfs mounts this store with fuse-overlayfs: create without "
-                "--without-mount"
+                "can be handed to the runtime; "
+                # A rootless graftfs's own mount is refused above: only another filesystem helps it.
+                + (
+                    f"keep the store on a filesystem that is not {feats.filesystem} (a volume)"
+                    if self.rootless
+                    else "graftfs mounts this store with fuse-overlayfs: create without --without-mount"
+                )
             )
 
     def _emit_store_metrics(self, metrics: Metrics, committed: bool = False) -> None:

@@ -319,6 +319,8 @@ def test_features_are_probed_once_and_reported(gfs: Graftfs, workdir: Path) -> N
     report = gfs.run("features").stdout
     assert report.startswith(f"store            {gfs.store} (")
     assert "running as       root in the initial user namespace" in report
+    assert "capabilities     all that graftfs uses" in report, report
+    assert doc["caps_missing"] == [] and doc["fuse"] == ""  # fuse-overlayfs is not tried where overlayfs works
     # Creates use the record: one that says overlay cannot be mounted makes create refuse to mount...
     record.write_text(json.dumps({**doc, "overlay": "none"}))
     info = write_oci_layout(workdir / "img", [busybox_layer()])
