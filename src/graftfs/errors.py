@@ -102,6 +102,7 @@ class KernelError(GraftfsError):
         self.errno = errno
 
 
+# The error classes only: graftfs re-exports each of these (os_reason is a helper, imported by name).
 __all__ = [
     "AlreadyExists",
     "FailedPrecondition",
@@ -115,5 +116,4 @@ __all__ = [
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
-    "os_reason",
 ]
