@@ -25,6 +25,13 @@ def os_reason(exc: BaseException) -> str:
     return str(exc)
 
 
+def errno_reason(code: int) -> str:
+    """:func:`os_reason` for a bare errno, as a system call made without ``os`` reports it."""
+    import os  # loaded at interpreter start-up: this costs nothing
+
+    return os_reason(OSError(code, os.strerror(code)))
+
+
 class GraftfsError(Exception):
     """Base class. ``str()`` is a single human-readable line."""
 
