@@ -58,6 +58,13 @@ def test_the_cli_prints_it_and_logs_store_verification_failed(
     assert not os.path.exists(store)
 
 
+def test_an_ordinary_users_create_in_an_uninitialised_store_says_so_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ordinary_user: None
+) -> None:
+    code, out, _ = _run(capsys, "--store", str(tmp_path / "store"), "create", "/nowhere.tar", "x")
+    assert (code, out) == (1, NOT_INITIALIZED + "\n")
+
+
 # -- init-store by someone who may not make the store -----------------------------------------------------------
 
 
