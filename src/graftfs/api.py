@@ -280,7 +280,16 @@ class Store:
         return self._features
 
     def delete_store(self) -> None:
+        log = self.log.session("store-manager-delete-store")
+        log.debug("starting")
+        try:
+            self._delete_store(log)
+        finally:
+            log.debug("ending")
+
+    def _delete_store(self, log: Logger) -> None:
         if not os.path.exists(self.path):
+            log.info("store-not-found", storePath=self.path)
             return
         try:
             ids = os.listdir(self.layout.images)
@@ -527,7 +536,14 @@ class Store:
     def list(self) -> list[str]:
         if not os.path.isdir(self.path):
             raise NotFound(f"no store found at {self.path}")
-        return [self.layout.image(i) for i in self.images.ids()]
+        log = self.log.session("groot-listing", storePath=self.path)
+        log.info("starting")
+        try:
+            paths = [self.layout.image(i) for i in self.images.ids()]
+            log.debug("list-images", imagePaths=paths)
+            return paths
+        finally:
+            log.info("ending")
 
     def regenerate_volume_sizes(self) -> None:
         """Recompute every volume's size record from what is on disk (GrootFS's hidden
@@ -546,7 +562,12 @@ class Store:
 
     def stats(self, image_id_or_path: str) -> DiskUsage:
         image_id = self.resolve_id(image_id_or_path)
-        return self.images.usage(image_id, self.features().quota if self.exists() else "none")
+        log = self.log.session("groot-stats", imageID=image_id)
+        log.debug("starting")
+        try:
+            return self.images.usage(image_id, self.features().quota if self.exists() else "none")
+        finally:
+            log.debug("ending")
 
     def clean(self, threshold_bytes: int = 0, keep_seconds: float = 0) -> CleanResult:
         """GrootFS's clean; ``keep_seconds`` > 0 also keeps layers an image used that recently."""

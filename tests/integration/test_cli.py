@@ -185,6 +185,7 @@ def test_the_log_file_has_grootfs_lines_for_create_delete_and_clean(gfs: Graftfs
     gfs.run(*logged, "delete", "logged")
     gfs.run(*logged, "delete", "never-created")  # Garden asks both of its stores: this one logs no delete
     gfs.run(*logged, "clean")
+    gfs.run(*logged, "list")
     gfs.run(*logged, "--log-level", "debug", "init-store")
     lines = [json.loads(line) for line in log_file.read_text().splitlines()]
     assert {line["source"] for line in lines} == {"grootfs"}
@@ -195,6 +196,7 @@ def test_the_log_file_has_grootfs_lines_for_create_delete_and_clean(gfs: Graftfs
         assert info.count(f"grootfs.{command}.{session}.ending") == 1, info
     assert "grootfs.create.groot-creating.making-image.ending" in info
     assert "grootfs.delete.groot-deleting.deleting-image.ending" in info
+    assert "grootfs.list.groot-listing.ending" in info
     debug = [line["message"] for line in lines if line["level"] == "debug"]
     assert "grootfs.delete.id-not-found-skipping" not in debug  # info level then: not written
     assert "grootfs.init-store.store-manager-init-store.store-already-initialized" in debug
