@@ -207,3 +207,22 @@ def test_an_untranslated_os_error_reaches_stdout_in_go_words(
     assert (code, out) == (1, "list: permission denied: /s/images\n")
     assert [line["message"] for line in lines] == ["grootfs.list.listing-images"]
     assert lines[0]["data"]["error"] == "/s/images: permission denied"  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("list",), "grootfs.list.store-path-failed"),
+        (("stats", "nope"), "grootfs.stats.find-id-failed"),
+        (("stats", "/elsewhere/images/x"), "grootfs.stats.find-id-failed"),
+        (("create", "only-one"), "grootfs.create.parsing-command"),
+        (("delete",), "grootfs.delete.parsing-command"),
+        (("create", "--disk-limit-size-bytes", "-1", "/x.tar", "x"), "grootfs.create.config-builder-failed"),
+    ],
+)
+def test_failures_are_logged_under_grootfs_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], message: str
+) -> None:
+    code, _, lines = _run(capsys, "--store", str(tmp_path / "none"), "--log-level", "error", *argv)
+    assert code == 1
+    assert [(line["source"], line["level"], line["message"]) for line in lines] == [("grootfs", "error", message)]

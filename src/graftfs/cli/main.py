@@ -584,6 +584,10 @@ def _failure(command: str, exc: BaseException) -> tuple[str, BaseException | str
 
         if text == STORE_NOT_INITIALIZED:
             return "store-verification-failed", "store is not initialized"
+    if command == "list" and text.startswith("no store found at "):
+        return "store-path-failed", exc
+    if command == "stats" and isinstance(exc, NotFound):  # an unknown ID, or a path outside the store
+        return "find-id-failed", exc
     return _FAILED.get(command, "failed"), exc
 
 
