@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from .store.volumes import Volumes
 
 IMAGE_LOCK_WAIT = 30.0
+#: GrootFS's words for a store that init-store has not made (yet): scripts and Garden's operators know them.
+STORE_NOT_INITIALIZED = "Store path is not initialized. Please run init-store."
 #: Layers pulled at once. Docker and containerd use 3 too: enough to overlap one layer's download with
 #: another's decompression and a third's unpacking, without opening many connections per create.
 PULL_WORKERS = 3
@@ -169,7 +171,7 @@ class Store:
 
     def require(self) -> None:
         if not self.layout.is_initialized():
-            raise FailedPrecondition(f"no store found at {self.path}: run `graftfs init-store` first")
+            raise FailedPrecondition(STORE_NOT_INITIALIZED)
 
     def namespace(self) -> Namespace:
         from .idmap import Namespace
@@ -190,6 +192,8 @@ class Store:
         names it, whatever their mappings: a store with mappings then mounts its layers idmapped."""
         from .idmap import Namespace
 
+        log = self.log.session("store-manager-init-store", storePath=self.path)
+        log.debug("starting")
         if size_bytes > 0:
             self._backing_store(size_bytes)
         wanted = Namespace(list(uid_mappings), list(gid_mappings))
@@ -197,6 +201,7 @@ class Store:
             self._share_layers(shared_layers, bool(wanted.uid_mappings or wanted.gid_mappings))
         os.makedirs(self.layout.meta, mode=0o755, exist_ok=True)
         if os.path.exists(self.layout.namespace_file):
+            log.debug("store-already-initialized")
             have = self.namespace()
             if sorted(have.uid_mappings) != sorted(wanted.uid_mappings):
                 raise InvalidArgument("provided UID mappings do not match those already configured in the store")
@@ -216,7 +221,8 @@ class Store:
 
         self._features = features.probe(self.layout)
         features.save(self.layout, self._features)
-        self.log.debug("store-initialized", store=self.path, **self._features.as_dict())
+        log.debug("store-initialized", **self._features.as_dict())
+        log.debug("ending")
 
     def _share_layers(self, directory: str, mapped: bool) -> None:
         current = self.layout.shared_layers()
@@ -274,14 +280,23 @@ class Store:
         return self._features
 
     def delete_store(self) -> None:
+        log = self.log.session("store-manager-delete-store")
+        log.debug("starting")
+        try:
+            self._delete_store(log)
+        finally:
+            log.debug("ending")
+
+    def _delete_store(self, log: Logger) -> None:
         """Delete every image and the store. A mount in the store that graftfs did not make (a bind of a
         host directory into an image, say) stops it before anything is removed, naming the mount."""
         if not os.path.exists(self.path):
+            log.info("store-not-found", storePath=self.path)
             return
         try:
             ids = os.listdir(self.layout.images)
         except OSError as exc:
-            raise FailedPrecondition(f"listing images: {os_reason(exc)}") from None
+            raise FailedPrecondition(f"listing images: open {self.layout.images}: {os_reason(exc)}") from None
         self._refuse_foreign_mounts()
         for image_id in ids:
             if image_id.startswith("."):
@@ -357,7 +372,8 @@ class Store:
         options = options or CreateOptions()
         validate_image_id(image_id)
         self.require()
-        log = self.log.session("create", imageID=image_id)
+        log = self.log.session("groot-creating", imageID=image_id)
+        log.info("starting")
         if options.disk_limit_bytes < 0:
             raise InvalidArgument("invalid argument: disk limit cannot be negative")
         if self.images.is_committed(image_id):
@@ -380,6 +396,8 @@ class Store:
         )
         spec = source.resolve()
         limit = options.disk_limit_bytes
+        # GrootFS stops a pull whose uncompressed layers exceed the limit, unless the image is excluded from it.
+        pull_quota = 0 if options.exclude_image_from_quota else limit
         if limit > 0 and not options.exclude_image_from_quota and spec.compressed_size > limit:
             raise InvalidArgument(f"layers exceed disk quota {spec.compressed_size}/{limit} bytes")
         volume_ids = [layer.volume_id for layer in spec.layers]
@@ -412,7 +430,7 @@ class Store:
                 from .pull import LayerBuilder
 
                 builder = LayerBuilder(
-                    self.layout, source, spec, translation, feats, log, options.progress, self.metrics
+                    self.layout, source, spec, translation, feats, log, options.progress, self.metrics, pull_quota
                 )
             return builder.build(index, directory)
 
@@ -431,6 +449,8 @@ class Store:
                         quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
                         if not enforced:
                             log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
+                    making = log.session("making-image", storePath=self.path, id=image_id)
+                    making.info("starting")
                     path = self.images.create(
                         image_id, volume_ids, base_size, owner, feats.quota, quota_bytes, options.ephemeral
                     )
@@ -441,6 +461,7 @@ class Store:
                         if options.mount:
                             self.images.mount(overlay)
                         self.images.commit(image_id, volume_ids)
+                        making.info("ending")
                     except BaseException:
                         self.images.remove_uncommitted(image_id)
                         raise
@@ -452,7 +473,7 @@ class Store:
                     image_lock.discard()  # a failed create leaves no lock file behind either
                 raise
             lease.release()
-        log.info("created", layers=len(volume_ids), built=len(lease.built))
+        log.info("ending", layers=len(volume_ids), built=len(lease.built))
         if self.metrics is not None:
             self.metrics.since("ImageCreationTime", start_ns)
             downloaded = sum(layer.expect.size for layer in spec.layers if layer.volume_id in lease.built)
@@ -474,10 +495,20 @@ class Store:
         if not self.layout.is_initialized():
             # Garden deletes every container from both of its stores; one may never have been created.
             raise NotFound(f"Image `{image_id}` not found.")
+        if not self.images.is_committed(image_id) and not os.path.lexists(self.layout.image(image_id)):
+            # GrootFS finds the image before its delete session starts: an unknown ID (Garden asks both of
+            # its stores) logs no groot-deleting.
+            raise NotFound(f"Image `{image_id}` not found.")
+        log = self.log.session("groot-deleting", imageID=image_id)
+        log.info("starting")
         start_ns = time.monotonic_ns()
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as lock:
+            deleting = log.session("deleting-image", storePath=self.path, id=image_id)
+            deleting.info("starting")
             self.images.delete(image_id)
             lock.discard()  # one lock file per container ever created would pile up otherwise
+            deleting.info("ending")
+        log.info("ending")
         if self.metrics is not None:
             self.metrics.since("ImageDeletionTime", start_ns)
             self._emit_store_metrics(self.metrics)
@@ -545,7 +576,14 @@ class Store:
     def list(self) -> list[str]:
         if not os.path.isdir(self.path):
             raise NotFound(f"no store found at {self.path}")
-        return [self.layout.image(i) for i in self.images.ids()]
+        log = self.log.session("groot-listing", storePath=self.path)
+        log.info("starting")
+        try:
+            paths = [self.layout.image(i) for i in self.images.ids()]
+            log.debug("list-images", imagePaths=paths)
+            return paths
+        finally:
+            log.info("ending")
 
     def regenerate_volume_sizes(self) -> None:
         """Recompute every volume's size record from what is on disk (GrootFS's hidden
@@ -564,7 +602,12 @@ class Store:
 
     def stats(self, image_id_or_path: str) -> DiskUsage:
         image_id = self.resolve_id(image_id_or_path)
-        return self.images.usage(image_id, self.features().quota if self.exists() else "none")
+        log = self.log.session("groot-stats", imageID=image_id)
+        log.debug("starting")
+        try:
+            return self.images.usage(image_id, self.features().quota if self.exists() else "none")
+        finally:
+            log.debug("ending")
 
     def clean(self, threshold_bytes: int = 0, keep_seconds: float = 0) -> CleanResult:
         """GrootFS's clean; ``keep_seconds`` > 0 also keeps layers an image used that recently."""
@@ -574,14 +617,16 @@ class Store:
             raise NotFound(f"no store found at {self.path}")
         from .store.gc import clean
 
+        log = self.log.session("groot-cleaning")
+        log.info("starting", threshold=threshold_bytes)
         start = time.monotonic()
         start_ns = time.monotonic_ns()
         result = clean(self.layout, threshold_bytes, keep_seconds)
         if self.metrics is not None:
             self.metrics.since("ImageCleanTime", start_ns)
             self._emit_store_metrics(self.metrics)
-        self.log.info(
-            "clean-finished",
+        log.info(
+            "ending",
             ran=result.ran,
             collected=len(result.collected),
             leftovers=len(result.leftovers),

@@ -7,6 +7,7 @@ and with --exclude-image-from-quota; stats must report what was written.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shlex
 import shutil
@@ -90,7 +91,7 @@ def test_without_quota_support_limits_are_measured_and_warned_or_refused(gfs: Gr
     limit = ["--disk-limit-size-bytes", str(10 * MB)]
     # warn (the default): created, logged, not enforced; stats still follow the container's writes.
     result = gfs.run("--log-level", "error", "create", *limit, url, "warned")
-    assert '"message":"graftfs.create.disk-limit-not-enforced"' in result.stderr, result.stderr
+    assert '"message":"grootfs.create.groot-creating.disk-limit-not-enforced"' in result.stderr, result.stderr
     before = json.loads(gfs.run("stats", "warned").stdout)["disk_usage"]
     assert _write(gfs, "warned", 11).returncode == 0  # nothing stops it
     # A measurement is reused for a few seconds (Garden polls every container): not walked again yet...
@@ -186,3 +187,26 @@ def test_store_size_bytes_on_a_kernel_without_xfs_quotas_says_so(workdir: Path) 
             "disk limits cannot be enforced on an XFS store here\n"
         ), result.stdout
     assert not (workdir / "store").exists() and not (workdir / "store.backing-store").exists()
+
+
+def test_limits_smaller_than_the_image_fail_with_grootfs_texts(gfs: Graftfs, workdir: Path) -> None:
+    """GrootFS checks an inclusive limit three times: against the compressed layers before pulling, against
+    the uncompressed bytes of the layers it pulls, and against the size of the layers already in the store."""
+    zeros = TarBuilder().file("zeros", b"\0" * (2 * MB)).build()  # 2 MB that compress to a few KB
+    url = write_oci_layout(workdir / "zeros", [zeros]).url()
+    assert len(gzip.compress(zeros)) < MB
+    tiny = gfs.fails("create", "--disk-limit-size-bytes", "10", url, "tiny")
+    assert tiny.startswith("layers exceed disk quota ") and tiny.endswith("/10 bytes"), tiny
+    fresh = gfs.fails("create", "--disk-limit-size-bytes", str(MB), url, "fresh")
+    assert fresh.startswith("pulling the image: streaming blob `sha256:"), fresh
+    assert fresh.endswith("`: uncompressed layer size exceeds quota"), fresh
+    assert gfs.volumes() == set()
+    # Exactly the uncompressed size is allowed (the limit is inclusive) ...
+    gfs.create(url, "whole", "--disk-limit-size-bytes", str(len(zeros)))
+    # ... and once the layer is in the store, it is its size that counts.
+    assert gfs.fails("create", "--disk-limit-size-bytes", str(MB), url, "cached") == (
+        "disk limit is smaller than volume size"
+    )
+    gfs.create(url, "excluded", "--disk-limit-size-bytes", str(MB), "--exclude-image-from-quota")
+    for image_id in ("whole", "excluded"):
+        gfs.run("delete", image_id)

@@ -91,11 +91,11 @@ def load(path: str) -> Config:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        # Go's wording (`open /x: no such file or directory`; a directory opens and fails on `read`):
-        # Python's strerror is capitalised ("No such file...") and scripts match GrootFS's text.
+        # Go's wording (`open /x: no such file or directory`; a directory opens and fails on `read`).
+        from ..errors import os_reason
+
         op = "read" if isinstance(exc, IsADirectoryError) else "open"
-        reason = exc.strerror or str(exc)
-        raise InvalidArgument(f"invalid config path: {op} {path}: {reason[:1].lower()}{reason[1:]}") from None
+        raise InvalidArgument(f"invalid config path: {op} {path}: {os_reason(exc)}") from None
     from . import miniyaml
 
     ok, doc = miniyaml.load(text)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
-from ..errors import InvalidImage, UnsafeArchive, Unsupported
+from ..errors import InvalidImage, UnsafeArchive, Unsupported, os_reason
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -382,7 +382,8 @@ def unpack(tar_stream: IO[bytes], dest: str, opts: UnpackOptions | None = None) 
         raise InvalidImage(f"invalid layer tar: {exc}") from exc
     except OSError as exc:
         if exc.errno == errno.ENOTDIR:
-            raise InvalidImage(f"layer puts an entry under a non-directory: {exc}") from exc
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise InvalidImage(f"layer puts an entry under a non-directory: {where}{os_reason(exc)}") from exc
         raise
     finally:
         os.close(root_fd)

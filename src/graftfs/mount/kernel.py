@@ -12,7 +12,7 @@ import errno as _errno
 import os
 import time
 
-from ..errors import KernelError
+from ..errors import KernelError, errno_reason, os_reason
 
 TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _mount_kernel_overlay(spec: OverlaySpec) -> None:
         os.fchdir(old)
         os.close(old)
     if rc != 0:
-        raise KernelError(f"mounting overlay at {spec.target}: {os.strerror(err)}", err)
+        raise KernelError(f"mounting overlay at {spec.target}: {errno_reason(err)}", err)
 
 
 MS_MOVE = 8192
@@ -139,7 +139,7 @@ def _call_mount(source: bytes, target: str, fstype: bytes | None, flags: int, da
     mount, _, _, get_errno, *_ = _c()
     if mount(source, _fs(target), fstype, flags, data) != 0:
         err = get_errno()
-        raise KernelError(f"mounting {source.decode(errors='replace')} at {target}: {os.strerror(err)}", err)
+        raise KernelError(f"mounting {source.decode(errors='replace')} at {target}: {errno_reason(err)}", err)
 
 
 def _mount_fuse(spec: OverlaySpec) -> None:
@@ -155,7 +155,7 @@ def _mount_fuse(spec: OverlaySpec) -> None:
             timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {exc}") from None
+        raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {os_reason(exc)}") from None
     if result.returncode != 0:
         detail = " ".join((result.stderr or result.stdout).split())
         raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {detail or result.returncode}")
@@ -172,7 +172,7 @@ def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
         if err in (_errno.EINVAL, _errno.ENOENT):  # not a mount point / already gone
             return
         if err != _errno.EBUSY or attempt == retries - 1:
-            raise KernelError(f"unmounting {target}: {os.strerror(err)}", err)
+            raise KernelError(f"unmounting {target}: {errno_reason(err)}", err)
         time.sleep(interval)
 
 
@@ -193,7 +193,7 @@ def unshare(flags: int) -> None:
     _, _, call, get_errno, *_ = _c()
     if call(flags) != 0:
         err = get_errno()
-        raise KernelError(f"unshare: {os.strerror(err)}", err)
+        raise KernelError(f"unshare: {errno_reason(err)}", err)
 
 
 # -- idmapped mounts (Linux 5.12+; on overlay layers 5.19+) --------------------------------------------------
@@ -211,7 +211,7 @@ def _syscall(name: str, number: int, *args: int | bytes) -> int:
     rc = int(syscall(c_long(number), *(a if isinstance(a, bytes) else c_long(a) for a in args)))
     if rc < 0:
         err = get_errno()
-        raise KernelError(f"{name}: {os.strerror(err)}", err)
+        raise KernelError(f"{name}: {errno_reason(err)}", err)
     return rc
 
 

@@ -47,7 +47,7 @@ import threading
 import time
 import urllib.parse
 
-from ..errors import GraftfsError
+from ..errors import GraftfsError, os_reason
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ class Transport:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
-                raise GraftfsError(f"reading certificates in {directory}: {exc.strerror}") from None
+                raise GraftfsError(f"reading certificates in {directory}: {os_reason(exc)}") from None
             for name in names:
                 path = os.path.join(directory, name)
                 try:
@@ -540,7 +540,7 @@ def describe(exc: BaseException) -> str:
             hint = " (the server wants a client certificate: client.cert and client.key in certs.d/<host>/)"
         return f"TLS handshake failed: {reason.lower().replace('_', ' ')}{hint}"
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
+        return os_reason(exc)
     return str(exc) or type(exc).__name__
 
 

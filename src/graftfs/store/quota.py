@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from ..errors import FailedPrecondition, KernelError
+from ..errors import FailedPrecondition, KernelError, os_reason
 from .fsutil import read_text
 
 TYPE_CHECKING = False
@@ -36,7 +36,7 @@ def run(*argv: str) -> str:
     try:
         result = subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelError(f"{' '.join(argv)}: {exc}") from None
+        raise KernelError(f"{' '.join(argv)}: {os_reason(exc)}") from None
     if result.returncode != 0:
         detail = " ".join((result.stderr or result.stdout).split())
         raise KernelError(f"{' '.join(argv)}: {detail or f'exit status {result.returncode}'}")
