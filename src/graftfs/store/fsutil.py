@@ -21,7 +21,10 @@ def fsync_dir(path: str) -> None:
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that readers (and a crash) see either the old or the new file."""
+    """Replace ``path`` with ``data`` so that readers (and a crash) see either the old or the new file.
+    ``sync`` also makes it durable across a power cut (two fsyncs): the store's identity records
+    (``namespace.json``, ``features.json``) are; per-image and per-layer records are not (see where they are
+    written for why)."""
     tmp = temp_name(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:

@@ -18,7 +18,7 @@ import time
 
 from ..errors import FailedPrecondition, os_reason
 from .fsutil import read_int
-from .images import Images
+from .images import Images, read_record
 from .layout import Layout
 from .locks import FileLock
 from .volumes import Volumes
@@ -43,11 +43,36 @@ def volumes_size(volumes: Volumes) -> int:
 
 def in_use(images: Images) -> set[str]:
     """Volumes some image uses: this store's, and those of the stores sharing its layers."""
-    used: set[str] = set()
-    for store in [images, *(Images(member) for member in images.layout.members())]:
-        for image_id in store.ids():
-            used.update(store.dependencies(image_id))
-    return used
+    return Records(images.layout).refresh()
+
+
+class Records:
+    """The commit records of a store and of the stores sharing its layers, each read once: clean reads them
+    before and after it locks its candidates, and in a store of a thousand images the second reading was
+    half of its time. A record is only ever replaced by a rename, so one whose name and inode were seen
+    before has not changed; only new ones are read again."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.directories = [layout.dependencies, *(member.dependencies for member in layout.members())]
+        self.seen: dict[str, int] = {}
+        self.used: set[str] = set()
+
+    def refresh(self) -> set[str]:
+        """Every volume a record names, now or at an earlier refresh (a volume freed meanwhile is kept until
+        the next clean: never the other way round)."""
+        for directory in self.directories:
+            try:
+                entries = os.scandir(directory)
+            except FileNotFoundError:
+                continue
+            with entries:
+                for entry in entries:
+                    if not (entry.name.startswith("image:") and entry.name.endswith(".json")):
+                        continue
+                    if self.seen.get(entry.path) != entry.inode():
+                        self.seen[entry.path] = entry.inode()
+                        self.used.update(read_record(entry.path))
+        return self.used
 
 
 def recently_released(layout: Layout, keep_seconds: float) -> set[str]:
@@ -87,14 +112,15 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
         failures: list[str] = []
         result.leftovers.extend(images.sweep(failures))
         recent = set().union(*(recently_released(s, keep_seconds) for s in [layout, *layout.members()]))
-        candidates = set(volumes.ids()) - in_use(images) - recent
+        records = Records(layout)
+        candidates = set(volumes.ids()) - records.refresh() - recent
         held: dict[str, FileLock] = {}
         try:
             for volume_id in sorted(candidates):
                 lock = volumes.try_lock_exclusive(volume_id)
                 if lock is not None:
                     held[volume_id] = lock
-            used = in_use(images) | recent  # again, now that no create can start using what we hold
+            used = records.refresh() | recent  # again, now that no create can start using what we hold
             for volume_id, lock in held.items():
                 if volume_id in used or not volumes.exists(volume_id):
                     continue
