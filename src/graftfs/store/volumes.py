@@ -161,6 +161,7 @@ class Volumes:
                         lock.release()
                     continue  # flock cannot downgrade atomically: take it shared afresh and look again
             if time.monotonic() - start >= BUILD_WAIT:
+                lock.release()
                 raise LockTimeout(f"timed out waiting for the 'volume-{volume_id}' file lock after '{BUILD_WAIT:g}s'")
             time.sleep(sleep)
             sleep = min(sleep * 2, _MAX_SLEEP)
