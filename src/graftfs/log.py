@@ -106,9 +106,9 @@ class Logger:
         }
         assert self._stream is not None
         try:
-            import json  # only when a line is written: the default level writes none
+            from . import jsonc  # not json, whose import of re costs more than a warm create's own work
 
-            self._stream.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
+            self._stream.write(jsonc.dumps(line, default=str) + "\n")
             self._stream.flush()
         except OSError:
             pass  # a closed or full log sink must never fail the operation it describes
