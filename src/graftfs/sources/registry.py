@@ -22,17 +22,16 @@ thread and the token is shared under a lock.
 
 from __future__ import annotations
 
-import http.client
-import json
 import threading
-import urllib.parse
 
+from .. import jsonc
 from ..errors import GraftfsError, InvalidImage, NotFound, PermissionDenied
 from ..reference import ImageRef
-from . import platform
+from . import platform, wire
 from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, verify_blob
 from .oci_layout import INDEX_TYPES, MAX_INDEX_DEPTH, MAX_JSON
 from .transport import ConnectFailed, Retry, Transport, basic_authorization, describe, registry_error, transient
+from .wire import split_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -115,7 +114,9 @@ class RegistrySource:
         query = [("scope", params.get("scope") or f"repository:{self.repository}:pull")]
         if params.get("service"):
             query.append(("service", params["service"]))
-        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+        from urllib.parse import urlencode  # tokens are asked for by registries with auth only
+
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         headers = {}
         if self.credentials is not None:
             user, password = self.credentials
@@ -123,7 +124,7 @@ class RegistrySource:
         resp, _ = self.transport.get(url, self.transport.retry(), headers)
         try:
             data = resp.read(MAX_JSON)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, wire.HTTPException) as exc:
             raise GraftfsError(f"fetching a token from {realm}: {describe(exc)}") from None
         finally:
             resp.close()
@@ -132,7 +133,7 @@ class RegistrySource:
         if resp.status != 200:
             raise GraftfsError(f"fetching a token from {realm}: HTTP {resp.status} {resp.reason}")
         try:
-            doc = json.loads(data)
+            doc = jsonc.loads(data)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -144,7 +145,7 @@ class RegistrySource:
 
     def _get(
         self, path: str, retry: Retry, accept: str = "", extra: dict[str, str] | None = None
-    ) -> tuple[http.client.HTTPResponse, str]:
+    ) -> tuple[wire.Response, str]:
         """GET ``path`` on the registry with its credentials, answering one auth challenge (a first one, or
         an expired token) per call."""
         headers = dict(extra or {})
@@ -155,7 +156,7 @@ class RegistrySource:
             if sent:
                 headers["Authorization"] = sent
             resp, url = self.transport.get(self.base + path, retry, headers)
-            if resp.status != 401 or attempt == 2 or urllib.parse.urlsplit(url).netloc != self.host:
+            if resp.status != 401 or attempt == 2 or split_url(url)[1] != self.host:
                 return resp, url
             if not self._authorize(resp.getheader("WWW-Authenticate") or "", sent):
                 return resp, url
@@ -163,7 +164,7 @@ class RegistrySource:
             resp.close()
         raise AssertionError("unreachable")
 
-    def _check_status(self, resp: http.client.HTTPResponse, what: str) -> None:
+    def _check_status(self, resp: wire.Response, what: str) -> None:
         if resp.status == 200:
             return
         body = resp.read(64 << 10)
@@ -194,8 +195,8 @@ class RegistrySource:
             try:
                 data = resp.read(MAX_JSON + 1)
                 if len(data) <= MAX_JSON and resp.length:  # closed before its Content-Length
-                    raise http.client.IncompleteRead(data, resp.length)
-            except (OSError, http.client.HTTPException) as exc:
+                    raise wire.IncompleteRead(data, resp.length)
+            except (OSError, wire.HTTPException) as exc:
                 self.transport.drop(url)
                 if not transient(exc, True):
                     raise GraftfsError(f"reading {what}: {describe(exc)}") from None
@@ -293,7 +294,7 @@ class RegistrySource:
             raise NotFound(f"foreign layer `{digest}` is not in the registry and its urls failed: {'; '.join(errors)}")
         self._check_status(resp, f"layer blob `{digest}`")
 
-        def fetch(extra: dict[str, str]) -> tuple[http.client.HTTPResponse, str]:
+        def fetch(extra: dict[str, str]) -> tuple[wire.Response, str]:
             resp, url = self._get(path, retry, extra=extra)
             if resp.status not in (200, 206):
                 self._check_status(resp, f"layer blob `{digest}`")
