@@ -393,6 +393,7 @@ class Store:
             insecure_registries=options.insecure_registries,
             credentials=(options.username, options.password) if options.username or options.password else None,
             remote_layer_certificates=options.remote_layer_certificates,
+            plain_http_hosts=self.layout.plain_http_hosts,
         )
         spec = source.resolve()
         limit = options.disk_limit_bytes

@@ -22,6 +22,7 @@ thread and the token is shared under a lock.
 
 from __future__ import annotations
 
+import os
 import threading
 
 from .. import jsonc
@@ -52,7 +53,13 @@ BAD_CREDENTIALS = "authorization failed: username and password are invalid"
 
 
 class RegistrySource:
-    def __init__(self, ref: ImageRef, insecure: Iterable[str] = (), credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        ref: ImageRef,
+        insecure: Iterable[str] = (),
+        credentials: tuple[str, str] | None = None,
+        plain_http_hosts: str = "",
+    ) -> None:
         self.url = ref.original
         self.host = ref.host
         self.repository = ref.repository
@@ -64,6 +71,8 @@ class RegistrySource:
         self._authorization = ""  # the Authorization header for the registry, once known
         self._basic = False  # it is basic auth (so a 401 means the credentials are wrong)
         self._auth_lock = threading.Lock()
+        #: A directory where insecure hosts found to speak plain HTTP are remembered ("" to probe every time).
+        self.plain_http_hosts = plain_http_hosts
 
     def close(self) -> None:
         self.transport.close()
@@ -71,13 +80,21 @@ class RegistrySource:
     # -- version check and auth ---------------------------------------------------------------------------
 
     def _ping(self) -> None:
-        try:
-            resp, _ = self.transport.get(f"https://{self.host}/v2/", self.transport.retry())
-        except ConnectFailed:
-            if self.host not in self.transport.insecure:
-                raise
-            self.base = f"http://{self.host}"
-            resp, _ = self.transport.get(f"{self.base}/v2/", self.transport.retry())
+        """The version check, which also picks the scheme: HTTPS, or for an insecure host that does not speak
+        it, plain HTTP (GrootFS's order). A host found to speak plain HTTP is remembered (in the store, see
+        :attr:`plain_http_hosts`) and asked over HTTP first next time, so that a warm create does not pay a
+        failed TLS handshake, and the TLS stack's import, every time; if that fails it is probed again."""
+        resp = self._ping_remembered()
+        if resp is None:
+            try:
+                resp, _ = self.transport.get(f"https://{self.host}/v2/", self.transport.retry())
+                self._remember(False)
+            except ConnectFailed:
+                if self.host not in self.transport.insecure:
+                    raise
+                self.base = f"http://{self.host}"
+                resp, _ = self.transport.get(f"{self.base}/v2/", self.transport.retry())
+                self._remember(resp.status in (200, 401))
         resp.read(64 << 10)
         resp.close()
         if resp.status == 401:
@@ -87,6 +104,38 @@ class RegistrySource:
                 f"pinging container registry {self.host}: invalid status code from registry {resp.status} "
                 f"({resp.reason})"
             )
+
+    def _marker(self) -> str:
+        return os.path.join(self.plain_http_hosts, self.host.replace("/", "_")) if self.plain_http_hosts else ""
+
+    def _ping_remembered(self) -> wire.Response | None:
+        marker = self._marker()
+        if not marker or self.host not in self.transport.insecure or not os.path.exists(marker):
+            return None
+        try:
+            resp, _ = self.transport.get(f"http://{self.host}/v2/", self.transport.retry())
+        except ConnectFailed:
+            return None  # refused at once: probe as if new (a host that times out fails the same either way)
+        if resp.status not in (200, 401):  # it speaks something else now (TLS on that port, say)
+            resp.close()
+            self.transport.drop(f"http://{self.host}/")
+            return None
+        self.base = f"http://{self.host}"
+        return resp
+
+    def _remember(self, plain_http: bool) -> None:
+        marker = self._marker()
+        if not marker:
+            return
+        try:
+            if plain_http:
+                os.makedirs(self.plain_http_hosts, mode=0o755, exist_ok=True)
+                with open(marker, "w", encoding="ascii"):
+                    pass
+            else:
+                os.unlink(marker)
+        except OSError:
+            pass  # a hint, not a record: without it the next create simply probes again
 
     def _authorize(self, challenge: str, sent: str) -> bool:
         """Answer an auth challenge to a request that carried ``sent``. Returns whether there is something

@@ -6,6 +6,7 @@
 <store>/meta/volume-<volume-id>                        {"Size": bytes of regular files}
 <store>/meta/dependencies/image:<id>.json              the volumes an image uses; its commit record
 <store>/meta/namespace.json                            the store's UID/GID mappings
+<store>/meta/plain-http/<host>                         insecure registries that speak plain HTTP
 <store>/locks/*.lock                                   flock files
 <store>/tmp/                                           TMPDIR for graftfs processes
 """
@@ -92,6 +93,11 @@ class Layout:
     def project_pointer(self, image_dir: str) -> str:
         """The record naming the XFS project ID of an image directory (by its name, temp or final)."""
         return os.path.join(self.projectids, f"image-{os.path.basename(image_dir)}")
+
+    @property
+    def plain_http_hosts(self) -> str:
+        """Insecure registries found to speak plain HTTP, one empty file each (a hint for the next pull)."""
+        return os.path.join(self.meta, "plain-http")
 
     @property
     def features_file(self) -> str:
