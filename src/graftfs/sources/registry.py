@@ -22,8 +22,8 @@ thread and the token is shared under a lock.
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
 
 from .. import jsonc
 from ..errors import GraftfsError, InvalidImage, NotFound, PermissionDenied
@@ -70,7 +70,7 @@ class RegistrySource:
         self.base = f"https://{self.host}"  # until the version check says otherwise
         self._authorization = ""  # the Authorization header for the registry, once known
         self._basic = False  # it is basic auth (so a 401 means the credentials are wrong)
-        self._auth_lock = threading.Lock()
+        self._auth_lock = _thread.allocate_lock()
         #: A directory where insecure hosts found to speak plain HTTP are remembered ("" to probe every time).
         self.plain_http_hosts = plain_http_hosts
 
