@@ -152,7 +152,8 @@ for mode in counted excluded; do
   {gfs} delete $mode
 done
 # An exclusive limit of 10 bytes, less than one block: with the image counted (the limit is the image's
-# size plus 10) and excluded. Created, and not one block more can be written.
+# size plus 10) and excluded. Created (the image's records are not in its project), and not one block
+# more can be written: XFS refuses even a new directory in the project (overlay then mounts read-only).
 {gfs} create {url} sized > /dev/null
 base=$(cat $store/images/sized/image_info)
 {gfs} delete sized

@@ -43,7 +43,7 @@ QEMU = "qemu-system-x86_64"
 BUSYBOX = "/bin/busybox"  # busybox-static: the initramfs has no libc
 # Kept outside the repository and across runs: the kernel package is ~70 MB, extracted ~400 MB.
 CACHE = Path(os.environ.get("GRAFTFS_TEST_VM_CACHE", "/var/cache/graftfs-test-vm"))
-KERNEL_PACKAGE = re.compile(r"^linux-image-(6\.1\.0-(\d+)-amd64)$")
+KERNEL_PACKAGE = re.compile(r"^linux-image-(6\.1\.0-\d+-amd64)$")
 # What the guest needs beyond the kernel image: the 9p root, loop devices for the stores, overlay, XFS.
 MODULES = ("virtio_pci", "9pnet_virtio", "9p", "loop", "overlay", "xfs")
 QEMU_ARGS = ("-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", "2G", "-no-reboot")
@@ -273,10 +273,12 @@ def _kernel_tree() -> Path:
         text=True,
         check=True,
     ).stdout
-    names = [line.split()[0] for line in listed.splitlines() if KERNEL_PACKAGE.match(line.split(" ")[0])]
-    if not names:
+    # "linux-image-6.1.0-56-amd64 - Linux 6.1 for 64-bit PCs (signed)": the name's ABI number is its age.
+    versions = {m.group(1): m.string for line in listed.splitlines() if (m := KERNEL_PACKAGE.match(line.split(" ")[0]))}
+    if not versions:
         raise RuntimeError("apt-cache lists no linux-image-6.1.0-*-amd64 (apt-get update?)")
-    package = max(names, key=_abi)
+    version = max(versions, key=_abi)
+    package = versions[version]
     download = Path(tempfile.mkdtemp(prefix=".download-", dir=CACHE))
     try:
         got = subprocess.run(["apt-get", "download", "-q", package], cwd=download, capture_output=True, text=True)
@@ -285,7 +287,6 @@ def _kernel_tree() -> Path:
             raise RuntimeError(f"apt-get download {package} failed: {' '.join(got.stderr.split())}")
         tree = download / "root"
         subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(tree)], check=True)
-        version = KERNEL_PACKAGE.match(package).group(1)  # type: ignore[union-attr]
         # The package ships no modules.dep (its postinst makes it): needed for the load order.
         subprocess.run(["depmod", "-b", str(tree), version], check=True)
         (tree / ".complete").touch()
