@@ -142,11 +142,15 @@ class Images:
                     os.chown(os.path.join(tmp, sub), *owner)
             if owner != (0, 0):
                 os.chown(tmp, *owner)
-            atomic_write(os.path.join(tmp, "image_info"), str(base_size).encode(), 0o600, sync=False)
-            if quota_bytes > 0:
+            # The records first, and out of the image's project: they are not the container's to count,
+            # and a limit smaller than a block would leave no room for them.
+            records = [("image_info", base_size)] + ([("image_quota", quota_bytes)] if quota_bytes > 0 else [])
+            for name, value in records:
+                atomic_write(os.path.join(tmp, name), str(value).encode(), 0o600, sync=False)
                 if quota is not None:
-                    quota.limit(tmp, quota_bytes)
-                atomic_write(os.path.join(tmp, "image_quota"), str(quota_bytes).encode(), 0o600, sync=False)
+                    quota.leave_out(os.path.join(tmp, name))
+            if quota_bytes > 0 and quota is not None:
+                quota.limit(tmp, quota_bytes)
             if ephemeral:
                 os.mkdir(path, 0o700)
                 kernel.move(tmp, path)
