@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import Graftfs, mounts_under
-from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.support.images import OCIImageInfo, TarBuilder, busybox_layer, write_oci_layout
 from tests.support.runc import make_config, run_in_rootfs, runc_binary, traversable_tmpdir
 from tests.support.users import graftfs_with_system_python
 
@@ -46,6 +46,13 @@ INNER_STORE = "/store/s"
 
 def _ro(path: str, destination: str | None = None) -> dict[str, object]:
     return {"destination": destination or path, "type": "bind", "source": path, "options": ["rbind", "ro"]}
+
+
+def _inner_image(base: Path, layers: list[bytes]) -> OCIImageInfo:
+    """The image the nested graftfs uses, readable by the container's (mapped) root."""
+    info = write_oci_layout(base / "inner-img", layers)
+    subprocess.run(["chmod", "-R", "a+rX", str(info.path)], check=True)
+    return info
 
 
 def _graftfs() -> str:
@@ -127,8 +134,7 @@ def test_graftfs_in_a_container_whose_root_is_an_overlay(outer: tuple[Graftfs, P
     host, base = outer
     # The image the nested graftfs will use, with a whiteout to exercise fuse-overlayfs's .wh. files.
     inner_top = TarBuilder().whiteout("etc/group").file("etc/motd", b"nested\n")
-    inner = write_oci_layout(base / "inner-img", [busybox_layer(), inner_top.build()])
-    os.system(f"chmod -R a+rX {base / 'inner-img'}")
+    inner = _inner_image(base, [busybox_layer(), inner_top.build()])
 
     inner_config = make_config(
         Path(f"{INNER_STORE}/images/nested/rootfs"),
@@ -178,8 +184,7 @@ def test_without_cap_setfcap_a_file_capability_is_refused_by_name(outer: tuple[G
         .dir("usr/bin")
         .file("usr/bin/ping", b"#!/bin/sh\n", mode=0o755, xattrs={"security.capability": CAP_NET_RAW})
     )
-    inner = write_oci_layout(base / "inner-img", [busybox_layer(), ping.build()])
-    os.system(f"chmod -R a+rX {base / 'inner-img'}")
+    inner = _inner_image(base, [busybox_layer(), ping.build()])
     graftfs = _graftfs()
     script = f"""
 set -e
@@ -216,8 +221,7 @@ def test_without_dev_fuse_the_refusal_names_it_and_advises_what_works(
     mount an image there. The refusal names /dev/fuse and does not advise --without-mount, whose mount the
     kernel would refuse too; --without-mount itself is refused the same way."""
     host, base = outer
-    inner = write_oci_layout(base / "inner-img", [busybox_layer()])
-    os.system(f"chmod -R a+rX {base / 'inner-img'}")
+    inner = _inner_image(base, [busybox_layer()])
     graftfs = _graftfs()
     script = f"""
 set -e
@@ -250,8 +254,7 @@ def test_without_cap_chown_features_name_it_and_files_keep_one_owner(outer: tupl
     layers' owners: ``graftfs features`` names the capability, and creates go on with one owner."""
     host, base = outer
     www = TarBuilder().dir("var/www", uid=33, gid=33).file("var/www/index.html", b"hi\n", uid=33, gid=33)
-    inner = write_oci_layout(base / "inner-img", [busybox_layer(), www.build()])
-    os.system(f"chmod -R a+rX {base / 'inner-img'}")
+    inner = _inner_image(base, [busybox_layer(), www.build()])
     graftfs = _graftfs()
     script = f"""
 set -e

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from graftfs.store.fsutil import CrossesMount, remove_tree
-from tests.integration.conftest import GRAFTFS, Graftfs, mounts_under
+from tests.integration.conftest import GRAFTFS, Graftfs
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.support.loopfs import loop_filesystem
 
 MB = 1 << 20
 
@@ -29,74 +30,65 @@ def umount(target: Path) -> None:
 
 
 @pytest.fixture
-def precious(workdir: Path) -> Path:
-    """A host directory holding a file that must survive whatever graftfs deletes."""
-    directory = workdir / "precious"
-    directory.mkdir()
-    (directory / "data").write_text("keep me\n")
-    return directory
-
-
-@pytest.fixture
 def image_url(workdir: Path) -> str:
     return write_oci_layout(workdir / "img", [busybox_layer()]).url()
 
 
 @pytest.mark.parametrize("where", ["image directory", "rootfs"])
 def test_delete_refuses_a_mount_it_did_not_make_and_keeps_everything(
-    gfs: Graftfs, image_url: str, precious: Path, where: str
+    gfs: Graftfs, image_url: str, outside: Path, where: str
 ) -> None:
     gfs.create(image_url, "c")
     image = gfs.store / "images" / "c"
     target = image / "extra" if where == "image directory" else gfs.rootfs("c") / "mnt"
     target.mkdir()
-    bind(precious, target)
+    bind(outside, target)
     try:
         line = gfs.fails("delete", "c")
         assert line.startswith("deleting image path: "), line
         assert str(target) in line
-        assert (precious / "data").read_text() == "keep me\n"
-        assert (target / "data").read_text() == "keep me\n"
+        assert (outside / "secret").read_text() == "do not touch\n"
+        assert (target / "secret").read_text() == "do not touch\n"
         assert gfs.run("list").stdout.split() == [str(image)]
         assert (gfs.rootfs("c") / "bin" / "busybox").exists(), "the rootfs was unmounted"
     finally:
         umount(target)
     gfs.run("delete", "c")
-    assert (precious / "data").read_text() == "keep me\n"
+    assert (outside / "secret").read_text() == "do not touch\n"
     assert gfs.run("list").stdout == "Store empty\n"
 
 
 def test_delete_store_refuses_a_mount_it_did_not_make_before_removing_anything(
-    gfs: Graftfs, image_url: str, precious: Path
+    gfs: Graftfs, image_url: str, outside: Path
 ) -> None:
     gfs.create(image_url, "a")
     gfs.create(image_url, "b")
     target = gfs.store / "images" / "b" / "extra"
     target.mkdir()
-    bind(precious, target)
+    bind(outside, target)
     try:
         line = gfs.fails("delete-store")
         assert line.startswith("deleting image path: ") and str(target) in line, line
-        assert (precious / "data").read_text() == "keep me\n"
+        assert (outside / "secret").read_text() == "do not touch\n"
         assert sorted(gfs.run("list").stdout.split()) == [str(gfs.store / "images" / i) for i in ("a", "b")]
         assert (gfs.rootfs("a") / "bin" / "busybox").exists()
     finally:
         umount(target)
     gfs.run("delete-store")
     assert not gfs.store.exists()
-    assert (precious / "data").read_text() == "keep me\n"
+    assert (outside / "secret").read_text() == "do not touch\n"
 
 
-def test_tree_removal_never_descends_into_another_filesystem(workdir: Path, precious: Path) -> None:
+def test_tree_removal_never_descends_into_another_filesystem(workdir: Path, outside: Path) -> None:
     tree = workdir / "tree"
     (tree / "a" / "b").mkdir(parents=True)
     (tree / "a" / "file").write_text("x")
-    bind(precious, tree / "a" / "b")
+    bind(outside, tree / "a" / "b")
     try:
         with pytest.raises(CrossesMount) as caught:
             remove_tree(str(tree))
         assert caught.value.filename == str(tree / "a" / "b")
-        assert (precious / "data").read_text() == "keep me\n"
+        assert (outside / "secret").read_text() == "do not touch\n"
     finally:
         umount(tree / "a" / "b")
     remove_tree(str(tree))
@@ -109,26 +101,10 @@ def test_tree_removal_never_descends_into_another_filesystem(workdir: Path, prec
 @pytest.fixture
 def loop_store(workdir: Path) -> Iterator[Graftfs]:
     """A store on an ext4 filesystem of its own, on a loop device this test attaches."""
-    image, mnt = workdir / "fs.img", workdir / "fs"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(1024 * MB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        subprocess.run(["mount", device, str(mnt)], check=True)
-        try:
-            g = Graftfs(mnt / "store")
-            g.run("init-store")
-            yield g
-            for point in sorted(mounts_under(g.store), key=len, reverse=True):
-                subprocess.run(["umount", point], check=False)
-        finally:
-            subprocess.run(["umount", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
+    with loop_filesystem(workdir, "fs", 1024 * MB, ["mkfs.ext4", "-q", "-F"]) as mnt:
+        g = Graftfs(mnt / "store")
+        g.run("init-store")
+        yield g
 
 
 def many_files(tag: str, count: int) -> bytes:

@@ -20,6 +20,7 @@ import pytest
 from tests.integration.conftest import GRAFTFS, Graftfs
 from tests.support import vm
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.support.loopfs import loop_filesystem
 from tests.support.runc import run_in_rootfs
 
 MB = 1 << 20
@@ -31,22 +32,8 @@ def btrfs(workdir: Path) -> Iterator[Path]:
     """A fresh btrfs on a loop device of our own, mounted under the test's temp dir."""
     if not shutil.which("mkfs.btrfs"):
         pytest.skip("needs btrfs-progs")
-    image, mnt = workdir / "btrfs.img", workdir / "btrfs"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(512 * MB)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        subprocess.run(["mount", device, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", "-R", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
+    with loop_filesystem(workdir, "btrfs", 512 * MB, ["mkfs.btrfs", "-q"]) as mnt:
+        yield mnt
 
 
 def _image(workdir: Path) -> str:

@@ -44,14 +44,6 @@ def raw_entry(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE, link
     return info
 
 
-@pytest.fixture
-def outside(workdir: Path) -> Path:
-    sentinel = workdir / "outside"
-    sentinel.mkdir()
-    (sentinel / "secret").write_text("do not touch\n")
-    return sentinel
-
-
 def escape_tars(outside: Path) -> dict[str, bytes]:
     up = "../" * 12 + str(outside).lstrip("/")
     return {
