@@ -16,10 +16,17 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import big_store, cold_create, concurrency, unpack, warm_create
+from bench import big_store, cold_create, concurrency, garden, unpack, warm_create
 from bench.common import Part, Results, exit_on_sigterm, part_targets, print_targets, report
 
-PARTS: tuple[Part, ...] = (warm_create.PART, concurrency.PART, big_store.PART, unpack.PART, cold_create.PART)
+PARTS: tuple[Part, ...] = (
+    warm_create.PART,
+    garden.PART,
+    concurrency.PART,
+    big_store.PART,
+    unpack.PART,
+    cold_create.PART,
+)
 
 
 def run(parts: list[Part], quick: bool) -> Results:

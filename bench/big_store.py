@@ -157,7 +157,7 @@ def run_part(quick: bool, runs: int | None) -> Results:
             results["skipped"] = ["ctr: not installed"]
     results["targets"] = [
         target(f"{op} with {sizes[1]:,} images, x with {sizes[0]}", growth(results["graftfs"], op), 1.5)
-        for op in ("list", "stats")
+        for op in ("list", "stats", "clean, nothing to collect")
     ]
     return results
 

@@ -197,6 +197,10 @@ def run_part(quick: bool, runs: int | None) -> Results:
             results[image.key] = measured_image
             ratios = measured_image["ratios"]
             assert isinstance(ratios, dict)
+            ours = measured_image["tools"]
+            assert isinstance(ours, dict)
+            rss_mib = ours[GRAFTFS]["peak_rss_kib"] / 1024
+            targets.append(target(f"cold create ({image.label}): peak RSS, MiB", rss_mib, 60))
             if SKOPEO_UMOCI in [tool.name for tool in tools]:
                 speedup = 1 / ratios[f"graftfs/{SKOPEO_UMOCI}"]
                 what = f"cold create ({image.label}): x faster than {SKOPEO_UMOCI}"

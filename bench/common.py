@@ -121,6 +121,39 @@ def run(argv: list[str]) -> None:
         raise CommandFailed(f"{' '.join(argv)} exited {proc.returncode}: {tail}")
 
 
+@dataclass(frozen=True)
+class Usage:
+    """One process run to completion: its wall time, and the CPU time ``wait4`` reports for it (its own and
+    that of the children it waited for)."""
+
+    seconds: float
+    user: float
+    sys: float
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+
+def run_usage(argv: list[str]) -> Usage:
+    """:func:`run`, and how long it took and how much CPU it used. Its stderr is read to the end, as Garden
+    reads an image plugin's logs; its stdout is discarded."""
+    start = time.perf_counter()
+    with subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV
+    ) as proc:
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+        # wait4 rather than Popen.wait: the child's rusage comes with its exit status.
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = stderr.decode(errors="replace").strip()[-600:]
+        raise CommandFailed(f"{' '.join(argv)} exited {proc.returncode}: {tail}")
+    return Usage(seconds, usage.ru_utime, usage.ru_stime)
+
+
 def clock(step: Callable[P, object], *args: P.args, **kwargs: P.kwargs) -> float:
     """Wall seconds of ``step(*args, **kwargs)``."""
     start = time.perf_counter()

@@ -19,6 +19,7 @@ from .errors import (
     NotFound,
     Unsupported,
     VerificationError,
+    os_reason,
 )
 from .log import NULL, Logger
 from .mount import kernel
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from .store.volumes import Volumes
 
 IMAGE_LOCK_WAIT = 30.0
+#: GrootFS's words for a store that init-store has not made (yet): scripts and Garden's operators know them.
+STORE_NOT_INITIALIZED = "Store path is not initialized. Please run init-store."
 #: Layers pulled at once. Docker and containerd use 3 too: enough to overlap one layer's download with
 #: another's decompression and a third's unpacking, without opening many connections per create.
 PULL_WORKERS = 3
@@ -168,7 +171,7 @@ class Store:
 
     def require(self) -> None:
         if not self.layout.is_initialized():
-            raise FailedPrecondition(f"no store found at {self.path}: run `graftfs init-store` first")
+            raise FailedPrecondition(STORE_NOT_INITIALIZED)
 
     def namespace(self) -> Namespace:
         from .idmap import Namespace
@@ -189,6 +192,8 @@ class Store:
         names it, whatever their mappings: a store with mappings then mounts its layers idmapped."""
         from .idmap import Namespace
 
+        log = self.log.session("store-manager-init-store", storePath=self.path)
+        log.debug("starting")
         if size_bytes > 0:
             self._backing_store(size_bytes)
         wanted = Namespace(list(uid_mappings), list(gid_mappings))
@@ -196,6 +201,7 @@ class Store:
             self._share_layers(shared_layers, bool(wanted.uid_mappings or wanted.gid_mappings))
         os.makedirs(self.layout.meta, mode=0o755, exist_ok=True)
         if os.path.exists(self.layout.namespace_file):
+            log.debug("store-already-initialized")
             have = self.namespace()
             if sorted(have.uid_mappings) != sorted(wanted.uid_mappings):
                 raise InvalidArgument("provided UID mappings do not match those already configured in the store")
@@ -215,7 +221,8 @@ class Store:
 
         self._features = features.probe(self.layout)
         features.save(self.layout, self._features)
-        self.log.debug("store-initialized", store=self.path, **self._features.as_dict())
+        log.debug("store-initialized", **self._features.as_dict())
+        log.debug("ending")
 
     def _share_layers(self, directory: str, mapped: bool) -> None:
         current = self.layout.shared_layers()
@@ -273,12 +280,24 @@ class Store:
         return self._features
 
     def delete_store(self) -> None:
+        log = self.log.session("store-manager-delete-store")
+        log.debug("starting")
+        try:
+            self._delete_store(log)
+        finally:
+            log.debug("ending")
+
+    def _delete_store(self, log: Logger) -> None:
+        """Delete every image and the store. A mount in the store that graftfs did not make (a bind of a
+        host directory into an image, say) stops it before anything is removed, naming the mount."""
         if not os.path.exists(self.path):
+            log.info("store-not-found", storePath=self.path)
             return
         try:
             ids = os.listdir(self.layout.images)
         except OSError as exc:
-            raise FailedPrecondition(f"listing images: {exc}") from None
+            raise FailedPrecondition(f"listing images: open {self.layout.images}: {os_reason(exc)}") from None
+        self._refuse_foreign_mounts()
         for image_id in ids:
             if image_id.startswith("."):
                 self.images.remove_uncommitted(image_id)  # handles dot-named leftovers too
@@ -295,7 +314,22 @@ class Store:
         if os.path.exists(backing) and kernel.is_mountpoint(self.path):
             kernel.unmount(self.path)
             os.unlink(backing)
-        remove_tree(self.path)
+        try:
+            remove_tree(self.path)
+        except OSError as exc:
+            raise KernelError(f"deleting store path: {exc.filename or self.path}: {os_reason(exc)}") from None
+
+    def _refuse_foreign_mounts(self) -> None:
+        from .store.images import foreign_mount, is_own_mount
+
+        real = os.path.realpath(self.path)
+        images = os.path.join(real, "images") + "/"
+        for point, fstype in kernel.mount_entries(real):
+            if point == real:
+                continue  # the store's own backing filesystem (init-store --store-size-bytes)
+            image_dir = images + point[len(images) :].split("/", 1)[0] if point.startswith(images) else ""
+            if not image_dir or not is_own_mount(image_dir, point, fstype):
+                raise foreign_mount("deleting image path" if image_dir else "deleting store path", point, fstype)
 
     def _backing_store(self, size: int) -> None:
         if os.path.isdir(self.path) and kernel.is_mountpoint(self.path):
@@ -338,7 +372,8 @@ class Store:
         options = options or CreateOptions()
         validate_image_id(image_id)
         self.require()
-        log = self.log.session("create", imageID=image_id)
+        log = self.log.session("groot-creating", imageID=image_id)
+        log.info("starting")
         if options.disk_limit_bytes < 0:
             raise InvalidArgument("invalid argument: disk limit cannot be negative")
         if self.images.is_committed(image_id):
@@ -358,9 +393,12 @@ class Store:
             insecure_registries=options.insecure_registries,
             credentials=(options.username, options.password) if options.username or options.password else None,
             remote_layer_certificates=options.remote_layer_certificates,
+            plain_http_hosts=self.layout.plain_http_hosts,
         )
         spec = source.resolve()
         limit = options.disk_limit_bytes
+        # GrootFS stops a pull whose uncompressed layers exceed the limit, unless the image is excluded from it.
+        pull_quota = 0 if options.exclude_image_from_quota else limit
         if limit > 0 and not options.exclude_image_from_quota and spec.compressed_size > limit:
             raise InvalidArgument(f"layers exceed disk quota {spec.compressed_size}/{limit} bytes")
         volume_ids = [layer.volume_id for layer in spec.layers]
@@ -393,38 +431,50 @@ class Store:
                 from .pull import LayerBuilder
 
                 builder = LayerBuilder(
-                    self.layout, source, spec, translation, feats, log, options.progress, self.metrics
+                    self.layout, source, spec, translation, feats, log, options.progress, self.metrics, pull_quota
                 )
             return builder.build(index, directory)
 
-        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
-            # A base-directory layer takes owners from the layers below it, so it needs them built first.
-            workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS
-            lease = self.volumes.lease(volume_ids, build, workers)
+        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as image_lock:
             try:
-                base_size = sum(self.volumes.size(v) for v in volume_ids)
-                quota_bytes = 0
-                if limit > 0:
-                    if not options.exclude_image_from_quota and limit < base_size:
-                        raise InvalidArgument("disk limit is smaller than volume size")
-                    # GrootFS's semantics: the image's own size counts against the limit unless excluded.
-                    quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
-                    if not enforced:
-                        log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
-                path = self.images.create(
-                    image_id, volume_ids, base_size, owner, feats.quota, quota_bytes, options.ephemeral
-                )
+                # A base-directory layer takes owners from the layers below it, so it needs them built first.
+                workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS
+                lease = self.volumes.lease(volume_ids, build, workers)
+                try:
+                    base_size = sum(self.volumes.size(v) for v in volume_ids)
+                    quota_bytes = 0
+                    if limit > 0:
+                        if not options.exclude_image_from_quota and limit < base_size:
+                            raise InvalidArgument("disk limit is smaller than volume size")
+                        # GrootFS's semantics: the image's own size counts against the limit unless excluded.
+                        quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
+                        if not enforced:
+                            log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
+                    making = log.session("making-image", storePath=self.path, id=image_id)
+                    making.info("starting")
+                    path = self.images.create(
+                        image_id, volume_ids, base_size, owner, feats.quota, quota_bytes, options.ephemeral
+                    )
+                    try:
+                        # Mounted before the commit record, while the lease still protects the layers: a
+                        # create killed in between leaves an uncommitted directory that the next create of
+                        # this ID (or clean) unmounts and removes, never a listed image without its mount.
+                        if options.mount:
+                            self.images.mount(overlay)
+                        self.images.commit(image_id, volume_ids)
+                        making.info("ending")
+                    except BaseException:
+                        self.images.remove_uncommitted(image_id)
+                        raise
+                except BaseException:
+                    self.volumes.abandon(lease)
+                    raise
             except BaseException:
-                self.volumes.abandon(lease)
+                if not os.path.lexists(self.layout.image(image_id)) and not self.images.is_committed(image_id):
+                    image_lock.discard()  # a failed create leaves no lock file behind either
                 raise
             lease.release()
-            if options.mount:
-                try:
-                    self.images.mount(overlay)
-                except GraftfsError:
-                    self.images.delete(image_id)
-                    raise
-        log.info("created", layers=len(volume_ids), built=len(lease.built))
+        log.info("ending", layers=len(volume_ids), built=len(lease.built))
         if self.metrics is not None:
             self.metrics.since("ImageCreationTime", start_ns)
             downloaded = sum(layer.expect.size for layer in spec.layers if layer.volume_id in lease.built)
@@ -446,9 +496,20 @@ class Store:
         if not self.layout.is_initialized():
             # Garden deletes every container from both of its stores; one may never have been created.
             raise NotFound(f"Image `{image_id}` not found.")
+        if not self.images.is_committed(image_id) and not os.path.lexists(self.layout.image(image_id)):
+            # GrootFS finds the image before its delete session starts: an unknown ID (Garden asks both of
+            # its stores) logs no groot-deleting.
+            raise NotFound(f"Image `{image_id}` not found.")
+        log = self.log.session("groot-deleting", imageID=image_id)
+        log.info("starting")
         start_ns = time.monotonic_ns()
-        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
+        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as lock:
+            deleting = log.session("deleting-image", storePath=self.path, id=image_id)
+            deleting.info("starting")
             self.images.delete(image_id)
+            lock.discard()  # one lock file per container ever created would pile up otherwise
+            deleting.info("ending")
+        log.info("ending")
         if self.metrics is not None:
             self.metrics.since("ImageDeletionTime", start_ns)
             self._emit_store_metrics(self.metrics)
@@ -462,21 +523,33 @@ class Store:
                 "it (create.unenforceable_disk_limit is refuse)"
             )
         if options.mount and self.rootless:
+            # --without-mount is advised only where the runtime's own overlay mount would be accepted.
             raise Unsupported(
                 "rootless: an overlay mounted by graftfs would exist only in its own user namespace; "
-                "use create --without-mount (create.without_mount: true) and let the runtime mount it"
+                + (
+                    "use create --without-mount (create.without_mount: true) and let the runtime mount it"
+                    if feats.runtime_can_mount
+                    else f"and the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), whoever "
+                    f"mounts it: keep the store on a filesystem that is not {feats.filesystem} (a volume)"
+                )
             )
-        if options.mount and feats.overlay == "none":
+        if feats.overlay == "none" and (options.mount or not feats.runtime_can_mount):
+            # Without a mount the runtime's would be refused too: refused here, by name, rather than there.
+            why, advice = feats.no_mount()
             raise Unsupported(
-                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}), "
-                "and fuse-overlayfs is not available: use create --without-mount and let the runtime mount it "
-                "(`graftfs features` says why)"
+                f"this caller cannot mount overlayfs on {self.path} ({feats.filesystem}, kernel {feats.kernel}): "
+                f"{why}: {advice}"
             )
         if not options.mount and feats.overlay == "fuse-overlayfs":
             raise Unsupported(
                 f"the kernel will not stack overlayfs on {self.path} ({feats.filesystem}), so no overlay mount "
-                "can be handed to the runtime; graftfs mounts this store with fuse-overlayfs: create without "
-                "--without-mount"
+                "can be handed to the runtime; "
+                # A rootless graftfs's own mount is refused above: only another filesystem helps it.
+                + (
+                    f"keep the store on a filesystem that is not {feats.filesystem} (a volume)"
+                    if self.rootless
+                    else "graftfs mounts this store with fuse-overlayfs: create without --without-mount"
+                )
             )
 
     def _emit_store_metrics(self, metrics: Metrics, committed: bool = False) -> None:
@@ -504,7 +577,14 @@ class Store:
     def list(self) -> list[str]:
         if not os.path.isdir(self.path):
             raise NotFound(f"no store found at {self.path}")
-        return [self.layout.image(i) for i in self.images.ids()]
+        log = self.log.session("groot-listing", storePath=self.path)
+        log.info("starting")
+        try:
+            paths = [self.layout.image(i) for i in self.images.ids()]
+            log.debug("list-images", imagePaths=paths)
+            return paths
+        finally:
+            log.info("ending")
 
     def regenerate_volume_sizes(self) -> None:
         """Recompute every volume's size record from what is on disk (GrootFS's hidden
@@ -523,7 +603,12 @@ class Store:
 
     def stats(self, image_id_or_path: str) -> DiskUsage:
         image_id = self.resolve_id(image_id_or_path)
-        return self.images.usage(image_id, self.features().quota if self.exists() else "none")
+        log = self.log.session("groot-stats", imageID=image_id)
+        log.debug("starting")
+        try:
+            return self.images.usage(image_id, self.features().quota if self.exists() else "none")
+        finally:
+            log.debug("ending")
 
     def clean(self, threshold_bytes: int = 0, keep_seconds: float = 0) -> CleanResult:
         """GrootFS's clean; ``keep_seconds`` > 0 also keeps layers an image used that recently."""
@@ -533,14 +618,16 @@ class Store:
             raise NotFound(f"no store found at {self.path}")
         from .store.gc import clean
 
+        log = self.log.session("groot-cleaning")
+        log.info("starting", threshold=threshold_bytes)
         start = time.monotonic()
         start_ns = time.monotonic_ns()
         result = clean(self.layout, threshold_bytes, keep_seconds)
         if self.metrics is not None:
             self.metrics.since("ImageCleanTime", start_ns)
             self._emit_store_metrics(self.metrics)
-        self.log.info(
-            "clean-finished",
+        log.info(
+            "ending",
             ran=result.ran,
             collected=len(result.collected),
             leftovers=len(result.leftovers),

@@ -25,6 +25,13 @@ def os_reason(exc: BaseException) -> str:
     return str(exc)
 
 
+def errno_reason(code: int) -> str:
+    """:func:`os_reason` for a bare errno, as a system call made without ``os`` reports it."""
+    import os  # loaded at interpreter start-up: this costs nothing
+
+    return os_reason(OSError(code, os.strerror(code)))
+
+
 class GraftfsError(Exception):
     """Base class. ``str()`` is a single human-readable line."""
 
@@ -102,6 +109,7 @@ class KernelError(GraftfsError):
         self.errno = errno
 
 
+# The error classes only: graftfs re-exports each of these (os_reason is a helper, imported by name).
 __all__ = [
     "AlreadyExists",
     "FailedPrecondition",
@@ -115,5 +123,4 @@ __all__ = [
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
-    "os_reason",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 _WS = " \t\n\r"
@@ -26,8 +27,8 @@ except ImportError:  # pragma: no cover - not CPython
     def loads(data: str | bytes) -> Any:
         return _std.loads(data)
 
-    def dumps(value: Any, ensure_ascii: bool = True) -> str:
-        return _std.dumps(value, ensure_ascii=ensure_ascii, separators=(",", ":"))
+    def dumps(value: Any, ensure_ascii: bool = True, default: Callable[[Any], Any] | None = None) -> str:
+        return _std.dumps(value, ensure_ascii=ensure_ascii, separators=(",", ":"), default=default)
 
 else:
 
@@ -79,6 +80,12 @@ else:
     _ascii = make_encoder(None, _unserializable, encode_basestring_ascii, None, ":", ",", False, False, True)
     _utf8 = make_encoder(None, _unserializable, encode_basestring, None, ":", ",", False, False, True)
 
-    def dumps(value: Any, ensure_ascii: bool = True) -> str:
-        """``json.dumps(value, ensure_ascii=..., separators=(",", ":"))``."""
+    def dumps(value: Any, ensure_ascii: bool = True, default: Callable[[Any], Any] | None = None) -> str:
+        """``json.dumps(value, ensure_ascii=..., separators=(",", ":"), default=...)``."""
+        if default is not None:
+            encoder = make_encoder(
+                None, default, encode_basestring_ascii if ensure_ascii else encode_basestring, None, ":", ",",
+                False, False, True,
+            )  # fmt: skip
+            return "".join(encoder(value, 0))
         return "".join((_ascii if ensure_ascii else _utf8)(value, 0))

@@ -4,6 +4,12 @@ Garden re-logs an image plugin's stderr line by line through lager's ``chug`` pa
 JSON object: ``{"timestamp","level","source","message","data"}``. Logs are quiet by default (level
 ``fatal``), never go to stdout (stdout carries the result document), and never contain secrets: values of
 keys that look like credentials are replaced before anything is serialised.
+
+Lines are GrootFS's, so operators' log queries, alerts and dashboards keep working: source ``grootfs``, and
+messages ``grootfs.<command>.<session>...<action>`` with GrootFS's session and action names for the events
+GrootFS logs (``grootfs.create.groot-creating.starting``); events only graftfs has keep graftfs's action
+names under the same source and sessions. As lager does, each session adds a ``session`` ID to its data
+(``1``, then ``1.1`` for the first session inside it), and data keys are written sorted, as Go writes a map.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
 LEVELS = {"debug": 0, "info": 1, "error": 2, "fatal": 3}
+#: lager's component name, which GrootFS sets to its own name: the ``source`` of every line and the first
+#: part of every message.
+SOURCE = "grootfs"
 _SECRET_WORDS = ("password", "token", "secret", "authorization", "credential")
 
 
@@ -49,13 +58,19 @@ class Logger:
         self,
         level: int = LEVELS["fatal"],
         stream: IO[str] | None = None,
-        prefix: str = "graftfs",
+        prefix: str = SOURCE,
         data: dict[str, Any] | None = None,
+        session_id: str = "",
     ) -> None:
         self.level = level
         self._stream = stream
         self._prefix = prefix
         self._data = data or {}
+        self._session_id = session_id
+        # Numbers this logger's sessions, as lager does. A range iterator rather than itertools.count (an
+        # import on every create and delete): next() on either is atomic, so layer builders on several
+        # threads still get distinct IDs.
+        self._sessions = iter(range(1, 1 << 62))
 
     @classmethod
     def open(cls, level_name: str, log_file: str) -> Logger:
@@ -69,7 +84,9 @@ class Logger:
         return cls(level, os.fdopen(fd, "a", buffering=1))
 
     def session(self, name: str, **data: Any) -> Logger:
-        return Logger(self.level, self._stream, f"{self._prefix}.{name}", {**self._data, **data})
+        number = next(self._sessions)
+        session_id = f"{self._session_id}.{number}" if self._session_id else str(number)
+        return Logger(self.level, self._stream, f"{self._prefix}.{name}", {**self._data, **data}, session_id)
 
     def enabled(self, level: str) -> bool:
         return self._stream is not None and LEVELS[level] >= self.level
@@ -77,18 +94,21 @@ class Logger:
     def _emit(self, level: str, action: str, data: dict[str, Any]) -> None:
         if not self.enabled(level):
             return
+        merged = {**self._data, **data}
+        if self._session_id:
+            merged["session"] = self._session_id
         line = {
             "timestamp": _timestamp(),
             "level": level,
-            "source": "graftfs",
+            "source": SOURCE,
             "message": f"{self._prefix}.{action}",
-            "data": _redact({**self._data, **data}),
+            "data": _redact(dict(sorted(merged.items()))),
         }
         assert self._stream is not None
         try:
-            import json  # only when a line is written: the default level writes none
+            from . import jsonc  # not json, whose import of re costs more than a warm create's own work
 
-            self._stream.write(json.dumps(line, default=str, separators=(",", ":")) + "\n")
+            self._stream.write(jsonc.dumps(line, default=str) + "\n")
             self._stream.flush()
         except OSError:
             pass  # a closed or full log sink must never fail the operation it describes
@@ -100,7 +120,17 @@ class Logger:
         self._emit("info", action, data)
 
     def error(self, action: str, err: BaseException | str, **data: Any) -> None:
-        self._emit("error", action, {**data, "error": str(err)})
+        self._emit("error", action, {**data, "error": error_text(err)})
+
+
+def error_text(err: BaseException | str) -> str:
+    """An error as one line in Go's words: an OS error reads ``<path>: no such file or directory``, not
+    Python's ``[Errno 2] No such file or directory: '<path>'``."""
+    if isinstance(err, OSError) and err.strerror:
+        from .errors import os_reason  # loaded already by every command; not by a bare ``import graftfs.log``
+
+        return (f"{err.filename}: " if err.filename else "") + os_reason(err)
+    return str(err)
 
 
 NULL = Logger()

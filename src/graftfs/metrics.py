@@ -169,4 +169,5 @@ def write_textfile(path: str, values: dict[str, tuple[float, str]]) -> None:
             lines.append(f"# HELP {metric} Latest value reported by a graftfs command.")
             lines.append(f"# TYPE {metric} gauge")
             lines.append(f"{metric} {gauges[metric]!r}")
-        atomic_write(path, ("\n".join(lines) + "\n").encode(), 0o644)
+        # Rewritten on every command and read by a scraper: atomic matters, durable does not.
+        atomic_write(path, ("\n".join(lines) + "\n").encode(), 0o644, sync=False)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 import time
 
-from .errors import GraftfsError, KernelError, os_reason
+from .errors import GraftfsError, InvalidArgument, KernelError, os_reason
 from .idmap import IdMap, Namespace
 from .log import Logger
 
 TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .layers.unpack import UnpackOptions
     from .metrics import Metrics
     from .progress import Progress
@@ -23,7 +25,16 @@ if TYPE_CHECKING:
     from .store.layout import Layout
 
 
+class QuotaExceeded(InvalidArgument):
+    """The layers pulled for an image unpack to more than its disk limit."""
+
+
 class LayerBuilder:
+    """Builds the missing layers of one image. ``quota`` > 0 is the image's inclusive disk limit: as GrootFS,
+    the uncompressed bytes of the layers pulled for it (all of them, whichever thread pulls them) may not
+    exceed it, and the pull stops as soon as they do. Layers already in the store count later, in the
+    ``disk limit is smaller than volume size`` check."""
+
     def __init__(
         self,
         layout: Layout,
@@ -34,6 +45,7 @@ class LayerBuilder:
         log: Logger,
         progress: Progress | None = None,
         metrics: Metrics | None = None,
+        quota: int = 0,
     ) -> None:
         self.layout = layout
         self.source = source
@@ -45,6 +57,21 @@ class LayerBuilder:
         self.features = features
         self.uid_map = IdMap(namespace.uid_mappings)
         self.gid_map = IdMap(namespace.gid_mappings)
+        self.quota_left = quota
+        self._charge: Callable[[int], None] | None = None
+        if quota > 0:
+            import threading  # only with a disk limit, and then only when a layer is pulled
+
+            # Layers are pulled on several threads, and ``-=`` on an attribute is not atomic.
+            self._quota_lock = threading.Lock()
+            self._charge = self._take
+
+    def _take(self, n: int) -> None:
+        with self._quota_lock:
+            self.quota_left -= n
+            exceeded = self.quota_left < 0
+        if exceeded:
+            raise QuotaExceeded("uncompressed layer size exceeds quota")
 
     def build(self, index: int, directory: str) -> int:
         layer = self.spec.layers[index]
@@ -110,10 +137,12 @@ class LayerBuilder:
                 blob = observed(blob, lambda _n, ns: self._waited(index, ns))
             if self.progress is not None:
                 blob = self.progress.layer(blob, layer.expect.size)
-            stream = LayerStream(blob, layer.expect)
+            stream = LayerStream(blob, layer.expect, self._charge)
             try:
                 try:
                     result = unpack(stream.tar, directory, self._options(index, layer))
+                except QuotaExceeded:
+                    raise  # too large, whatever else may be wrong with it: no reading on to explain
                 except Exception:
                     # Corrupt bytes usually break decompression or tar parsing before the digest can be
                     # compared; if the blob is wrong, that is the error worth reporting.

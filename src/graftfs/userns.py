@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import FailedPrecondition
+from .errors import FailedPrecondition, os_reason
 from .idmap import Mapping
 from .mount import kernel
 
@@ -103,7 +103,7 @@ def _enter_with_helpers(uid_mappings: Sequence[Mapping], gid_mappings: Sequence[
             os.write(done_w, "; ".join(errors).encode())
             status = 0
         except BaseException as exc:
-            os.write(done_w, f"mapping the user namespace: {exc}".encode())
+            os.write(done_w, f"mapping the user namespace: {os_reason(exc)}".encode())
         finally:
             os._exit(status)
     os.close(ready_r)
@@ -130,4 +130,4 @@ def _write(path: str, text: str) -> None:
         with open(path, "w", encoding="ascii") as f:
             f.write(text)
     except OSError as exc:
-        raise FailedPrecondition(f"rootless: writing {path}: {exc.strerror}") from None
+        raise FailedPrecondition(f"rootless: writing {path}: {os_reason(exc)}") from None

@@ -107,6 +107,15 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
+def outside(workdir: Path) -> Path:
+    """A directory outside the store holding a file (``secret``) that nothing graftfs does may touch."""
+    sentinel = workdir / "outside"
+    sentinel.mkdir()
+    (sentinel / "secret").write_text("do not touch\n")
+    return sentinel
+
+
+@pytest.fixture
 def gfs(workdir: Path) -> Graftfs:
     g = Graftfs(workdir / "store")
     g.run("init-store")

@@ -61,7 +61,7 @@ def test_delete_of_a_busy_rootfs_retries_then_fails_clearly_and_keeps_the_image(
         start = time.monotonic()
         line = gfs.fails("delete", "busy")
         assert time.monotonic() - start >= 4  # bounded retries (50 x 100 ms), not an instant failure
-        assert line == f"unmounting {rootfs}: Device or resource busy"
+        assert line == f"unmounting {rootfs}: device or resource busy"  # Go's words, as GrootFS prints them
         assert (rootfs / "bin" / "busybox").exists()
         assert gfs.run("list").stdout.strip() == str(gfs.store / "images" / "busy")
     finally:

@@ -40,6 +40,11 @@ def test_create_with_wrong_argument_count(gfs: Graftfs) -> None:
 def test_invalid_id_is_refused(gfs: Graftfs, image: str) -> None:
     assert gfs.fails("create", image, "a/b") == "id `a/b` contains invalid characters: `/`"
     assert "not a valid image id" in gfs.fails("create", image, "..")
+    # A newline would split `list` and the one-line error: refused, and shown escaped.
+    assert gfs.fails("create", image, "a\nb") == "id `a\\nb` contains invalid characters: `\\n`"
+    assert gfs.fails("create", image, "tab\there\x1b") == "id `tab\\there\\x1b` contains invalid characters: `\\t\\x1b`"
+    assert gfs.run("list").stdout == "Store empty\n"
+    assert os.listdir(gfs.store / "locks") == []
 
 
 def test_unknown_scheme_is_a_clear_error_not_a_crash(gfs: Graftfs) -> None:
@@ -66,7 +71,7 @@ def test_existing_id_is_refused_and_the_image_survives(gfs: Graftfs, image: str)
 
 def test_create_needs_an_initialized_store(workdir: Path, image: str) -> None:
     g = Graftfs(workdir / "nostore")
-    assert "no store found at" in g.fails("create", image, "x")
+    assert g.fails("create", image, "x") == "Store path is not initialized. Please run init-store."
     assert not (workdir / "nostore").exists()
 
 
@@ -175,6 +180,40 @@ def test_logs_are_json_lines_on_stderr_and_never_on_stdout(gfs: Graftfs, image: 
     gfs.run("--log-file", str(log_file), "create", image, "filelog")
     assert any(json.loads(line)["level"] == "info" for line in log_file.read_text().splitlines())
     gfs.run("delete", "filelog")
+
+
+def test_the_log_file_has_grootfs_lines_for_create_delete_and_clean(gfs: Graftfs, image: str, workdir: Path) -> None:
+    """Operators' queries, alerts and dashboards for GrootFS find graftfs's lines: source, names, levels."""
+    log_file = workdir / "garden-image-plugin.log"
+    logged = ("--log-file", str(log_file))  # with a log file the level is at least info, as GrootFS
+    gfs.run(*logged, "create", image, "logged")
+    gfs.run(*logged, "delete", "logged")
+    gfs.run(*logged, "delete", "never-created")  # Garden asks both of its stores: this one logs no delete
+    gfs.run(*logged, "clean")
+    gfs.run(*logged, "list")
+    gfs.run(*logged, "--log-level", "debug", "init-store")
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert {line["source"] for line in lines} == {"grootfs"}
+    assert all(line["message"].startswith("grootfs.") for line in lines)
+    info = [line["message"] for line in lines if line["level"] == "info"]
+    for command, session in (("create", "groot-creating"), ("delete", "groot-deleting"), ("clean", "groot-cleaning")):
+        assert info.count(f"grootfs.{command}.{session}.starting") == 1, info
+        assert info.count(f"grootfs.{command}.{session}.ending") == 1, info
+    assert "grootfs.create.groot-creating.making-image.ending" in info
+    assert "grootfs.delete.groot-deleting.deleting-image.ending" in info
+    assert "grootfs.list.groot-listing.ending" in info
+    debug = [line["message"] for line in lines if line["level"] == "debug"]
+    assert "grootfs.delete.id-not-found-skipping" not in debug  # info level then: not written
+    assert "grootfs.init-store.store-manager-init-store.store-already-initialized" in debug
+    creating = [line["data"] for line in lines if line["message"].startswith("grootfs.create.groot-creating.")]
+    assert {d["imageID"] for d in creating} == {"logged"} and creating[0]["session"] == "1.1"
+    # A failure is logged under GrootFS's name for it.
+    gfs.run(*logged, "create", image, "twice")
+    gfs.fails(*logged, "create", image, "twice")
+    failed = json.loads(log_file.read_text().splitlines()[-1])
+    assert (failed["level"], failed["message"]) == ("error", "grootfs.create.creating")
+    assert failed["data"]["error"] == "image for id `twice` already exists"
+    gfs.run("delete", "twice")
 
 
 def test_clean_keeps_layers_in_use_and_honours_the_threshold(gfs: Graftfs, workdir: Path) -> None:
@@ -314,6 +353,8 @@ def test_features_are_probed_once_and_reported(gfs: Graftfs, workdir: Path) -> N
     report = gfs.run("features").stdout
     assert report.startswith(f"store            {gfs.store} (")
     assert "running as       root in the initial user namespace" in report
+    assert "capabilities     all that graftfs uses" in report, report
+    assert doc["caps_missing"] == [] and doc["fuse"] == ""  # fuse-overlayfs is not tried where overlayfs works
     # Creates use the record: one that says overlay cannot be mounted makes create refuse to mount...
     record.write_text(json.dumps({**doc, "overlay": "none"}))
     info = write_oci_layout(workdir / "img", [busybox_layer()])

@@ -7,6 +7,7 @@ and with --exclude-image-from-quota; stats must report what was written.
 
 from __future__ import annotations
 
+import gzip
 import json
 import shlex
 import shutil
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import GRAFTFS, Graftfs
-from tests.support import uml
+from tests.support import vm
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.support.loopfs import loop_filesystem
 from tests.support.runc import run_in_rootfs
 
 MB = 1 << 20
@@ -30,22 +32,8 @@ def btrfs(workdir: Path) -> Iterator[Path]:
     """A fresh btrfs on a loop device of our own, mounted under the test's temp dir."""
     if not shutil.which("mkfs.btrfs"):
         pytest.skip("needs btrfs-progs")
-    image, mnt = workdir / "btrfs.img", workdir / "btrfs"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(512 * MB)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
-    device = subprocess.run(
-        ["losetup", "--find", "--show", str(image)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    try:
-        subprocess.run(["mount", device, str(mnt)], check=True)
-        try:
-            yield mnt
-        finally:
-            subprocess.run(["umount", "-R", str(mnt)], check=False)
-    finally:
-        subprocess.run(["losetup", "-d", device], check=False)
+    with loop_filesystem(workdir, "btrfs", 512 * MB, ["mkfs.btrfs", "-q"]) as mnt:
+        yield mnt
 
 
 def _image(workdir: Path) -> str:
@@ -90,7 +78,7 @@ def test_without_quota_support_limits_are_measured_and_warned_or_refused(gfs: Gr
     limit = ["--disk-limit-size-bytes", str(10 * MB)]
     # warn (the default): created, logged, not enforced; stats still follow the container's writes.
     result = gfs.run("--log-level", "error", "create", *limit, url, "warned")
-    assert '"message":"graftfs.create.disk-limit-not-enforced"' in result.stderr, result.stderr
+    assert '"message":"grootfs.create.groot-creating.disk-limit-not-enforced"' in result.stderr, result.stderr
     before = json.loads(gfs.run("stats", "warned").stdout)["disk_usage"]
     assert _write(gfs, "warned", 11).returncode == 0  # nothing stops it
     # A measurement is reused for a few seconds (Garden polls every container): not walked again yet...
@@ -116,42 +104,75 @@ def test_without_quota_support_limits_are_measured_and_warned_or_refused(gfs: Gr
     gfs.run("delete", "unlimited")
 
 
-@pytest.mark.skipif(not uml.available(), reason="needs user-mode-linux and kmod")
-def test_xfs_project_quotas_in_user_mode_linux(workdir: Path) -> None:
+def _in_vm(script: str) -> str:
+    """``script``'s output from a kernel with XFS quotas (tests.support.vm); skips, saying why, only
+    when neither user-mode Linux nor QEMU can start here."""
+    if vm.vm_kind() is None:
+        pytest.skip(vm.unavailable_reason())
+    try:
+        return vm.run_in_vm(script)
+    except vm.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+def test_xfs_project_quotas_in_a_vm(workdir: Path) -> None:
     """init-store --store-size-bytes makes an XFS backing store with project quotas (loop device and all),
-    which this machine's kernel cannot; user-mode Linux's can. Same limits as on btrfs."""
+    which this machine's kernel cannot; user-mode Linux's or a QEMU guest's can. Same limits as on btrfs, and
+    exclusive limits smaller than one block (the image's own records must not count against them). One boot
+    for all cases: a QEMU guest under TCG takes half a minute to start."""
     url = _image(workdir)
-    store = workdir / "store"
-    gfs = shlex.join([*GRAFTFS, "--store", str(store)])
+    gfs = shlex.join(GRAFTFS) + ' --store "$store"'
     limit = f"--disk-limit-size-bytes {10 * MB}"
+    # The store goes on the VM's own tmpfs ($SCRATCH): in QEMU the host's / is shared read-only.
     script = f"""
 set -e
+store=$SCRATCH/store
 {gfs} init-store --store-size-bytes {400 * MB}
-grep " {store} " /proc/self/mountinfo | grep -q "xfs .*prjquota" && echo xfs-prjquota-mounted
+grep " $store " /proc/self/mountinfo | grep -q "xfs .*prjquota" && echo xfs-prjquota-mounted
 {gfs} features | grep "disk quotas"
 for mode in counted excluded; do
   flags="{limit}"; [ $mode = excluded ] && flags="$flags --exclude-image-from-quota"
   {gfs} create $flags {url} $mode > /dev/null
-  rootfs={store}/images/$mode/rootfs
+  rootfs=$store/images/$mode/rootfs
   dd if=/dev/zero of=$rootfs/four bs=1048576 count=4 2>/dev/null && echo $mode-4MB-written
-  {gfs} stats $mode
+  echo "stats $mode $({gfs} stats $mode)"
   dd if=/dev/zero of=$rootfs/eleven bs=1048576 count=11 2>/dev/null || echo $mode-11MB-stopped
   {gfs} delete $mode
 done
+# An exclusive limit of 10 bytes, less than one block: with the image counted (the limit is the image's
+# size plus 10) and excluded. Created (the image's records are not in its project), and not one block
+# more can be written: XFS refuses even a new directory in the project (overlay then mounts read-only).
+{gfs} create {url} sized > /dev/null
+base=$(cat $store/images/sized/image_info)
+{gfs} delete sized
+for mode in tiny-counted tiny-excluded; do
+  flags="--disk-limit-size-bytes $((base + 10))"
+  [ $mode = tiny-excluded ] && flags="--disk-limit-size-bytes 10 --exclude-image-from-quota"
+  created=$({gfs} create $flags {url} $mode) && echo $mode-created || echo "$mode-not-created: $created"
+  echo "stats $mode $({gfs} stats $mode)"
+  dd if=/dev/zero of=$store/images/$mode/rootfs/one bs=1 count=1 conv=fsync 2>/dev/null || echo $mode-1B-stopped
+  {gfs} delete $mode
+done
 {gfs} delete-store
-test ! -e {store}.backing-store && echo backing-store-removed
+test ! -e $store.backing-store && echo backing-store-removed
 """
-    out = uml.run_in_uml(script)
+    out = _in_vm(script)
     assert out.endswith("exit=0\n"), out
     lines = out.splitlines()
     assert "xfs-prjquota-mounted" in lines, out
     assert "disk quotas      XFS project quotas: each image's writable layer is a project with its limit" in lines
+    # "stats <mode> <document>", the document being what graftfs printed (or an error, caught below).
+    stats = [line.split(" ", 2) for line in lines if line.startswith("stats ")]
+    usages = {mode: json.loads(doc)["disk_usage"] for _, mode, doc in stats if doc.startswith("{")}
     for mode in ("counted", "excluded"):
         assert f"{mode}-4MB-written" in lines and f"{mode}-11MB-stopped" in lines, out
-    usages = [json.loads(line)["disk_usage"] for line in lines if line.startswith('{"disk_usage"')]
-    assert len(usages) == 2
-    for usage in usages:
-        assert 4 * MB <= usage["exclusive_bytes_used"] <= 5 * MB, usages
+        assert mode in usages, out
+        assert 4 * MB <= usages[mode]["exclusive_bytes_used"] <= 5 * MB, usages
+    for mode in ("tiny-counted", "tiny-excluded"):
+        assert f"{mode}-created" in lines and f"{mode}-1B-stopped" in lines, out
+        assert mode in usages, out
+        assert usages[mode]["quota_size_bytes"] == 10, usages
+        assert usages[mode]["exclusive_bytes_used"] == 0, usages  # the records are not the container's
     assert "backing-store-removed" in lines
 
 
@@ -176,7 +197,7 @@ def test_store_size_bytes_on_a_kernel_without_xfs_quotas_says_so(workdir: Path) 
     nothing behind (no store directory, backing file, mount or loop device)."""
     g = Graftfs(workdir / "store")
     result = g.run("init-store", "--store-size-bytes", str(400 * MB), check=False)
-    if result.returncode == 0:  # a kernel with XFS quotas: the UML test covers the rest
+    if result.returncode == 0:  # a kernel with XFS quotas: the VM test covers the rest
         assert "XFS project quotas" in g.run("features").stdout
         g.run("delete-store")
     else:
@@ -186,3 +207,26 @@ def test_store_size_bytes_on_a_kernel_without_xfs_quotas_says_so(workdir: Path) 
             "disk limits cannot be enforced on an XFS store here\n"
         ), result.stdout
     assert not (workdir / "store").exists() and not (workdir / "store.backing-store").exists()
+
+
+def test_limits_smaller_than_the_image_fail_with_grootfs_texts(gfs: Graftfs, workdir: Path) -> None:
+    """GrootFS checks an inclusive limit three times: against the compressed layers before pulling, against
+    the uncompressed bytes of the layers it pulls, and against the size of the layers already in the store."""
+    zeros = TarBuilder().file("zeros", b"\0" * (2 * MB)).build()  # 2 MB that compress to a few KB
+    url = write_oci_layout(workdir / "zeros", [zeros]).url()
+    assert len(gzip.compress(zeros)) < MB
+    tiny = gfs.fails("create", "--disk-limit-size-bytes", "10", url, "tiny")
+    assert tiny.startswith("layers exceed disk quota ") and tiny.endswith("/10 bytes"), tiny
+    fresh = gfs.fails("create", "--disk-limit-size-bytes", str(MB), url, "fresh")
+    assert fresh.startswith("pulling the image: streaming blob `sha256:"), fresh
+    assert fresh.endswith("`: uncompressed layer size exceeds quota"), fresh
+    assert gfs.volumes() == set()
+    # Exactly the uncompressed size is allowed (the limit is inclusive) ...
+    gfs.create(url, "whole", "--disk-limit-size-bytes", str(len(zeros)))
+    # ... and once the layer is in the store, it is its size that counts.
+    assert gfs.fails("create", "--disk-limit-size-bytes", str(MB), url, "cached") == (
+        "disk limit is smaller than volume size"
+    )
+    gfs.create(url, "excluded", "--disk-limit-size-bytes", str(MB), "--exclude-image-from-quota")
+    for image_id in ("whole", "excluded"):
+        gfs.run("delete", image_id)

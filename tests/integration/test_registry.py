@@ -15,6 +15,7 @@ import shutil
 import socket
 import socketserver
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -94,6 +95,25 @@ def test_create_from_a_registry_gives_a_working_rootfs(gfs: Graftfs, registry: R
     out = run_in_rootfs(gfs.rootfs("by-tag"), ["/bin/sh", "-c", "cat /etc/motd; /app/run.sh"], env=ENV).stdout
     assert out == "from the registry\nrunning\n"
     gfs.run("delete", "by-tag")
+
+
+def test_an_insecure_registry_found_to_speak_plain_http_is_asked_over_http_first(
+    gfs: Graftfs, registry: Registry, app: tuple[str, str]
+) -> None:
+    """GrootFS's order is HTTPS first, then HTTP: the failed handshake (and loading the TLS stack) would be
+    paid on every warm create. The store remembers the answer, and the next create goes straight to HTTP."""
+    _create(gfs, registry, app[0], "first")
+    assert (gfs.store / "meta" / "plain-http" / registry.host).exists()
+    argv = [sys.executable, "-X", "importtime", *GRAFTFS, "--store", str(gfs.store), "create"]
+    result = subprocess.run(
+        [*argv, "--insecure-registry", registry.host, app[0], "second"], capture_output=True, text=True, check=True
+    )
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import")}
+    assert "graftfs.sources.registry" in imported
+    assert not imported & {"ssl", "http.client", "email.parser", "re"}, imported & {"ssl", "http.client", "re"}
+    _check_app(gfs, "second")
+    for image_id in ("first", "second"):
+        gfs.run("delete", image_id)
 
 
 def test_pull_by_digest(gfs: Graftfs, registry: Registry, app: tuple[str, str]) -> None:

@@ -138,8 +138,13 @@ def test_insecure_registry_skips_verification(gfs: Graftfs, tls_registry: Regist
     offered: this registry requires one)."""
     gfs.env = {"GRAFTFS_CERTS_DIRS": str(_certs_d(tmp_path / "certs.d", tls_registry.host, pki, ca=False))}
     url = tls_registry.url("private/app", "1")
+    # A host remembered as speaking plain HTTP that speaks TLS now is probed again, and forgotten.
+    marker = gfs.store / "meta" / "plain-http" / tls_registry.host
+    marker.parent.mkdir()
+    marker.touch()
     gfs.create(url, "insecure", "--insecure-registry", tls_registry.host, "--username", USER, "--password", PASSWORD)
     assert (gfs.rootfs("insecure") / "etc/motd").read_text() == "private 1\n"
+    assert not marker.exists()
     gfs.run("delete", "insecure")
 
 

@@ -139,12 +139,14 @@ def make_config(
     extra_mounts: Sequence[Mapping[str, object]] = (),
     allow_devices: Sequence[tuple[int, int]] = (),
     extra_capabilities: Sequence[str] = (),
+    drop_capabilities: Sequence[str] = (),
 ) -> dict[str, object]:
     """The OCI runtime ``config.json`` :func:`run_in_rootfs` uses. ``allow_devices`` are character devices
     (major, minor) the container's device cgroup allows; bind the node in with ``extra_mounts`` (in a user
-    namespace runc can only bind the host's own node, with the host's permissions)."""
+    namespace runc can only bind the host's own node, with the host's permissions). ``drop_capabilities``
+    are taken out of Docker's default set (and of ``extra_capabilities``), bounding set included."""
     userns = uid_mappings is not None or gid_mappings is not None
-    caps = [*DEFAULT_CAPABILITIES, *extra_capabilities]
+    caps = [cap for cap in [*DEFAULT_CAPABILITIES, *extra_capabilities] if cap not in drop_capabilities]
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     linux: dict[str, object] = {"namespaces": namespaces}
     if allow_devices:
@@ -212,6 +214,7 @@ def run_in_rootfs(
     as_user: tuple[int, int] | None = None,
     allow_devices: Sequence[tuple[int, int]] = (),
     extra_capabilities: Sequence[str] = (),
+    drop_capabilities: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``args`` in a container whose root filesystem is ``rootfs``.
 
@@ -245,6 +248,7 @@ def run_in_rootfs(
         extra_mounts=extra_mounts,
         allow_devices=allow_devices,
         extra_capabilities=extra_capabilities,
+        drop_capabilities=drop_capabilities,
     )
     # Unique per call: runc ids must be unique within a state dir, and the
     # id also names the container's cgroups (/sys/fs/cgroup/<ctl>/<id>),

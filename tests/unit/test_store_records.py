@@ -22,9 +22,82 @@ def test_features_record_round_trip_and_damaged_records(tmp_path: Path) -> None:
     features.save(layout, recorded)
     loaded = features.load(layout)
     assert loaded is not None and loaded.as_dict() == recorded.as_dict()
-    for damage in ("{not json", "[]", json.dumps({**recorded.as_dict(), "userns": "yes"}), json.dumps({"version": 1})):
+    damaged = [
+        "{not json",
+        "[]",
+        json.dumps({**recorded.as_dict(), "userns": "yes"}),
+        json.dumps({**recorded.as_dict(), "caps_missing": [21]}),
+        json.dumps({"version": 1}),
+    ]
+    for damage in damaged:
         Path(layout.features_file).write_text(damage)
         assert features.load(layout) is None, damage
+
+
+def test_missing_capabilities_are_read_from_capeff(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    # Docker's default set (no CAP_SYS_ADMIN, bit 21), less CAP_SETFCAP (bit 31).
+    status.write_text("Name:\tx\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000280425fb\n")
+    assert features._caps_missing(str(status)) == ["CAP_SETFCAP", "CAP_SYS_ADMIN"]
+    status.write_text("CapEff:\t000001ffffffffff\n")
+    assert features._caps_missing(str(status)) == []
+    status.write_text("Name:\tx\n")
+    assert features._caps_missing(str(status)) == []  # unknown: nothing is claimed missing
+
+
+def test_features_name_missing_capabilities_and_what_each_costs() -> None:
+    lacking = ["CAP_CHOWN", "CAP_FOWNER", "CAP_SETFCAP"]
+    report = features.Features(ids="single", caps_missing=lacking).describe("/s")
+    assert "file owners      this process lacks CAP_CHOWN: every file belongs to root in the container" in report
+    # Files all keep the caller's own ID: no override (CAP_FOWNER) is needed to unpack them.
+    assert [line.split(":")[0] for line in report if "missing" in line] == [
+        "capabilities     missing CAP_CHOWN",
+        "                 missing CAP_SETFCAP",
+    ]
+    assert any("security.capability" in line and "fail to unpack" in line for line in report), report
+    report = features.Features(ids="all", caps_missing=["CAP_FOWNER"]).describe("/s")
+    assert report[-1].startswith("capabilities     missing CAP_FOWNER: layers with files owned by other users")
+    assert features.Features().describe("/s")[-1] == "capabilities     all that graftfs uses"
+    one_id = features.Features(ids="single", userns=True).describe("/s")
+    assert "file owners      only one ID is mapped here: every file belongs to root in the container" in one_id
+
+
+@pytest.mark.parametrize(
+    ("filesystem", "fuse", "caps", "why", "advice"),
+    [
+        # On a container's overlay root nobody's kernel mount works: fix fuse-overlayfs or move the store.
+        (
+            "overlay",
+            "no-device",
+            [],
+            "the kernel will not stack overlayfs on overlay, whoever mounts it; fuse-overlayfs cannot be used: "
+            "/dev/fuse is missing",
+            "give the container /dev/fuse or keep the store on a filesystem that is not overlay (a volume)",
+        ),
+        (
+            "fuse.fuse-overlayfs",
+            "mount-refused",
+            [],
+            "the kernel will not stack overlayfs on fuse.fuse-overlayfs, whoever mounts it; fuse-overlayfs "
+            "cannot be used: it could not mount here",
+            "keep the store on a filesystem that is not fuse.fuse-overlayfs (a volume)",
+        ),
+        # Elsewhere the runtime, with the privileges graftfs lacks, can mount what --without-mount prepares.
+        (
+            "ext4",
+            "device-refused",
+            ["CAP_SYS_ADMIN"],
+            "this process lacks CAP_SYS_ADMIN; fuse-overlayfs cannot be used: /dev/fuse cannot be opened",
+            "use create --without-mount and let the runtime mount it",
+        ),
+    ],
+)
+def test_no_mount_says_why_and_advises_only_what_works(
+    filesystem: str, fuse: str, caps: list[str], why: str, advice: str
+) -> None:
+    feats = features.Features(filesystem=filesystem, overlay="none", fuse=fuse, caps_missing=caps)
+    assert feats.no_mount() == (why, advice)
+    assert f"overlay          cannot be mounted here: {why}: {advice}" in feats.describe("/s")
 
 
 @pytest.mark.parametrize(

@@ -91,17 +91,22 @@ def load(path: str) -> Config:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as exc:
-        # Go's wording (`open /x: no such file or directory`; a directory opens and fails on `read`):
-        # Python's strerror is capitalised ("No such file...") and scripts match GrootFS's text.
-        op = "read" if isinstance(exc, IsADirectoryError) else "open"
-        reason = exc.strerror or str(exc)
-        raise InvalidArgument(f"invalid config path: {op} {path}: {reason[:1].lower()}{reason[1:]}") from None
-    import yaml  # only configured runs pay for it
+        # Go's wording (`open /x: no such file or directory`; a directory opens and fails on `read`).
+        from ..errors import os_reason
 
-    try:
-        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidArgument(f"invalid config file: {' '.join(str(exc).split())}") from None
+        op = "read" if isinstance(exc, IsADirectoryError) else "open"
+        raise InvalidArgument(f"invalid config path: {op} {path}: {os_reason(exc)}") from None
+    from . import miniyaml
+
+    ok, doc = miniyaml.load(text)
+    if not ok:
+        import yaml  # ~15 ms: only files outside the subset miniyaml reads pay for it
+
+        try:
+            doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        except yaml.YAMLError as exc:
+            raise InvalidArgument(f"invalid config file: {' '.join(str(exc).split())}") from None
+    doc = doc or {}
     if not isinstance(doc, dict):
         raise InvalidArgument("invalid config file: expected a mapping at the top level")
     # For these four an empty string counts as unset, so the default applies.

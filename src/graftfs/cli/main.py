@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from ..errors import GraftfsError, InvalidArgument, NotFound
+from ..errors import FailedPrecondition, GraftfsError, InvalidArgument, NotFound
 from .config import Config
 
 TYPE_CHECKING = False  # typing, dataclasses and friends cost more than the interpreter's own start-up
@@ -24,12 +24,17 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ..api import CreateOptions
+    from ..log import Logger
     from ..metrics import Metrics
     from ..progress import Progress
 
 VERSION = "0.1.0"
 #: The command's metrics destination, when one is configured (see :func:`run`).
 _metrics: Metrics | None = None
+#: The command being run, and its lager session (GrootFS logs everything a command does under
+#: ``grootfs.<command>``), opened when first needed: see :func:`_logger`.
+_command = ""
+_log: Logger | None = None
 
 
 class UsageError(Exception):
@@ -153,11 +158,20 @@ def build_config(flags: dict[str, Any]) -> Config:
 # -- commands ------------------------------------------------------------------------------------------------
 
 
+def _logger(cfg: Config) -> Logger:
+    """The command's session of the ``grootfs`` logger: ``grootfs.create``, ``grootfs.delete``..."""
+    global _log
+    if _log is None:
+        from ..log import Logger
+
+        _log = Logger.open(cfg.log_level, cfg.log_file).session(_command)
+    return _log
+
+
 def _store(cfg: Config, init_mappings: tuple[list[Any], list[Any]] | None = None) -> Any:
     """The store, for this caller. An ordinary user first enters a user namespace with the store's ID
     mappings (``init_mappings`` for a store being made; when there are none, the user's own)."""
     from ..api import Store
-    from ..log import Logger
 
     rootless = os.geteuid() != 0
     if rootless:
@@ -172,7 +186,7 @@ def _store(cfg: Config, init_mappings: tuple[list[Any], list[Any]] | None = None
         uid_mappings = init_mappings[0] or userns.default_mappings("uid")
         gid_mappings = init_mappings[1] or userns.default_mappings("gid")
         userns.enter(uid_mappings, gid_mappings)
-    return Store(cfg.store, Logger.open(cfg.log_level, cfg.log_file), rootless=rootless, metrics=_metrics)
+    return Store(cfg.store, _logger(cfg), rootless=rootless, metrics=_metrics)
 
 
 def _usage_error(cmd: str) -> InvalidArgument:
@@ -188,15 +202,33 @@ def cmd_init_store(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
         cfg.store_size_bytes = flags["store-size-bytes"]
     uid_mappings = parse_all(flags.get("uid-mapping", []))
     gid_mappings = parse_all(flags.get("gid-mapping", []))
-    if os.geteuid() != 0:
+    rootless = os.geteuid() != 0
+    if rootless:
+        # An ordinary user can make a store where the user may write, but never a backing store (loop
+        # devices and mounts need root).
+        if cfg.store_size_bytes > 0:
+            raise _root_only(cfg)
         # Rootless: the store records the mappings its namespace gets, the user's own by default.
         from .. import userns
 
         uid_mappings = uid_mappings or userns.default_mappings("uid")
         gid_mappings = gid_mappings or userns.default_mappings("gid")
     store = _store(cfg, (uid_mappings, gid_mappings))
-    store.init(uid_mappings, gid_mappings, cfg.store_size_bytes, flags.get("shared-layers") or "")
+    try:
+        store.init(uid_mappings, gid_mappings, cfg.store_size_bytes, flags.get("shared-layers") or "")
+    except OSError as exc:
+        import errno
+
+        if rootless and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _root_only(cfg) from exc
+        raise
     return 0
+
+
+def _root_only(cfg: Config) -> FailedPrecondition:
+    """GrootFS's answer to anyone but root (graftfs says it only where an ordinary user's store cannot be
+    made), which scripts provisioning stores as root recognise."""
+    return FailedPrecondition(f"store {cfg.store} can only be initialized by Root user")
 
 
 def cmd_features(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
@@ -314,7 +346,7 @@ def cmd_delete(cfg: Config, flags: dict[str, Any], args: list[str]) -> int:
         image_id = store.delete(args[0])
     except NotFound as exc:
         # Garden calls delete on both plugins for every container: unknown IDs are not an error.
-        store.log.debug("delete.id-not-found-skipping", id=args[0])
+        store.log.debug("id-not-found-skipping", id=args[0], storePath=store.path, errorMessage=str(exc))
         print(f"{exc} Skipping delete.")
         return 0
     print(f"Image {image_id} deleted")
@@ -496,6 +528,8 @@ def run(argv: Sequence[str]) -> int:
         sys.stdout.write(_help(command))
         return 0
     cfg: Config | None = None
+    global _command, _log
+    _command, _log = command.name, None  # run() may be called more than once in a process (tests)
     try:
         cfg = build_config(global_flags)
         # GrootFS points TMPDIR into the store so any temporary file lands on the store's filesystem.
@@ -517,22 +551,52 @@ def run(argv: Sequence[str]) -> int:
     except OSError as exc:
         # Anything the core did not translate still gets one clear line, never a traceback on stdout.
         _log_failure(cfg, command.name, exc, start)
-        print(f"{command.name}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        from ..errors import os_reason
+
+        print(f"{command.name}: {os_reason(exc)}" + (f": {exc.filename}" if exc.filename else ""))
         return 1
     except KeyboardInterrupt:
         print("interrupted")
         return 130
 
 
+#: GrootFS's message for a command that failed (``grootfs.<command>.<action>``), which operators alert on.
+_FAILED = {
+    "init-store": "init-store-failed",
+    "create": "creating",
+    "delete": "deleting-image-failed",
+    "stats": "fetching-stats",
+    "list": "listing-images",
+    "clean": "cleaning-up-unused-resources",
+    "delete-store": "cleaning-up-store-failed",
+}
+
+
+def _failure(command: str, exc: BaseException) -> tuple[str, BaseException | str]:
+    """GrootFS's action name, and error, for a failed command; ``failed`` where GrootFS has none."""
+    text = str(exc)
+    if text.startswith("invalid arguments - usage: ") or text == "id was not specified":
+        return "parsing-command", exc
+    if text.startswith("invalid argument: ") or text == "with-clean and without-clean cannot be used together":
+        return "config-builder-failed", exc
+    if command == "create":
+        from ..api import STORE_NOT_INITIALIZED
+
+        if text == STORE_NOT_INITIALIZED:
+            return "store-verification-failed", "store is not initialized"
+    if command == "list" and text.startswith("no store found at "):
+        return "store-path-failed", exc
+    if command == "stats" and isinstance(exc, NotFound):  # an unknown ID, or a path outside the store
+        return "find-id-failed", exc
+    return _FAILED.get(command, "failed"), exc
+
+
 def _log_failure(cfg: Config | None, command: str, exc: BaseException, start: float) -> None:
     if cfg is None:
         return
-    from ..log import Logger
-
+    action, error = _failure(command, exc)
     try:
-        Logger.open(cfg.log_level, cfg.log_file).session(command).error(
-            "failed", exc, seconds=round(time.monotonic() - start, 6)
-        )
+        _logger(cfg).error(action, error, seconds=round(time.monotonic() - start, 6))
     except OSError:
         pass
 

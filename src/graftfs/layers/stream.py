@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any, cast
 
-from ..errors import GraftfsError, InvalidImage, VerificationError
+from ..errors import GraftfsError, InvalidImage, VerificationError, os_reason
 from .expect import Expect
 
 CHUNK = 1 << 20
@@ -29,7 +29,8 @@ class DigestReader(io.RawIOBase):
     """Counts and hashes every byte read through it.
 
     ``limit`` (when >= 0) makes the reader raise as soon as more bytes arrive than promised, so a lying or
-    endless source cannot make us read (or unpack) more than its descriptor allows.
+    endless source cannot make us read (or unpack) more than its descriptor allows. ``charge``, when given,
+    is told how many bytes each read brought, and may raise to stop the stream (an image's disk limit).
     """
 
     def __init__(
@@ -38,6 +39,7 @@ class DigestReader(io.RawIOBase):
         limit: int = -1,
         on_overflow: Callable[[int], Exception] | None = None,
         decoding: bool = False,
+        charge: Callable[[int], None] | None = None,
     ):
         super().__init__()
         self._raw = raw
@@ -46,6 +48,7 @@ class DigestReader(io.RawIOBase):
         self._limit = limit
         self._on_overflow = on_overflow
         self._decoding = decoding
+        self._charge = charge
 
     def readable(self) -> bool:
         return True
@@ -71,6 +74,8 @@ class DigestReader(io.RawIOBase):
             self.count += n
             if 0 <= self._limit < self.count and self._on_overflow is not None:
                 raise self._on_overflow(self.count)
+            if self._charge is not None:
+                self._charge(n)
         return n
 
     def drain(self) -> None:
@@ -189,9 +194,11 @@ class _ZstdFrames:
 
 
 class LayerStream:
-    """Opens ``blob`` as a verified stream of uncompressed tar bytes (``self.tar``)."""
+    """Opens ``blob`` as a verified stream of uncompressed tar bytes (``self.tar``). ``charge`` is told of
+    every uncompressed byte, the tar padding and trailing bytes a drain reads included (see
+    :class:`DigestReader`)."""
 
-    def __init__(self, blob: IO[bytes], expect: Expect) -> None:
+    def __init__(self, blob: IO[bytes], expect: Expect, charge: Callable[[int], None] | None = None) -> None:
         self.expect = expect
         # Not a bound method of self: the decompressor (a C object the garbage collector cannot see into)
         # holds the reader, and a cycle through it would keep every layer's buffers alive until exit.
@@ -208,7 +215,7 @@ class LayerStream:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise  # a real I/O error on the blob, not a bad layer
             raise InvalidImage(f"reading layer: {exc}") from exc
-        self._uncompressed = DigestReader(self._decoded, decoding=True)
+        self._uncompressed = DigestReader(self._decoded, decoding=True, charge=charge)
         self.tar = io.BufferedReader(self._uncompressed, CHUNK)
 
     def close(self) -> None:
@@ -226,7 +233,7 @@ class LayerStream:
             raise (self.explain() or exc) from exc
         except (OSError, EOFError, ValueError) as exc:
             # Decoder errors arrive as InvalidImage (DigestReader translates them); these are what is left.
-            raise VerificationError(f"reading layer: {exc}") from exc
+            raise VerificationError(f"reading layer: {os_reason(exc)}") from exc
         e = self.expect
         if e.size >= 0 and self._compressed.count != e.size:
             raise _size_error(e.size, self._compressed.count)

@@ -76,7 +76,10 @@ def _identity(i: int) -> int:
 
 
 def _lacks(cap: str) -> bool:
-    """Whether ``cap`` is missing from this process's effective capabilities (False when unknown)."""
+    """Whether ``cap`` is missing from this process's effective capabilities (False when unknown).
+
+    store.features reads the same line for ``features``; importing it here would load the store's modules
+    into every unpack for five lines, and this runs only once a system call has already failed."""
     try:
         with open("/proc/self/status") as f:
             for line in f:

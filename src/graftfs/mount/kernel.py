@@ -12,7 +12,7 @@ import errno as _errno
 import os
 import time
 
-from ..errors import KernelError
+from ..errors import KernelError, errno_reason, os_reason
 
 TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def _mount_kernel_overlay(spec: OverlaySpec) -> None:
         os.fchdir(old)
         os.close(old)
     if rc != 0:
-        raise KernelError(f"mounting overlay at {spec.target}: {os.strerror(err)}", err)
+        raise KernelError(f"mounting overlay at {spec.target}: {errno_reason(err)}", err)
 
 
 MS_MOVE = 8192
@@ -139,7 +139,7 @@ def _call_mount(source: bytes, target: str, fstype: bytes | None, flags: int, da
     mount, _, _, get_errno, *_ = _c()
     if mount(source, _fs(target), fstype, flags, data) != 0:
         err = get_errno()
-        raise KernelError(f"mounting {source.decode(errors='replace')} at {target}: {os.strerror(err)}", err)
+        raise KernelError(f"mounting {source.decode(errors='replace')} at {target}: {errno_reason(err)}", err)
 
 
 def _mount_fuse(spec: OverlaySpec) -> None:
@@ -155,7 +155,7 @@ def _mount_fuse(spec: OverlaySpec) -> None:
             timeout=60,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {exc}") from None
+        raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {os_reason(exc)}") from None
     if result.returncode != 0:
         detail = " ".join((result.stderr or result.stdout).split())
         raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {detail or result.returncode}")
@@ -172,7 +172,7 @@ def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
         if err in (_errno.EINVAL, _errno.ENOENT):  # not a mount point / already gone
             return
         if err != _errno.EBUSY or attempt == retries - 1:
-            raise KernelError(f"unmounting {target}: {os.strerror(err)}", err)
+            raise KernelError(f"unmounting {target}: {errno_reason(err)}", err)
         time.sleep(interval)
 
 
@@ -193,7 +193,7 @@ def unshare(flags: int) -> None:
     _, _, call, get_errno, *_ = _c()
     if call(flags) != 0:
         err = get_errno()
-        raise KernelError(f"unshare: {os.strerror(err)}", err)
+        raise KernelError(f"unshare: {errno_reason(err)}", err)
 
 
 # -- idmapped mounts (Linux 5.12+; on overlay layers 5.19+) --------------------------------------------------
@@ -211,7 +211,7 @@ def _syscall(name: str, number: int, *args: int | bytes) -> int:
     rc = int(syscall(c_long(number), *(a if isinstance(a, bytes) else c_long(a) for a in args)))
     if rc < 0:
         err = get_errno()
-        raise KernelError(f"{name}: {os.strerror(err)}", err)
+        raise KernelError(f"{name}: {errno_reason(err)}", err)
     return rc
 
 
@@ -263,11 +263,34 @@ def bind_idmapped(source: str, target: str, ns_fd: int) -> None:
 
 def mounts_under(path: str) -> list[str]:
     """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo)."""
+    return [point for point, _ in mount_entries(path)]
+
+
+def mount_entries(path: str) -> list[tuple[str, str]]:
+    """``(mount point, filesystem type)`` of every mount at or below ``path``, deepest first; a point
+    mounted over twice is listed twice."""
     prefix = os.path.realpath(path).rstrip("/") + "/"
-    points = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
-            point = line.split(" ", 5)[4].replace("\\040", " ")
+            fields = line.split(" ")
+            # id parent major:minor root point options [optional fields...] - fstype source super-options
+            point = _unescape(fields[4])
             if point == prefix[:-1] or point.startswith(prefix):
-                points.append(point)
-    return sorted(points, key=len, reverse=True)
+                found.append((point, fields[fields.index("-", 6) + 1]))
+    return sorted(found, key=lambda entry: len(entry[0]), reverse=True)
+
+
+def _unescape(field: str) -> str:
+    """The kernel writes space, tab, newline and backslash in mountinfo paths as octal escapes."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)

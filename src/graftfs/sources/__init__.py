@@ -22,9 +22,11 @@ def open_source(
     insecure_registries: tuple[str, ...] = (),
     credentials: tuple[str, str] | None = None,
     remote_layer_certificates: str = "",
+    plain_http_hosts: str = "",
 ) -> Source:
     """``credentials`` (username, password) are for registries; ``remote_layer_certificates`` is the
-    directory of CAs and a client pair used for layers that an OCI layout fetches from their ``urls``."""
+    directory of CAs and a client pair used for layers that an OCI layout fetches from their ``urls``;
+    ``plain_http_hosts`` a directory where insecure registries found to speak plain HTTP are remembered."""
     if ref.kind == "tar":
         from .tarball import TarballSource
 
@@ -35,7 +37,7 @@ def open_source(
         return OCILayoutSource(ref, verify=not skip_layer_validation, certificates=remote_layer_certificates)
     from .registry import RegistrySource
 
-    return RegistrySource(ref, insecure=insecure_registries, credentials=credentials)
+    return RegistrySource(ref, insecure=insecure_registries, credentials=credentials, plain_http_hosts=plain_http_hosts)
 
 
 __all__ = ["ImageSpec", "LayerInfo", "open_source"]

@@ -22,17 +22,17 @@ thread and the token is shared under a lock.
 
 from __future__ import annotations
 
-import http.client
-import json
-import threading
-import urllib.parse
+import _thread
+import os
 
+from .. import jsonc
 from ..errors import GraftfsError, InvalidImage, NotFound, PermissionDenied
 from ..reference import ImageRef
-from . import platform
+from . import platform, wire
 from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, verify_blob
 from .oci_layout import INDEX_TYPES, MAX_INDEX_DEPTH, MAX_JSON
 from .transport import ConnectFailed, Retry, Transport, basic_authorization, describe, registry_error, transient
+from .wire import split_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -53,7 +53,13 @@ BAD_CREDENTIALS = "authorization failed: username and password are invalid"
 
 
 class RegistrySource:
-    def __init__(self, ref: ImageRef, insecure: Iterable[str] = (), credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        ref: ImageRef,
+        insecure: Iterable[str] = (),
+        credentials: tuple[str, str] | None = None,
+        plain_http_hosts: str = "",
+    ) -> None:
         self.url = ref.original
         self.host = ref.host
         self.repository = ref.repository
@@ -64,7 +70,9 @@ class RegistrySource:
         self.base = f"https://{self.host}"  # until the version check says otherwise
         self._authorization = ""  # the Authorization header for the registry, once known
         self._basic = False  # it is basic auth (so a 401 means the credentials are wrong)
-        self._auth_lock = threading.Lock()
+        self._auth_lock = _thread.allocate_lock()
+        #: A directory where insecure hosts found to speak plain HTTP are remembered ("" to probe every time).
+        self.plain_http_hosts = plain_http_hosts
 
     def close(self) -> None:
         self.transport.close()
@@ -72,13 +80,21 @@ class RegistrySource:
     # -- version check and auth ---------------------------------------------------------------------------
 
     def _ping(self) -> None:
-        try:
-            resp, _ = self.transport.get(f"https://{self.host}/v2/", self.transport.retry())
-        except ConnectFailed:
-            if self.host not in self.transport.insecure:
-                raise
-            self.base = f"http://{self.host}"
-            resp, _ = self.transport.get(f"{self.base}/v2/", self.transport.retry())
+        """The version check, which also picks the scheme: HTTPS, or for an insecure host that does not speak
+        it, plain HTTP (GrootFS's order). A host found to speak plain HTTP is remembered (in the store, see
+        :attr:`plain_http_hosts`) and asked over HTTP first next time, so that a warm create does not pay a
+        failed TLS handshake, and the TLS stack's import, every time; if that fails it is probed again."""
+        resp = self._ping_remembered()
+        if resp is None:
+            try:
+                resp, _ = self.transport.get(f"https://{self.host}/v2/", self.transport.retry())
+                self._remember(False)
+            except ConnectFailed:
+                if self.host not in self.transport.insecure:
+                    raise
+                self.base = f"http://{self.host}"
+                resp, _ = self.transport.get(f"{self.base}/v2/", self.transport.retry())
+                self._remember(resp.status in (200, 401))
         resp.read(64 << 10)
         resp.close()
         if resp.status == 401:
@@ -88,6 +104,38 @@ class RegistrySource:
                 f"pinging container registry {self.host}: invalid status code from registry {resp.status} "
                 f"({resp.reason})"
             )
+
+    def _marker(self) -> str:
+        return os.path.join(self.plain_http_hosts, self.host.replace("/", "_")) if self.plain_http_hosts else ""
+
+    def _ping_remembered(self) -> wire.Response | None:
+        marker = self._marker()
+        if not marker or self.host not in self.transport.insecure or not os.path.exists(marker):
+            return None
+        try:
+            resp, _ = self.transport.get(f"http://{self.host}/v2/", self.transport.retry())
+        except ConnectFailed:
+            return None  # refused at once: probe as if new (a host that times out fails the same either way)
+        if resp.status not in (200, 401):  # it speaks something else now (TLS on that port, say)
+            resp.close()
+            self.transport.drop(f"http://{self.host}/")
+            return None
+        self.base = f"http://{self.host}"
+        return resp
+
+    def _remember(self, plain_http: bool) -> None:
+        marker = self._marker()
+        if not marker:
+            return
+        try:
+            if plain_http:
+                os.makedirs(self.plain_http_hosts, mode=0o755, exist_ok=True)
+                with open(marker, "w", encoding="ascii"):
+                    pass
+            else:
+                os.unlink(marker)
+        except OSError:
+            pass  # a hint, not a record: without it the next create simply probes again
 
     def _authorize(self, challenge: str, sent: str) -> bool:
         """Answer an auth challenge to a request that carried ``sent``. Returns whether there is something
@@ -115,7 +163,9 @@ class RegistrySource:
         query = [("scope", params.get("scope") or f"repository:{self.repository}:pull")]
         if params.get("service"):
             query.append(("service", params["service"]))
-        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+        from urllib.parse import urlencode  # tokens are asked for by registries with auth only
+
+        url = realm + ("&" if "?" in realm else "?") + urlencode(query)
         headers = {}
         if self.credentials is not None:
             user, password = self.credentials
@@ -123,7 +173,7 @@ class RegistrySource:
         resp, _ = self.transport.get(url, self.transport.retry(), headers)
         try:
             data = resp.read(MAX_JSON)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, wire.HTTPException) as exc:
             raise GraftfsError(f"fetching a token from {realm}: {describe(exc)}") from None
         finally:
             resp.close()
@@ -132,7 +182,7 @@ class RegistrySource:
         if resp.status != 200:
             raise GraftfsError(f"fetching a token from {realm}: HTTP {resp.status} {resp.reason}")
         try:
-            doc = json.loads(data)
+            doc = jsonc.loads(data)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -144,7 +194,7 @@ class RegistrySource:
 
     def _get(
         self, path: str, retry: Retry, accept: str = "", extra: dict[str, str] | None = None
-    ) -> tuple[http.client.HTTPResponse, str]:
+    ) -> tuple[wire.Response, str]:
         """GET ``path`` on the registry with its credentials, answering one auth challenge (a first one, or
         an expired token) per call."""
         headers = dict(extra or {})
@@ -155,7 +205,7 @@ class RegistrySource:
             if sent:
                 headers["Authorization"] = sent
             resp, url = self.transport.get(self.base + path, retry, headers)
-            if resp.status != 401 or attempt == 2 or urllib.parse.urlsplit(url).netloc != self.host:
+            if resp.status != 401 or attempt == 2 or split_url(url)[1] != self.host:
                 return resp, url
             if not self._authorize(resp.getheader("WWW-Authenticate") or "", sent):
                 return resp, url
@@ -163,7 +213,7 @@ class RegistrySource:
             resp.close()
         raise AssertionError("unreachable")
 
-    def _check_status(self, resp: http.client.HTTPResponse, what: str) -> None:
+    def _check_status(self, resp: wire.Response, what: str) -> None:
         if resp.status == 200:
             return
         body = resp.read(64 << 10)
@@ -194,8 +244,8 @@ class RegistrySource:
             try:
                 data = resp.read(MAX_JSON + 1)
                 if len(data) <= MAX_JSON and resp.length:  # closed before its Content-Length
-                    raise http.client.IncompleteRead(data, resp.length)
-            except (OSError, http.client.HTTPException) as exc:
+                    raise wire.IncompleteRead(data, resp.length)
+            except (OSError, wire.HTTPException) as exc:
                 self.transport.drop(url)
                 if not transient(exc, True):
                     raise GraftfsError(f"reading {what}: {describe(exc)}") from None
@@ -293,7 +343,7 @@ class RegistrySource:
             raise NotFound(f"foreign layer `{digest}` is not in the registry and its urls failed: {'; '.join(errors)}")
         self._check_status(resp, f"layer blob `{digest}`")
 
-        def fetch(extra: dict[str, str]) -> tuple[http.client.HTTPResponse, str]:
+        def fetch(extra: dict[str, str]) -> tuple[wire.Response, str]:
             resp, url = self._get(path, retry, extra=extra)
             if resp.status not in (200, 206):
                 self._check_status(resp, f"layer blob `{digest}`")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import InvalidImage, NotFound
+from ..errors import InvalidImage, NotFound, os_reason
 from ..reference import ImageRef
 from .base import ImageSpec, LayerInfo, sha256_digest
 
@@ -29,7 +29,7 @@ class TarballSource:
         except FileNotFoundError:
             raise NotFound(f"fetching image timestamp: stat {self.path}: no such file or directory") from None
         except OSError as exc:
-            raise NotFound(f"fetching image timestamp: stat {self.path}: {exc.strerror}") from None
+            raise NotFound(f"fetching image timestamp: stat {self.path}: {os_reason(exc)}") from None
         if stat.S_ISDIR(st.st_mode):
             raise InvalidImage("invalid base image: directory provided instead of a tar file")
         key = f"{self.path}-{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"
@@ -40,4 +40,4 @@ class TarballSource:
         try:
             return open(layer.blob, "rb", buffering=0)
         except OSError as exc:
-            raise NotFound(f"opening {layer.blob}: {exc.strerror}") from None
+            raise NotFound(f"opening {layer.blob}: {os_reason(exc)}") from None

@@ -34,27 +34,24 @@ last failure that followed progress. Environment overrides (for tests and slow l
 
 from __future__ import annotations
 
-import base64
-import http.client
+import _thread
 import io
-import ipaddress
-import json
-import math
 import os
-import random
-import ssl
-import threading
+import sys
 import time
-import urllib.parse
 
-from ..errors import GraftfsError
+from .. import jsonc
+from ..errors import GraftfsError, os_reason
+from . import wire
+from .wire import split_url
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Callable, Iterable
     from typing import IO, Any
 
-    Fetch = Callable[[dict[str, str]], tuple[http.client.HTTPResponse, str]]
+    Fetch = Callable[[dict[str, str]], tuple[wire.Response, str]]
     """``fetch(extra_headers) -> (response, url)``: (re)request a body, for resuming it."""
 
 CERTS_DIRS = ("/etc/containers/certs.d", "/etc/docker/certs.d")
@@ -83,10 +80,11 @@ class Transport:
         self.budget = env_seconds("GRAFTFS_REGISTRY_RETRY_BUDGET", RETRY_BUDGET)
         dirs = os.environ.get("GRAFTFS_CERTS_DIRS")
         self.certs_dirs = tuple(d for d in dirs.split(":") if d) if dirs is not None else CERTS_DIRS
-        self._lock = threading.Lock()
+        # _thread, not threading: threading imports functools and collections, a tenth of a warm create.
+        self._lock = _thread.allocate_lock()
         self._contexts: dict[str, ssl.SSLContext] = {}
-        self._local = threading.local()  # .conns: this thread's keep-alive connections by (scheme, netloc)
-        self._all: list[http.client.HTTPConnection] = []
+        self._local = _thread._local()  # .conns: this thread's keep-alive connections by (scheme, netloc)
+        self._all: list[wire.Connection] = []
         self._reached: set[str] = set()  # hosts that answered at least once: refusals there are transient
 
     def retry(self) -> Retry:
@@ -94,8 +92,8 @@ class Transport:
 
     # -- connections -------------------------------------------------------------------------------------------
 
-    def _connection(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
-        conns: dict[tuple[str, str], http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
+    def _connection(self, scheme: str, netloc: str) -> wire.Connection:
+        conns: dict[tuple[str, str], wire.Connection] = self._local.__dict__.setdefault("conns", {})
         conn = conns.get((scheme, netloc))
         if conn is None:
             conn = self._connect(scheme, netloc)
@@ -104,25 +102,19 @@ class Transport:
                 self._all.append(conn)
         return conn
 
-    def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+    def _connect(self, scheme: str, netloc: str) -> wire.Connection:
         proxy = _proxy_for(scheme, netloc)
         context = self.context(netloc) if scheme == "https" else None
         if proxy is None:
-            if context is None:
-                return http.client.HTTPConnection(netloc, timeout=self.timeout)
-            return http.client.HTTPSConnection(netloc, timeout=self.timeout, context=context)
+            return wire.Connection(netloc, self.timeout, context=context)
         proxy_netloc, proxy_headers = proxy
-        if context is None:
-            return _ProxiedHTTP(proxy_netloc, netloc, proxy_headers, self.timeout)
-        conn = http.client.HTTPSConnection(proxy_netloc, timeout=self.timeout, context=context)
-        conn.set_tunnel(netloc, headers=proxy_headers)
-        return conn
+        return wire.Connection(netloc, self.timeout, context=context, proxy=proxy_netloc, proxy_headers=proxy_headers)
 
     def drop(self, url: str) -> None:
         """Forget this thread's connection that fetched ``url`` (its state is unknown now)."""
-        parts = urllib.parse.urlsplit(url)
+        scheme, netloc, _, _ = split_url(url)
         conns = self._local.__dict__.get("conns", {})
-        conn = conns.pop((parts.scheme, parts.netloc), None)
+        conn = conns.pop((scheme, netloc), None)
         if conn is not None:
             conn.close()
 
@@ -143,6 +135,8 @@ class Transport:
             return context
 
     def _make_context(self, netloc: str) -> ssl.SSLContext:
+        import ssl  # only for https: plain-HTTP registries never load the TLS stack
+
         if netloc in self.insecure:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             context.check_hostname = False
@@ -158,7 +152,7 @@ class Transport:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
-                raise GraftfsError(f"reading certificates in {directory}: {exc.strerror}") from None
+                raise GraftfsError(f"reading certificates in {directory}: {os_reason(exc)}") from None
             for name in names:
                 path = os.path.join(directory, name)
                 try:
@@ -177,9 +171,7 @@ class Transport:
 
     # -- requests --------------------------------------------------------------------------------------------------
 
-    def get(
-        self, url: str, retry: Retry, headers: dict[str, str] | None = None
-    ) -> tuple[http.client.HTTPResponse, str]:
+    def get(self, url: str, retry: Retry, headers: dict[str, str] | None = None) -> tuple[wire.Response, str]:
         """GET ``url``, following redirects and retrying transient failures (connection errors, 429, 5xx).
         Returns the response (any other status, for the caller to judge) and the URL that gave it."""
         while True:
@@ -194,57 +186,59 @@ class Transport:
             cause = f"HTTP {resp.status} {resp.reason}"
             try:
                 detail = registry_error(resp.read(64 << 10))
-            except (OSError, http.client.HTTPException):
+            except (OSError, wire.HTTPException):
                 detail = ""
                 self.drop(final)
             resp.close()
             retry.failed(final, cause + (f": {detail}" if detail else ""), delay)
 
-    def _get_once(self, url: str, extra: dict[str, str]) -> tuple[http.client.HTTPResponse, str]:
+    def _get_once(self, url: str, extra: dict[str, str]) -> tuple[wire.Response, str]:
         headers = {"User-Agent": USER_AGENT, **extra}
-        origin = urllib.parse.urlsplit(url).netloc
+        origin = split_url(url)[1]
         for _ in range(MAX_REDIRECTS + 1):
-            parts = urllib.parse.urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
+            scheme, netloc, path, query = split_url(url)
+            if scheme not in ("http", "https") or not netloc:
                 raise GraftfsError(f"unsupported URL `{url}`: only http and https are supported")
-            if parts.netloc != origin:
+            if netloc != origin:
                 # Credentials are for the host they were given to, never for a CDN it redirects to.
                 headers.pop("Authorization", None)
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn = self._connection(parts.scheme, parts.netloc)
+            target = (path or "/") + (f"?{query}" if query else "")
+            conn = self._connection(scheme, netloc)
             try:
                 resp = self._send(conn, target, headers)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, wire.HTTPException) as exc:
                 self.drop(url)
-                if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in _UNKNOWN_AUTHORITY:
+                if _unknown_authority(exc):
                     raise GraftfsError(INSECURE_TEXT, final=True) from None
-                if transient(exc, parts.netloc in self._reached):
+                if transient(exc, netloc in self._reached):
                     raise _Transient(url, describe(exc)) from None
                 raise ConnectFailed(f"fetching {url}: {describe(exc)}") from None
-            self._reached.add(parts.netloc)
+            self._reached.add(netloc)
             if resp.status not in _REDIRECTS:
                 return resp, url
             location = resp.getheader("Location") or ""
             try:
                 resp.read()
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, wire.HTTPException) as exc:
                 self.drop(url)
                 raise _Transient(url, describe(exc)) from None
             finally:
                 resp.close()
             if not location:
                 raise GraftfsError(f"{url}: redirect without a Location")
-            url = urllib.parse.urljoin(url, location)
+            from urllib.parse import urljoin  # redirects are rare (a CDN for blobs)
+
+            url = urljoin(url, location)
             headers.pop("Accept", None)
         raise GraftfsError(f"fetching {url}: too many redirects")
 
     @staticmethod
-    def _send(conn: http.client.HTTPConnection, target: str, headers: dict[str, str]) -> http.client.HTTPResponse:
+    def _send(conn: wire.Connection, target: str, headers: dict[str, str]) -> wire.Response:
         reused = conn.sock is not None
         try:
             conn.request("GET", target, headers=headers)
             return conn.getresponse()
-        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+        except (wire.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
             if not reused:
                 raise
             # The server closed the idle keep-alive connection between two requests: open a new one.
@@ -252,7 +246,7 @@ class Transport:
             conn.request("GET", target, headers=headers)
             return conn.getresponse()
 
-    def body(self, resp: http.client.HTTPResponse, url: str, fetch: Fetch, retry: Retry) -> IO[bytes]:
+    def body(self, resp: wire.Response, url: str, fetch: Fetch, retry: Retry) -> IO[bytes]:
         """A blob's response as a stream that resumes with range requests (made by ``fetch``) when the
         connection drops."""
         return io.BufferedReader(_Body(self, resp, url, fetch, retry), buffer_size=1 << 16)
@@ -262,7 +256,7 @@ class Transport:
         the client certificates of :attr:`extra_certs`)."""
         retry = self.retry()
 
-        def fetch(extra: dict[str, str]) -> tuple[http.client.HTTPResponse, str]:
+        def fetch(extra: dict[str, str]) -> tuple[wire.Response, str]:
             return self.get(url, retry, extra)
 
         resp, final = fetch({})
@@ -284,9 +278,7 @@ class Transport:
                     errors.append(exc.message)
         return None, errors
 
-    def resume(
-        self, resp: http.client.HTTPResponse, url: str, offset: int
-    ) -> tuple[http.client.HTTPResponse | None, int]:
+    def resume(self, resp: wire.Response, url: str, offset: int) -> tuple[wire.Response | None, int]:
         """Check the answer to a ``Range: bytes=<offset>-`` request. Returns the response and how many bytes
         of it to skip (all of ``offset`` when the server ignored the range), or ``None`` when the status is
         not 200/206 (the caller judges it)."""
@@ -325,6 +317,8 @@ class Retry:
         self.attempts += 1
         elapsed = time.monotonic() - self.start
         if retry_after is None:
+            import random  # only when a request has failed
+
             wait = min(BACKOFF * 2 ** (self.attempts - 1), MAX_WAIT) * random.uniform(0.5, 1.0)
         else:
             wait = min(retry_after, MAX_WAIT)
@@ -343,32 +337,17 @@ class _Transient(Exception):
         self.cause = cause
 
 
-class _ProxiedHTTP(http.client.HTTPConnection):
-    """Plain HTTP through a proxy: the request line carries the absolute URL."""
-
-    def __init__(self, proxy: str, target: str, headers: dict[str, str], timeout: float) -> None:
-        super().__init__(proxy, timeout=timeout)
-        self.target_netloc = target
-        self.proxy_headers = headers
-
-    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any) -> None:
-        headers = {**(headers or {}), **self.proxy_headers}
-        super().request(method, f"http://{self.target_netloc}{url}", body, headers, **kw)
-
-
 class _Body(io.RawIOBase):
     """A blob's HTTP response. A connection lost mid-stream is resumed with a range request, transparently.
     Closed before its end, it also drops its connection: the unread rest of the body would otherwise be
     taken for the next response."""
 
-    def __init__(
-        self, transport: Transport, resp: http.client.HTTPResponse, url: str, fetch: Fetch, retry: Retry
-    ) -> None:
+    def __init__(self, transport: Transport, resp: wire.Response, url: str, fetch: Fetch, retry: Retry) -> None:
         super().__init__()
         self._transport = transport
         self._fetch = fetch
         self._retry = retry
-        self._resp: http.client.HTTPResponse | None = resp
+        self._resp: wire.Response | None = resp
         self._url = url
         self._pos = 0  # bytes handed out
         self._failed_at = -1  # position of the last failure
@@ -403,20 +382,20 @@ class _Body(io.RawIOBase):
                 if self._skip:
                     data = self._resp.read(min(self._skip, 1 << 16))
                     if not data:
-                        raise http.client.IncompleteRead(b"", self._skip)
+                        raise wire.IncompleteRead(b"", self._skip)
                     self._skip -= len(data)
                     continue
                 n = self._resp.readinto(buffer)
-            except (OSError, http.client.HTTPException) as exc:
+            except (OSError, wire.HTTPException) as exc:
                 self._release()
                 if not transient(exc, True):
                     raise GraftfsError(f"reading blob from {self._url}: {describe(exc)}") from None
                 self._failed(exc)
                 continue
             if n == 0 and buffer:
-                if self._resp.length:  # http.client reports a body cut short of its Content-Length as EOF
+                if self._resp.length:  # a body cut short of its Content-Length reads as an early EOF
                     self._release()
-                    self._failed(http.client.IncompleteRead(b""))
+                    self._failed(wire.IncompleteRead(b""))
                     continue
                 self._done = True
                 self._resp.close()
@@ -451,6 +430,8 @@ def _proxy_for(scheme: str, netloc: str) -> tuple[str, dict[str, str]] | None:
     value = next((os.environ[n] for n in names if os.environ.get(n)), "")
     if not value:
         return None
+    import urllib.parse  # only with a proxy configured
+
     host = urllib.parse.urlsplit(f"//{netloc}").hostname or ""
     if host == "localhost" or _is_loopback(host) or _no_proxy(host, netloc):
         return None
@@ -467,10 +448,14 @@ def _proxy_for(scheme: str, netloc: str) -> tuple[str, dict[str, str]] | None:
 
 def basic_authorization(user: str, password: str) -> str:
     """An HTTP basic ``Authorization`` (or ``Proxy-Authorization``) value."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    import binascii  # built in: base64 would import struct and re-export the same function
+
+    return "Basic " + binascii.b2a_base64(f"{user}:{password}".encode(), newline=False).decode()
 
 
 def _is_loopback(host: str) -> bool:
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
@@ -478,6 +463,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _no_proxy(host: str, netloc: str) -> bool:
+    import ipaddress
+
     value = os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or ""
     for entry in (e.strip().lower() for e in value.split(",")):
         if not entry:
@@ -501,7 +488,7 @@ def env_seconds(name: str, default: float) -> float:
         value = float(os.environ.get(name, ""))
     except ValueError:
         return default
-    return value if math.isfinite(value) and value > 0 else default
+    return value if 0 < value < float("inf") else default  # NaN compares false
 
 
 def transient(exc: BaseException, reached: bool) -> bool:
@@ -509,17 +496,24 @@ def transient(exc: BaseException, reached: bool) -> bool:
     counts only from a host that answered before (a restarting registry, not a wrong address)."""
     if isinstance(exc, ConnectionRefusedError):
         return reached
-    if isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
+    ssl = sys.modules.get("ssl")  # no TLS error without the TLS stack loaded
+    if ssl is not None and isinstance(exc, ssl.SSLError) and not isinstance(exc, ssl.SSLEOFError):
         return False  # certificate and protocol errors do not go away
     return isinstance(
         exc,
         (
             ConnectionError,  # reset, aborted, broken pipe; RemoteDisconnected is one too
             TimeoutError,
-            http.client.IncompleteRead,
-            http.client.BadStatusLine,
+            wire.IncompleteRead,
+            wire.BadStatusLine,
         ),
     )
+
+
+def _unknown_authority(exc: BaseException) -> bool:
+    """A certificate that no trusted CA vouches for (what --insecure-registry is for)."""
+    ssl = sys.modules.get("ssl")
+    return ssl is not None and isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in _UNKNOWN_AUTHORITY
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -529,25 +523,28 @@ def _retry_after(value: str | None) -> float | None:
 
 
 def describe(exc: BaseException) -> str:
-    if isinstance(exc, http.client.IncompleteRead):
+    if isinstance(exc, wire.IncompleteRead):
         return "connection closed before the end of the response"
-    if isinstance(exc, ssl.SSLCertVerificationError):
+    ssl = sys.modules.get("ssl")
+    if ssl is None:
+        pass
+    elif isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
+    elif isinstance(exc, ssl.SSLError):
         reason = str(exc.reason or exc)
         hint = ""
         if reason in ("SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"):
             hint = " (the server wants a client certificate: client.cert and client.key in certs.d/<host>/)"
         return f"TLS handshake failed: {reason.lower().replace('_', ' ')}{hint}"
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
+        return os_reason(exc)
     return str(exc) or type(exc).__name__
 
 
 def registry_error(body: bytes) -> str:
     """The first message of a distribution-spec error body, if it has one."""
     try:
-        errors = json.loads(body).get("errors")
+        errors = jsonc.loads(body).get("errors")
         first = errors[0]
         return f"{first.get('code', '')}: {first.get('message', '')}".strip(": ")
     except (ValueError, AttributeError, LookupError, TypeError):

@@ -21,7 +21,10 @@ def fsync_dir(path: str) -> None:
 
 
 def atomic_write(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -> None:
-    """Replace ``path`` with ``data`` so that readers (and a crash) see either the old or the new file."""
+    """Replace ``path`` with ``data`` so that readers (and a crash) see either the old or the new file.
+    ``sync`` also makes it durable across a power cut (two fsyncs): the store's identity records
+    (``namespace.json``, ``features.json``) are; per-image and per-layer records are not (see where they are
+    written for why)."""
     tmp = temp_name(path, "tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
@@ -37,6 +40,14 @@ def atomic_write(path: str, data: bytes, mode: int = 0o644, sync: bool = True) -
     os.rename(tmp, path)
     if sync:
         fsync_dir(os.path.dirname(path))
+
+
+def unlink(path: str) -> None:
+    """Remove a file; missing is fine (someone else removed it first)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def read_text(path: str, default: str = "") -> str:
@@ -57,26 +68,49 @@ def read_int(path: str) -> int:
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class CrossesMount(OSError):
+    """A tree to remove holds another mount: its files belong to whoever mounted it."""
+
+
 def remove_tree(path: str) -> None:
-    """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree.
+    """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree, and never
+    descends into another mount (as ``rm --one-file-system``, and bind mounts of the same filesystem too):
+    it stops with :class:`CrossesMount` naming the mount point, which it leaves in place with the
+    directories above it. Mounts are known from ``/proc/self/mountinfo``, read once, and a directory on
+    another device than the top is refused even if it is not listed there (mounted meanwhile, or a mount in
+    a namespace whose table we do not see).
 
     Not ``shutil.rmtree``: importing shutil costs ~2 ms (it loads bz2 and lzma), a sixth of the interpreter's
     start-up, on every delete. This walks with directory fds as shutil does (a symlink put where a directory
     was is unlinked, never entered), and with a stack instead of recursion, so no tree is too deep.
     """
+    from ..mount.kernel import mounts_under
+
     top = _open_dir(None, path)
     if top is None:
         return
+    real = os.path.realpath(path)
+    mounts = set(mounts_under(real))
+    if real in mounts:
+        os.close(top)
+        raise CrossesMount(errno.EBUSY, "a mount point", path)
+    device = os.fstat(top).st_dev
     # Each entry: a directory's fd, its name in the one below it on the stack, the subdirectories left.
-    stack: list[tuple[int, str, list[str]]] = [(top, path, _clear(top))]
+    stack: list[tuple[int, str, list[str]]] = [(top, path, [])]
     try:
+        stack[0] = (top, path, _clear(top))
         while stack:
             fd, name, subdirs = stack[-1]
             if subdirs:
                 child_name = subdirs.pop()
                 child = _open_dir(fd, child_name)
                 if child is not None:
-                    stack.append((child, child_name, _clear(child)))
+                    stack.append((child, child_name, []))
+                    if os.fstat(child).st_dev != device or (
+                        mounts and os.path.join(real, *(entry[1] for entry in stack[1:])) in mounts
+                    ):
+                        raise CrossesMount(errno.EBUSY, "a mount point", os.path.join(*(e[1] for e in stack)))
+                    stack[-1] = (child, child_name, _clear(child))
                 continue
             stack.pop()
             os.close(fd)

@@ -14,15 +14,15 @@ from __future__ import annotations
 import os
 import time
 
-from ..errors import AlreadyExists, KernelError, NotFound
+from ..errors import AlreadyExists, KernelError, NotFound, os_reason
 from ..mount import kernel
-from .fsutil import atomic_write, disk_usage, read_int, remove_tree, temp_name
+from .fsutil import atomic_write, disk_usage, read_int, remove_tree, temp_name, unlink
 from .layout import Layout, validate_image_id
 from .locks import FileLock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Sequence
 
     from ..mount.spec import OverlaySpec
     from .quota import Quota
@@ -59,14 +59,7 @@ class Images:
         return os.path.isfile(self.layout.dependency_file(image_id))
 
     def dependencies(self, image_id: str) -> list[str]:
-        from .. import jsonc  # not at the top: delete and stats never read records
-
-        try:
-            with open(self.layout.dependency_file(image_id), encoding="utf-8") as f:
-                deps = jsonc.loads(f.read())
-        except FileNotFoundError:
-            return []
-        return [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+        return read_record(self.layout.dependency_file(image_id))
 
     def ids(self) -> list[str]:
         """Committed images, in directory order (GrootFS prints them unsorted)."""
@@ -125,9 +118,7 @@ class Images:
         ``quota_bytes`` (when > 0) limits the writable layer through ``quota_backend`` (see store.quota).
         ``ephemeral`` puts the whole image directory, writable layer included, on a tmpfs of its own, of
         ``quota_bytes`` when > 0: the limit is then tmpfs's size, whatever the store's filesystem.
-        Returns the image path. Mounting is separate (:meth:`mount`)."""
-        from .. import jsonc
-
+        Returns the image path. Mounting (:meth:`mount`) and the commit record (:meth:`commit`) come next."""
         validate_image_id(image_id)
         path = self.layout.image(image_id)
         if self.is_committed(image_id):
@@ -151,11 +142,15 @@ class Images:
                     os.chown(os.path.join(tmp, sub), *owner)
             if owner != (0, 0):
                 os.chown(tmp, *owner)
-            atomic_write(os.path.join(tmp, "image_info"), str(base_size).encode(), 0o600, sync=False)
-            if quota_bytes > 0:
+            # The records first, and out of the image's project: they are not the container's to count,
+            # and a limit smaller than a block would leave no room for them.
+            records = [("image_info", base_size)] + ([("image_quota", quota_bytes)] if quota_bytes > 0 else [])
+            for name, value in records:
+                atomic_write(os.path.join(tmp, name), str(value).encode(), 0o600, sync=False)
                 if quota is not None:
-                    quota.limit(tmp, quota_bytes)
-                atomic_write(os.path.join(tmp, "image_quota"), str(quota_bytes).encode(), 0o600, sync=False)
+                    quota.leave_out(os.path.join(tmp, name))
+            if quota_bytes > 0 and quota is not None:
+                quota.limit(tmp, quota_bytes)
             if ephemeral:
                 os.mkdir(path, 0o700)
                 kernel.move(tmp, path)
@@ -175,8 +170,19 @@ class Images:
             if quota is not None:
                 quota.release(tmp)
             raise
-        atomic_write(self.layout.dependency_file(image_id), jsonc.dumps(list(volume_ids)).encode())
         return path
+
+    def commit(self, image_id: str, volume_ids: Sequence[str]) -> None:
+        """Write the image's dependency record: from here on it is listed, and its volumes are in use for
+        ``clean``. The caller still holds the volumes' lease, and has mounted the image already (a create
+        killed before this point leaves an uncommitted directory, unmounted and removed by whoever next
+        meets it, never a listed image without its mount)."""
+        from .. import jsonc
+
+        # Not fsynced (two fsyncs were a fifth of a warm create): a kill -9 loses nothing from the page cache,
+        # and a power cut loses the mount and the container with it, while the record, the image directory
+        # and its writable layer (never synced either) fall back together to garbage that clean removes.
+        atomic_write(self.layout.dependency_file(image_id), jsonc.dumps(list(volume_ids)).encode(), sync=False)
 
     def mount(self, spec: OverlaySpec) -> None:
         kernel.mount_overlay(spec)
@@ -198,10 +204,7 @@ class Images:
             )
         except FileNotFoundError:
             # No record (an uncommitted image), or a store from before released/ existed.
-            try:
-                os.unlink(self.layout.dependency_file(image_id))
-            except FileNotFoundError:
-                pass
+            unlink(self.layout.dependency_file(image_id))
         self._remove_dir(path)
 
     def remove_uncommitted(self, image_id: str) -> None:
@@ -210,20 +213,21 @@ class Images:
         self._remove_dir(path)
 
     def _unmount(self, path: str) -> None:
-        rootfs = os.path.join(path, "rootfs")
-        kernel.unmount(rootfs)
-        if kernel.is_mountpoint(rootfs):
-            raise KernelError(f"deleting image path '{path}' failed: rootfs is still mounted")
-        if os.path.isdir(os.path.join(path, "lowers")):
-            # Idmapped layer binds: unmounted, and checked gone, before anything below is removed (a
-            # remove through one would delete the shared layer itself).
-            for point in kernel.mounts_under(os.path.join(path, "lowers")):
-                kernel.unmount(point)
-            left = kernel.mounts_under(os.path.join(path, "lowers"))
-            if left:
-                raise KernelError(f"deleting image path '{path}' failed: {left[0]} is still mounted")
-        if kernel.is_mountpoint(path):  # an ephemeral image's tmpfs
-            kernel.unmount(path)
+        """Unmount what graftfs mounted in an image directory: the rootfs overlay, idmapped layer binds under
+        ``lowers/``, an ephemeral image's own tmpfs. Anything else mounted there belongs to someone else (a
+        bind of a host directory, say): then nothing is unmounted and the delete fails naming it, so no file
+        of that filesystem is removed and the image stays as it was until the mount is gone."""
+        real = os.path.realpath(path)
+        mounts = kernel.mount_entries(real)
+        if not mounts:
+            return
+        rootfs = os.path.join(real, "rootfs")
+        for point, fstype in mounts:
+            if not is_own_mount(real, point, fstype):
+                raise foreign_mount("deleting image path", point, fstype)
+        # The overlay first (it uses the layer binds), the image's own tmpfs last (everything is on it).
+        for point, _ in sorted(mounts, key=lambda m: (m[0] != rootfs, m[0] == real)):
+            kernel.unmount(point)
 
     def _remove_dir(self, path: str) -> None:
         if not os.path.lexists(path):
@@ -231,9 +235,7 @@ class Images:
         # Rename out of the way first so a crash in the middle of a long rmtree leaves a dot-name.
         doomed = temp_name(os.path.join(self.layout.images, "." + os.path.basename(path)), "deleting")
         os.rename(path, doomed)
-        remove_tree(doomed)
-        if os.path.lexists(doomed):
-            raise KernelError(f"deleting image path '{path}' failed")
+        _remove(doomed)
         self._release_project(path)
 
     def _release_project(self, path: str) -> None:
@@ -243,34 +245,50 @@ class Images:
             assert quota is not None
             quota.release(path)
 
-    def sweep(self) -> Iterator[str]:
-        """Remove dot-named leftovers and uncommitted image dirs whose creator is gone. Everything here may
-        be going away under us (a delete or create finishing): what has vanished is simply skipped."""
+    def sweep(self, failures: list[str]) -> list[str]:
+        """Remove what interrupted creates and deletes left, once its owner is gone (the image's lock is
+        free): dot-named directories, uncommitted image directories (unmounted first), commit records without
+        a directory or half written, and lock files of images that do not exist. Everything here may be
+        going away under us (a delete or create finishing): what has vanished is skipped. Returns what was
+        removed; what could not be is added to ``failures``, and the sweep goes on."""
+        removed: list[str] = []
         for name in os.listdir(self.layout.images):
             path = os.path.join(self.layout.images, name)
-            if name.startswith("."):
-                with self._unheld(name[1:].rsplit("-", 3)[0]) as free:
-                    if free and os.path.lexists(path):
-                        self._unmount(path)
-                        remove_tree(path)
-                        self._release_project(path)
-                        yield name
-            elif not self.is_committed(name):
-                with self._unheld(name) as free:
-                    if free and not self.is_committed(name) and os.path.lexists(path):
-                        self.remove_uncommitted(name)
-                        yield name
-        # Dependency records without an image directory (a delete killed between its two steps).
+            leftover = name.startswith(".")  # .<id>-creating-… or .<id>-deleting-…
+            image_id = name[1:].rsplit("-", 3)[0] if leftover else name
+            if not leftover and self.is_committed(name):
+                continue
+            with self._unheld(image_id) as free:
+                if not free or not os.path.lexists(path) or (not leftover and self.is_committed(name)):
+                    continue  # in use, gone, or committed meanwhile
+                try:
+                    self._unmount(path)
+                    _remove(path)
+                    self._release_project(path)
+                    removed.append(name)
+                except (OSError, KernelError) as exc:
+                    failures.append(f"{name}: {exc if isinstance(exc, KernelError) else os_reason(exc)}")
         for name in os.listdir(self.layout.dependencies):
-            if name.startswith("image:") and name.endswith(".json"):
-                image_id = name[len("image:") : -len(".json")]
-                if not os.path.lexists(self.layout.image(image_id)):
-                    with self._unheld(image_id) as free:
-                        if free and not os.path.lexists(self.layout.image(image_id)):
-                            try:
-                                os.unlink(os.path.join(self.layout.dependencies, name))
-                            except FileNotFoundError:
-                                pass  # its delete finished meanwhile
+            # A record whose image directory is gone (a delete killed between its two steps), or one that was
+            # being written when its create was killed (``image:<id>.json-tmp-…``).
+            owner, temp = _record_owner(name)
+            if owner is None or (not temp and os.path.lexists(self.layout.image(owner))):
+                continue
+            with self._unheld(owner) as free:
+                if free and (temp or not os.path.lexists(self.layout.image(owner))):
+                    unlink(os.path.join(self.layout.dependencies, name))
+                    removed.append(name)
+        for name in os.listdir(self.layout.locks):
+            if name.startswith("image-") and name.endswith(".lock"):
+                image_id = name[len("image-") : -len(".lock")]
+                if not os.path.lexists(self.layout.image(image_id)) and not self.is_committed(image_id):
+                    lock = self.lock(image_id)
+                    if lock.try_acquire():
+                        if os.path.lexists(self.layout.image(image_id)) or self.is_committed(image_id):
+                            lock.release()
+                        else:
+                            lock.discard()
+        return removed
 
     def _measured(self, path: str, quota_backend: str) -> int:
         """Bytes in the image's writable layer: from the quota backend, from the tmpfs of an ephemeral
@@ -314,6 +332,57 @@ class Images:
         quota = read_int(os.path.join(path, "image_quota"))
         exclusive = self._measured(path, quota_backend)
         return DiskUsage(total=base + exclusive, exclusive=exclusive, quota=quota, committed=base + quota)
+
+
+#: What graftfs mounts at an image's rootfs: the kernel's overlay, or fuse-overlayfs (nested stores).
+_OVERLAY_TYPES = ("overlay", "fuse.fuse-overlayfs")
+
+
+def is_own_mount(image_dir: str, point: str, fstype: str) -> bool:
+    """Whether graftfs made this mount in the image directory ``image_dir`` (a real path): the rootfs
+    overlay, an idmapped layer bind ``lowers/<n>``, or an ephemeral image's tmpfs."""
+    lowers = os.path.join(image_dir, "lowers") + "/"
+    return (
+        (point == os.path.join(image_dir, "rootfs") and fstype in _OVERLAY_TYPES)
+        or (point.startswith(lowers) and point[len(lowers) :].isdigit())
+        or (point == image_dir and fstype == "tmpfs")
+    )
+
+
+def foreign_mount(action: str, point: str, fstype: str) -> KernelError:
+    return KernelError(
+        f"{action}: {point} is a mount point ({fstype}) that graftfs did not make: unmount it, then try again"
+    )
+
+
+def read_record(path: str) -> list[str]:
+    """The volumes a commit record names (none if it is gone or damaged: it then protects nothing)."""
+    from .. import jsonc  # not at the top: delete and stats never read records
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            deps = jsonc.loads(f.read())
+    except (FileNotFoundError, ValueError):
+        return []
+    return [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+
+
+def _record_owner(name: str) -> tuple[str | None, bool]:
+    """``(image id, half written?)`` of a name in ``meta/dependencies/``; ``(None, False)`` for others."""
+    if not name.startswith("image:"):
+        return None, False
+    stem, temp, _ = name[len("image:") :].partition(".json-tmp-")
+    if temp:
+        return stem, True
+    return (stem[: -len(".json")], False) if stem.endswith(".json") else (None, False)
+
+
+def _remove(path: str) -> None:
+    """remove_tree, its failures in GrootFS's words (a mount found there is named, not crossed)."""
+    try:
+        remove_tree(path)
+    except OSError as exc:
+        raise KernelError(f"deleting image path: {exc.filename or path}: {os_reason(exc)}", exc.errno or 0) from None
 
 
 class _Unheld:

@@ -6,6 +6,7 @@
 <store>/meta/volume-<volume-id>                        {"Size": bytes of regular files}
 <store>/meta/dependencies/image:<id>.json              the volumes an image uses; its commit record
 <store>/meta/namespace.json                            the store's UID/GID mappings
+<store>/meta/plain-http/<host>                         insecure registries that speak plain HTTP
 <store>/locks/*.lock                                   flock files
 <store>/tmp/                                           TMPDIR for graftfs processes
 """
@@ -17,13 +18,20 @@ import os
 from ..errors import InvalidArgument
 
 INCOMPLETE = "incomplete"  # volumes/<id>-incomplete-<ns>-<rand>: a volume being built
-GC_PREFIX = "gc."  # volumes/gc.<id>: a volume marked for collection
+GC_PREFIX = "gc."  # volumes/gc.<id>-collecting-<ns>-<rand>: a volume being removed
+COLLECTING = "collecting"
 SHORT_ID_LEN = 12
 
 
 def validate_image_id(image_id: str) -> str:
     if "/" in image_id:
         raise InvalidArgument(f"id `{image_id}` contains invalid characters: `/`")
+    bad = sorted({c for c in image_id if c < " " or c == "\x7f"})
+    if bad:
+        # A newline would split `list`'s output and the one-line error; shown escaped, as Go's %q would.
+        shown = image_id.encode("unicode_escape").decode("ascii")
+        chars = "".join(c.encode("unicode_escape").decode("ascii") for c in bad)
+        raise InvalidArgument(f"id `{shown}` contains invalid characters: `{chars}`")
     if not image_id or image_id in (".", "..") or image_id.startswith("."):
         raise InvalidArgument(f"id `{image_id}` is not a valid image id")
     if "\x00" in image_id or len(image_id.encode("utf-8", "surrogateescape")) > 200:
@@ -85,6 +93,11 @@ class Layout:
     def project_pointer(self, image_dir: str) -> str:
         """The record naming the XFS project ID of an image directory (by its name, temp or final)."""
         return os.path.join(self.projectids, f"image-{os.path.basename(image_dir)}")
+
+    @property
+    def plain_http_hosts(self) -> str:
+        """Insecure registries found to speak plain HTTP, one empty file each (a hint for the next pull)."""
+        return os.path.join(self.meta, "plain-http")
 
     @property
     def features_file(self) -> str:

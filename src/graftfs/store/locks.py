@@ -1,8 +1,10 @@
 """Bounded flock-based locks shared by every graftfs process using a store.
 
 flock (not fcntl record locks) because it belongs to the open file description: the kernel drops it when
-a process dies, however it dies, so a kill -9 never leaves a lock behind. Lock files are never deleted
-(deleting one while another process waits on it would split the lock in two).
+a process dies, however it dies, so a kill -9 never leaves a lock behind. A lock file is deleted only by a
+holder of its exclusive lock (:meth:`FileLock.discard`, once the object it guards is gone); a process that
+opened the old file meanwhile sees, once it has locked it, that the path names another file now, and locks
+that one instead, so the lock never splits in two.
 
 Every wait is bounded and its error names the lock, in GrootFS's words.
 """
@@ -40,12 +42,20 @@ class FileLock:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def try_acquire(self, shared: bool = False) -> bool:
-        self._open()
-        try:
-            fcntl.flock(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
+        while True:
+            self._open()
+            try:
+                fcntl.flock(self.fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            # A lock file may have been discarded (unlinked by its holder) between our open and our flock:
+            # the inode we hold is then no lock at all. Only the file at the path counts; take that one.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                    return True
+            except FileNotFoundError:
+                pass
+            self.release()
 
     def acquire(self, shared: bool = False, timeout: float = 30.0) -> None:
         start = time.monotonic()
@@ -56,9 +66,23 @@ class FileLock:
                 raise LockTimeout(f"timed out waiting for the '{self.key}' file lock after '{timeout:g}s'")
             time.sleep(sleep)
             sleep = min(sleep * 2, _MAX_SLEEP)
+        self.record_wait(shared, start)
+
+    def record_wait(self, shared: bool, start: float) -> None:
+        """Note how long the acquire that began at ``start`` (monotonic) took, for metrics."""
         self.waited = time.monotonic() - start
         if FileLock.observer is not None:
             FileLock.observer(shared, self.waited)
+
+    def discard(self) -> None:
+        """Remove the lock file, then release it. The caller holds it exclusively and the object it guards
+        is gone, so that lock files do not pile up (one per container ever created, otherwise). Safe because
+        every acquire checks that it locked the file still at the path."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        self.release()
 
     def release(self) -> None:
         if self.fd >= 0:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from ..errors import FailedPrecondition, KernelError
+from ..errors import FailedPrecondition, KernelError, os_reason
 from .fsutil import read_text
 
 TYPE_CHECKING = False
@@ -32,11 +32,19 @@ if TYPE_CHECKING:
     from .layout import Layout
 
 
+# struct fsxattr (linux/fs.h): xflags, extsize, nextents, projid, cowextsize (u32 each), 8 bytes of padding;
+# and its ioctls, _IOR('X', 31, struct fsxattr) and _IOW('X', 32, struct fsxattr).
+FSXATTR_SIZE = 28
+FSXATTR_PROJID = 12
+FS_IOC_FSGETXATTR = 0x801C581F
+FS_IOC_FSSETXATTR = 0x401C5820
+
+
 def run(*argv: str) -> str:
     try:
         result = subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelError(f"{' '.join(argv)}: {exc}") from None
+        raise KernelError(f"{' '.join(argv)}: {os_reason(exc)}") from None
     if result.returncode != 0:
         detail = " ".join((result.stderr or result.stdout).split())
         raise KernelError(f"{' '.join(argv)}: {detail or f'exit status {result.returncode}'}")
@@ -101,6 +109,22 @@ class Quota:
             kib = -(-size // 1024)
             self._xfs(f"limit -p bhard={kib}k {self._project(path)}")
 
+    def leave_out(self, path: str) -> None:
+        """The file ``path``, in an image directory, counts against no image's limit (xfs: project 0)."""
+        if self.backend != "xfs":
+            return
+        import fcntl
+        import struct
+
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            attr = bytearray(FSXATTR_SIZE)
+            fcntl.ioctl(fd, FS_IOC_FSGETXATTR, attr)
+            struct.pack_into("=I", attr, FSXATTR_PROJID, 0)
+            fcntl.ioctl(fd, FS_IOC_FSSETXATTR, attr)
+        finally:
+            os.close(fd)
+
     def exclusive_bytes(self, path: str) -> int | None:
         """Bytes the image's writable layer holds, from the backend; ``None`` to measure instead."""
         if self.backend == "btrfs":
@@ -110,8 +134,8 @@ class Quota:
                 if len(fields) >= 3 and fields[0].startswith("0/") and fields[2].isdigit():
                     return int(fields[2])
         elif self.backend == "xfs":
-            # <device> <used KiB> <soft> <hard> ...
-            fields = self._xfs(f"quota -p -N -b {self._project(path)}").split()
+            # <device> <used KiB> <soft> <hard> ...; -v: a project using nothing yet is listed too.
+            fields = self._xfs(f"quota -v -p -N -b {self._project(path)}").split()
             if len(fields) >= 2 and fields[1].isdigit():
                 return int(fields[1]) * 1024
         return None

@@ -16,11 +16,12 @@ Lifecycle and locking (``locks/volume-<id>.lock``, one per volume):
 from __future__ import annotations
 
 import os
+import time
 
 from .. import jsonc
-from ..errors import FailedPrecondition
-from .fsutil import atomic_write, read_text, remove_tree, temp_name
-from .layout import GC_PREFIX, INCOMPLETE, Layout
+from ..errors import FailedPrecondition, LockTimeout, os_reason
+from .fsutil import atomic_write, read_text, remove_tree, temp_name, unlink
+from .layout import COLLECTING, GC_PREFIX, INCOMPLETE, Layout
 from .locks import FileLock
 
 TYPE_CHECKING = False  # keep typing and collections.abc off the start-up path
@@ -30,7 +31,10 @@ if TYPE_CHECKING:
 #: How long a create waits for another process that is building the same layer. Large layers on slow disks
 #: take minutes; the bound is there so a wedged builder cannot hang every create forever.
 BUILD_WAIT = 600.0
-_MAX_ROUNDS = 5
+# Polling a volume being built: from 1 ms (a layer another create is just renaming into place) to 50 ms (a
+# big layer being unpacked).
+_MIN_SLEEP = 0.001
+_MAX_SLEEP = 0.05
 
 
 def volume_lock(layout: Layout, volume_id: str) -> FileLock:
@@ -105,6 +109,7 @@ class Volumes:
             try:
                 if self.exists(volume_id):
                     self.collect(volume_id)
+                lock.discard()
             finally:
                 lock.release()
 
@@ -126,18 +131,40 @@ class Volumes:
                 raise failed
 
     def _hold(self, index: int, volume_id: str, build: Builder, lease: Lease) -> FileLock:
-        for _ in range(_MAX_ROUNDS):
-            lock = volume_lock(self.layout, volume_id)
-            lock.acquire(shared=True, timeout=BUILD_WAIT)
-            if self.exists(volume_id):
-                return lock
-            lock.release()
-            with volume_lock(self.layout, volume_id).held(shared=False, timeout=BUILD_WAIT):
-                if not self.exists(volume_id):
-                    self._build(index, volume_id, build)
-                    lease.built.append(volume_id)
-            # flock cannot downgrade atomically; take the shared lock afresh and look again.
-        raise FailedPrecondition(f"volume {volume_id} kept disappearing while it was being used")
+        """Hold ``volume_id`` shared, building it first if it is missing.
+
+        Never *waits* for a lock: this thread's siblings hold shared locks on other volumes of the image, and
+        a process that waited here for an exclusive lock could wait forever on one whose own waiter holds
+        ours (two creates that each saw the other's layer missing, then each built one). Instead it polls:
+        shared if the volume exists, exclusive to build it if it does not, and otherwise (someone is building
+        or collecting it) sleeps and looks again. A builder holds no other volume's lock while it waits for
+        nothing, so every build finishes and every poller gets its answer."""
+        start = time.monotonic()
+        sleep = _MIN_SLEEP
+        lock = volume_lock(self.layout, volume_id)
+        while True:
+            if lock.try_acquire(shared=True):
+                if self.exists(volume_id):
+                    lock.record_wait(True, start)
+                    return lock
+                lock.release()
+                if lock.try_acquire(shared=False):
+                    lock.record_wait(False, start)
+                    try:
+                        if not self.exists(volume_id):
+                            self._build(index, volume_id, build)
+                            lease.built.append(volume_id)
+                    except BaseException:
+                        lock.discard()  # the build failed and left nothing: no lock file either
+                        raise
+                    finally:
+                        lock.release()
+                    continue  # flock cannot downgrade atomically: take it shared afresh and look again
+            if time.monotonic() - start >= BUILD_WAIT:
+                lock.release()
+                raise LockTimeout(f"timed out waiting for the 'volume-{volume_id}' file lock after '{BUILD_WAIT:g}s'")
+            time.sleep(sleep)
+            sleep = min(sleep * 2, _MAX_SLEEP)
 
     def _build(self, index: int, volume_id: str, build: Builder) -> None:
         self.remove_incomplete(volume_id)
@@ -165,7 +192,7 @@ class Volumes:
             current = None
         if current == target:
             return
-        if current is not None and not current.endswith(GC_PREFIX + volume_id):
+        if current is not None:
             # Two volumes whose IDs share 48 leading bits: astronomically unlikely, but never mount the
             # wrong layer because of it.
             live = os.path.basename(current)
@@ -191,9 +218,10 @@ class Volumes:
         return None
 
     def collect(self, volume_id: str) -> None:
-        """Remove a volume. The caller holds its exclusive lock. Rename first, so a crash half way through
-        a large ``rmtree`` leaves a ``gc.`` directory that no image can mistake for the layer."""
-        doomed = os.path.join(self.layout.volumes, GC_PREFIX + volume_id)
+        """Remove a volume. The caller holds its exclusive lock. Rename first, to a name of its own, so a
+        crash half way through a large removal leaves a ``gc.`` directory that no image can mistake for the
+        layer and that no later collection of the same layer collides with; ``sweep`` finishes it."""
+        doomed = temp_name(os.path.join(self.layout.volumes, GC_PREFIX + volume_id), COLLECTING)
         os.rename(self.layout.volume(volume_id), doomed)
         self._forget(volume_id)
         remove_tree(doomed)
@@ -201,64 +229,74 @@ class Volumes:
     def _forget(self, volume_id: str) -> None:
         link = self.layout.link(volume_id)
         try:
-            if os.path.basename(os.readlink(link)) in (volume_id, GC_PREFIX + volume_id):
+            if os.path.basename(os.readlink(link)) == volume_id:
                 os.unlink(link)
-        except (FileNotFoundError, OSError):
+        except OSError:
             pass
-        try:
-            os.unlink(self.layout.volume_meta(volume_id))
-        except FileNotFoundError:
-            pass
+        unlink(self.layout.volume_meta(volume_id))
 
-    def sweep(self) -> list[str]:
-        """Remove leftovers of interrupted work: ``gc.`` directories, ``-incomplete-`` builds whose builder
-        is gone, size records and links of volumes that do not exist."""
-        removed = []
-        for name in os.listdir(self.layout.volumes):
-            path = os.path.join(self.layout.volumes, name)
-            if name.startswith(GC_PREFIX):
-                remove_tree(path)
-                removed.append(name)
-            elif f"-{INCOMPLETE}-" in name:
-                volume_id = name.split(f"-{INCOMPLETE}-", 1)[0]
-                lock = self.try_lock_exclusive(volume_id)
-                if lock is not None:  # nobody is building it: the builder died
-                    try:
-                        remove_tree(path)
-                        removed.append(name)
-                    finally:
+    def sweep(self, failures: list[str]) -> list[str]:
+        """Remove leftovers of interrupted work whose owner is gone (the volume's lock is free): ``gc.``
+        directories, ``-incomplete-`` builds, size records, links and lock files of volumes that do not
+        exist. Returns what it removed; what it could not remove is added to ``failures`` and the sweep goes
+        on: one leftover it cannot remove must not keep it from the others."""
+        removed: list[str] = []
+        for volume_id, path, kind in self._leftovers():
+            lock = self.try_lock_exclusive(volume_id)
+            if lock is None:
+                continue  # its builder or collector is at work
+            try:
+                if kind == "tree":
+                    remove_tree(path)
+                elif kind == "file":
+                    unlink(path)  # a size record being written belongs to the builder holding the lock
+                elif kind == "record" and not self.exists(volume_id):
+                    self._forget(volume_id)
+                elif kind == "link" and not os.path.exists(path):
+                    unlink(path)  # its volume was collected (a builder re-creates it before committing)
+                removed.append(os.path.basename(path))
+            except OSError as exc:
+                failures.append(f"{os.path.basename(path)}: {os_reason(exc)}")
+            finally:
+                lock.release()
+        # Lock files of volumes that are gone, with nothing of theirs left to sweep (a failed pull, a
+        # collection killed before it discarded its lock): one per layer ever pulled, otherwise.
+        unfinished = {_owner(name) for name in os.listdir(self.layout.volumes)}
+        for name in os.listdir(self.layout.locks):
+            if name.startswith("volume-") and name.endswith(".lock"):
+                volume_id = name[len("volume-") : -len(".lock")]
+                if volume_id not in unfinished and (lock := self.try_lock_exclusive(volume_id)) is not None:
+                    if self.exists(volume_id):
                         lock.release()
+                    else:
+                        lock.discard()
+        return removed
+
+    def _leftovers(self) -> list[tuple[str, str, str]]:
+        """``(volume id, path, kind)`` of everything that may be a leftover; the sweep decides under the
+        volume's lock."""
+        found = []
+        for name in os.listdir(self.layout.volumes):
+            if name.startswith(GC_PREFIX) or f"-{INCOMPLETE}-" in name:
+                found.append((_owner(name), os.path.join(self.layout.volumes, name), "tree"))
         existing = set(self.ids())
         for name in os.listdir(self.layout.volume_meta_dir):
-            if not name.startswith("volume-"):
-                continue
-            volume_id, temp, _ = name[len("volume-") :].partition("-tmp-")
-            if volume_id in existing and not temp:
-                continue
-            # A size record being written (``volume-<id>-tmp-...``) belongs to the builder holding <id>'s
-            # lock: only with that lock free is it a leftover.
-            lock = self.try_lock_exclusive(volume_id)
-            if lock is not None:
-                try:
-                    if temp:
-                        try:
-                            os.unlink(os.path.join(self.layout.volume_meta_dir, name))
-                        except FileNotFoundError:
-                            pass
-                    elif not self.exists(volume_id):
-                        self._forget(volume_id)
-                finally:
-                    lock.release()
+            if name.startswith("volume-"):
+                volume_id, temp, _ = name[len("volume-") :].partition("-tmp-")
+                if temp or volume_id not in existing:
+                    found.append(
+                        (volume_id, os.path.join(self.layout.volume_meta_dir, name), "file" if temp else "record")
+                    )
         for name in os.listdir(self.layout.links):
             link = os.path.join(self.layout.links, name)
             if not os.path.exists(link) and os.path.islink(link):
-                # Dangling: its volume was collected. A builder re-creates it before committing.
-                target = os.path.basename(os.readlink(link))
-                lock = self.try_lock_exclusive(target)
-                if lock is not None:
-                    try:
-                        if not os.path.exists(link):
-                            os.unlink(link)
-                    finally:
-                        lock.release()
-        return removed
+                found.append((os.path.basename(os.readlink(link)), link, "link"))
+        return found
+
+
+def _owner(name: str) -> str:
+    """The volume a directory in ``volumes/`` belongs to: itself, or the one it was being built as or
+    collected from (``<id>-incomplete-…``, ``gc.<id>-collecting-…``; ``gc.<id>`` from older versions)."""
+    if name.startswith(GC_PREFIX):
+        return name[len(GC_PREFIX) :].split(f"-{COLLECTING}-", 1)[0]
+    return name.split(f"-{INCOMPLETE}-", 1)[0]
