@@ -326,7 +326,11 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FuzzRig]:
     for point in sorted(left, key=len, reverse=True):
         subprocess.run(["umount", "-l", point], check=False)
     assert not left, f"fuzzing left mounts behind: {left}"
-    shutil.rmtree(workdir)
+    # Layers that failed a check are still in layers/ (create() removes the others): keep them to reproduce.
+    kept = workdir / "layers"
+    for path in workdir.iterdir():
+        if path != kept or not any(kept.iterdir()):
+            shutil.rmtree(path)
 
 
 # -- the fuzz test ---------------------------------------------------------------------------------------------
