@@ -143,7 +143,8 @@ def build_config(flags: dict[str, Any]) -> Config:
     from . import config as config_mod
 
     cfg = config_mod.load(flags.get("config", ""))
-    for key in ("store", "tardis-bin", "newuidmap-bin", "newgidmap-bin", "log-level"):
+    # --tardis-bin is parsed and dropped: graftfs has no setuid helper.
+    for key in ("store", "newuidmap-bin", "newgidmap-bin", "log-level"):
         if key in flags:
             setattr(cfg, key.replace("-", "_"), flags[key])
     # These four override the file only when non-empty (GrootFS).
