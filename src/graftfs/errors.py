@@ -133,7 +133,8 @@ class FailedPrecondition(GraftfsError):
 
 
 class Unavailable(GraftfsError):
-    """Something graftfs needs is busy or unreachable for now: the same request may succeed later."""
+    """Something graftfs depends on (a registry, a lock another process holds) is busy, unreachable or gave
+    no usable answer: the same request may succeed later."""
 
     kind = UNAVAILABLE
 
