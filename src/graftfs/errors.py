@@ -213,7 +213,7 @@ def grpc_code(err: BaseException) -> tuple[int, str]:
     return row[2], row[3]
 
 
-#: The class :func:`from_grpc` raises for each kind.
+#: The class :func:`from_grpc` returns for each kind.
 _CLASSES: dict[str, type[GraftfsError]] = {
     INVALID_ARGUMENT: InvalidArgument,
     NOT_FOUND: NotFound,
