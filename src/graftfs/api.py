@@ -374,6 +374,13 @@ class Store:
         self.require()
         log = self.log.session("groot-creating", imageID=image_id)
         log.info("starting")
+        try:
+            return self._create(url, image_id, options, log, start_ns)
+        except BaseException:
+            log.info("ending")  # GrootFS logs the end of a session whatever happens (a deferred call)
+            raise
+
+    def _create(self, url: str, image_id: str, options: CreateOptions, log: Logger, start_ns: int) -> Image:
         if options.disk_limit_bytes < 0:
             raise InvalidArgument("invalid argument: disk limit cannot be negative")
         if self.images.is_committed(image_id):
@@ -503,13 +510,15 @@ class Store:
         log = self.log.session("groot-deleting", imageID=image_id)
         log.info("starting")
         start_ns = time.monotonic_ns()
-        with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as lock:
-            deleting = log.session("deleting-image", storePath=self.path, id=image_id)
-            deleting.info("starting")
-            self.images.delete(image_id)
-            lock.discard()  # one lock file per container ever created would pile up otherwise
-            deleting.info("ending")
-        log.info("ending")
+        try:
+            with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as lock:
+                deleting = log.session("deleting-image", storePath=self.path, id=image_id)
+                deleting.info("starting")
+                self.images.delete(image_id)
+                lock.discard()  # one lock file per container ever created would pile up otherwise
+                deleting.info("ending")
+        finally:
+            log.info("ending")
         if self.metrics is not None:
             self.metrics.since("ImageDeletionTime", start_ns)
             self._emit_store_metrics(self.metrics)
@@ -622,7 +631,11 @@ class Store:
         log.info("starting", threshold=threshold_bytes)
         start = time.monotonic()
         start_ns = time.monotonic_ns()
-        result = clean(self.layout, threshold_bytes, keep_seconds)
+        try:
+            result = clean(self.layout, threshold_bytes, keep_seconds)
+        except BaseException:
+            log.info("ending")
+            raise
         if self.metrics is not None:
             self.metrics.since("ImageCleanTime", start_ns)
             self._emit_store_metrics(self.metrics)

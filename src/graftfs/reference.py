@@ -35,11 +35,10 @@ class ImageRef:
     original: str
     path: str
     tag: str
-    docker: str
     host: str
     repository: str
     digest: str
-    __slots__ = ("digest", "docker", "host", "kind", "original", "path", "repository", "tag")
+    __slots__ = ("digest", "host", "kind", "original", "path", "repository", "tag")
 
     def __init__(
         self,
@@ -47,7 +46,6 @@ class ImageRef:
         original: str,
         path: str = "",
         tag: str = "",
-        docker: str = "",
         host: str = "",
         repository: str = "",
         digest: str = "",
@@ -57,7 +55,6 @@ class ImageRef:
         init(self, "original", original)
         init(self, "path", path)  # tar file or OCI layout directory (absolute)
         init(self, "tag", tag)  # OCI ref.name annotation, or the docker tag ("" when pulling by digest)
-        init(self, "docker", docker)  # everything after docker:// (host/repo:tag or /repo:tag)
         init(self, "host", host)  # registry host[:port] to talk to (Docker Hub: registry-1.docker.io)
         init(self, "repository", repository)  # normalised repository name (library/busybox)
         init(self, "digest", digest)  # sha256:<hex> when pulling by digest
@@ -173,4 +170,4 @@ def _docker(url: str, name: str) -> ImageRef:
         )
     if not at and not tag:
         tag = "latest"
-    return ImageRef("docker", url, docker=name, host=host, repository=repository, tag=tag, digest=digest)
+    return ImageRef("docker", url, host=host, repository=repository, tag=tag, digest=digest)

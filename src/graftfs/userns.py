@@ -5,8 +5,8 @@ create them. So before touching its store, a non-root graftfs unshares a user (a
 has it mapped:
 
 * with the store's mappings (``init-store --uid-mapping 0:1000:1 --uid-mapping 1:100000:65536``), written
-  by ``newuidmap``/``newgidmap`` (package ``uidmap``), which check them against ``/etc/subuid`` and
-  ``/etc/subgid``;
+  by ``newuidmap``/``newgidmap`` (package ``uidmap``; ``--newuidmap-bin``/``--newgidmap-bin`` name others,
+  as Garden's own copies), which check them against ``/etc/subuid`` and ``/etc/subgid``;
 * without mappings, the caller's subordinate IDs from those files if it has some (``0:<uid>:1`` plus
   ``1:<first subuid>:<count>``), else just ``0:<uid>:1``, which the process may write itself (every file
   then belongs to that one user).
@@ -59,8 +59,15 @@ def _subordinate(kind: str) -> tuple[int, int] | None:
     return None
 
 
-def enter(uid_mappings: Sequence[Mapping], gid_mappings: Sequence[Mapping]) -> None:
-    """Unshare a user and mount namespace, map it, and become its root."""
+def enter(
+    uid_mappings: Sequence[Mapping],
+    gid_mappings: Sequence[Mapping],
+    newuidmap: str = "newuidmap",
+    newgidmap: str = "newgidmap",
+) -> None:
+    """Unshare a user and mount namespace, map it, and become its root. ``newuidmap`` and ``newgidmap`` are
+    the helpers run (looked up in ``PATH`` unless they are paths) when the mappings need more than the
+    caller's own IDs."""
     if _own_only(uid_mappings, os.getuid()) and _own_only(gid_mappings, os.getgid()):
         uid, gid = os.getuid(), os.getgid()
         kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS)
@@ -69,7 +76,7 @@ def enter(uid_mappings: Sequence[Mapping], gid_mappings: Sequence[Mapping]) -> N
         _write("/proc/self/uid_map", f"0 {uid} 1")
         _write("/proc/self/gid_map", f"0 {gid} 1")
     else:
-        _enter_with_helpers(uid_mappings, gid_mappings)
+        _enter_with_helpers(uid_mappings, gid_mappings, newuidmap, newgidmap)
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 
@@ -78,7 +85,9 @@ def _own_only(mappings: Sequence[Mapping], own: int) -> bool:
     return len(mappings) == 1 and mappings[0].host_id == own and mappings[0].size == 1
 
 
-def _enter_with_helpers(uid_mappings: Sequence[Mapping], gid_mappings: Sequence[Mapping]) -> None:
+def _enter_with_helpers(
+    uid_mappings: Sequence[Mapping], gid_mappings: Sequence[Mapping], newuidmap: str, newgidmap: str
+) -> None:
     """newuidmap must write the maps from outside the namespace: a forked child waits for this process to
     unshare, runs both helpers on it, and reports their errors through a pipe."""
     import subprocess
@@ -94,9 +103,14 @@ def _enter_with_helpers(uid_mappings: Sequence[Mapping], gid_mappings: Sequence[
             os.close(done_r)
             os.read(ready_r, 1)
             errors = []
-            for tool, mappings in (("newuidmap", uid_mappings), ("newgidmap", gid_mappings)):
+            for tool, mappings in ((newuidmap, uid_mappings), (newgidmap, gid_mappings)):
                 args = [str(n) for m in mappings for n in (m.namespace_id, m.host_id, m.size)]
-                result = subprocess.run([tool, str(parent), *args], capture_output=True, text=True)
+                try:
+                    result = subprocess.run([tool, str(parent), *args], capture_output=True, text=True)
+                except OSError as exc:
+                    # A helper that is not there (a wrong --newuidmap-bin): say which one.
+                    errors.append(f"{tool}: {os_reason(exc)}")
+                    continue
                 if result.returncode != 0:
                     detail = " ".join((result.stderr or result.stdout).split())
                     errors.append(f"{tool} {' '.join(args)}: {detail or f'exit status {result.returncode}'}")

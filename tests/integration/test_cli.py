@@ -210,9 +210,11 @@ def test_the_log_file_has_grootfs_lines_for_create_delete_and_clean(gfs: Graftfs
     # A failure is logged under GrootFS's name for it.
     gfs.run(*logged, "create", image, "twice")
     gfs.fails(*logged, "create", image, "twice")
-    failed = json.loads(log_file.read_text().splitlines()[-1])
+    ended, failed = (json.loads(line) for line in log_file.read_text().splitlines()[-2:])
     assert (failed["level"], failed["message"]) == ("error", "grootfs.create.creating")
     assert failed["data"]["error"] == "image for id `twice` already exists"
+    # And the session still ends, as GrootFS's deferred `ending` does.
+    assert (ended["message"], ended["data"]["imageID"]) == ("grootfs.create.groot-creating.ending", "twice")
     gfs.run("delete", "twice")
 
 

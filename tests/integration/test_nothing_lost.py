@@ -137,7 +137,7 @@ def kill_after(argv: list[str], seconds: float) -> int | None:
 
 def test_clean_killed_at_random_points_leaves_a_store_every_command_uses(loop_store: Graftfs, workdir: Path) -> None:
     g = loop_store
-    url = write_oci_layout(workdir / "l", [many_files("a", 1200), many_files("b", 1200)], compression="none").url()
+    url = write_oci_layout(workdir / "l", [many_files("a", 600), many_files("b", 600)], compression="none").url()
     clean = [*GRAFTFS, "--store", str(g.store), "clean"]
 
     def unused_layers() -> None:
@@ -150,18 +150,22 @@ def test_clean_killed_at_random_points_leaves_a_store_every_command_uses(loop_st
     took = time.monotonic() - start
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
-    killed = 0
-    for run in range(50):
+    killed = runs = 0
+    while killed < 50:
+        runs += 1
+        assert runs <= 150, f"only {killed} of {runs} cleans were killed before they finished (seed {seed})"
         unused_layers()
-        if kill_after(clean, rng.uniform(0, took * 1.2)) is None:
+        start = time.monotonic()
+        if kill_after(clean, rng.uniform(0, took)) is None:
             killed += 1
+        else:
+            took = time.monotonic() - start  # it finished first: aim within what a clean takes now
         # Whatever the clean was doing, every command works and finds the layers or rebuilds them.
         g.create(url, "y")
-        assert (g.rootfs("y") / "a" / "0" / "0").read_bytes() == b"z" * 64, f"seed {seed}, run {run}"
+        assert (g.rootfs("y") / "a" / "0" / "0").read_bytes() == b"z" * 64, f"seed {seed}, run {runs}"
         g.run("delete", "y")
         g.run("clean")
-        assert leftovers(g.store) == [], f"seed {seed}, run {run}"
-    assert killed >= 25, f"only {killed} of 50 cleans were killed before they finished (seed {seed})"
+        assert leftovers(g.store) == [], f"seed {seed}, run {runs}"
 
 
 def test_create_killed_at_random_points_is_either_whole_or_gone(loop_store: Graftfs, workdir: Path) -> None:
@@ -177,13 +181,18 @@ def test_create_killed_at_random_points_is_either_whole_or_gone(loop_store: Graf
     g.run("delete", "timing")
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
-    outcomes = {"killed": 0, "finished": 0}
-    for run in range(60):
-        status = kill_after(create, rng.uniform(0, took * 1.2))
-        outcomes["finished" if status == 0 else "killed"] += 1
+    killed = runs = 0
+    while killed < 50:
+        runs += 1
+        assert runs <= 150, f"only {killed} of {runs} creates were killed before they finished (seed {seed})"
+        start = time.monotonic()
+        if kill_after(create, rng.uniform(0, took)) is None:
+            killed += 1
+        else:
+            took = time.monotonic() - start  # it finished first: aim within what a create takes now
         listed = str(g.store / "images" / "v") in g.run("list").stdout.split()
         if listed:
-            assert (g.rootfs("v") / "top").read_bytes() == b"t", f"listed but not mounted (seed {seed}, run {run})"
+            assert (g.rootfs("v") / "top").read_bytes() == b"t", f"listed but not mounted (seed {seed}, run {runs})"
             assert g.fails("create", url, "v") == "image for id `v` already exists"
         else:
             doc = g.create(url, "v")  # repairs what the killed create left, and completes
@@ -192,7 +201,6 @@ def test_create_killed_at_random_points_is_either_whole_or_gone(loop_store: Graf
     g.run("delete", "warm")
     g.run("clean")
     assert leftovers(g.store) == [], f"seed {seed}"
-    assert outcomes["killed"] >= 20, (outcomes, seed)
 
 
 # -- no deadlock ---------------------------------------------------------------------------------------------

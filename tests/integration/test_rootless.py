@@ -142,3 +142,49 @@ exit $rc
     assert "only one ID is mapped here" in report, report
     assert container == "rootless\n0\n/dev/null\nImage nested deleted\nclean completed\n", result
     assert not list((store / "images").iterdir())
+
+
+def test_the_id_mapping_helpers_are_the_ones_named(account: Account, home: Path) -> None:
+    """``--newuidmap-bin``/``--newgidmap-bin``, else the config file's ``newuidmap_bin``/``newgidmap_bin``,
+    name the helpers that map the namespace (Garden points them at its own copies). Each wrapper here
+    records its arguments and execs the real helper."""
+
+    def wrapper(name: str, real: str) -> Path:
+        script = home / name
+        script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {home / name}.calls\nexec {real} "$@"\n')
+        script.chmod(0o755)
+        os.chown(script, account.uid, account.gid)
+        return script
+
+    newuidmap, newgidmap = shutil.which("newuidmap"), shutil.which("newgidmap")
+    assert newuidmap and newgidmap
+    uid_flag, uid_file, gid_file = (
+        wrapper("uid-flag", newuidmap),
+        wrapper("uid-file", newuidmap),
+        wrapper("gid-file", newgidmap),
+    )
+    config = home / "config.yml"
+    config.write_text(f"newuidmap_bin: {uid_file}\nnewgidmap_bin: {gid_file}\n")
+    os.chown(config, account.uid, account.gid)
+    gfs = [*graftfs_for_others(), "--config", str(config), "--store", str(home / "store")]
+
+    account.run(*gfs, "--newuidmap-bin", str(uid_flag), "init-store")
+    # The flag wins over the file for UIDs; the file names the GID helper. Each ran once, on graftfs's PID.
+    expected = f"0 {{}} 1 1 {account.subid} {SUBID_COUNT}"
+    uid_calls = (home / "uid-flag.calls").read_text().splitlines()
+    gid_calls = (home / "gid-file.calls").read_text().splitlines()
+    assert [c.split(" ", 1)[1] for c in uid_calls] == [expected.format(account.uid)], uid_calls
+    assert [c.split(" ", 1)[1] for c in gid_calls] == [expected.format(account.gid)], gid_calls
+    assert not (home / "uid-file.calls").exists()
+
+    # Without the flag, the file's helper maps the namespace of every later command.
+    account.run(*gfs, "list")
+    assert len((home / "uid-file.calls").read_text().splitlines()) == 1
+
+    # A helper that is not there is named in the error.
+    missing = home / "no-such-newuidmap"
+    failed = account.run(*gfs, "--newuidmap-bin", str(missing), "list", check=False)
+    assert failed.returncode == 1
+    assert failed.stdout.startswith(
+        f"rootless: cannot map the store's IDs in a user namespace: {missing}: no such file or directory"
+    ), failed.stdout

@@ -78,12 +78,7 @@ def test_no_config_gives_grootfs_defaults() -> None:
     cfg = load("")
     assert cfg == Config()
     assert cfg.store == DEFAULT_STORE
-    assert (cfg.log_level, cfg.tardis_bin, cfg.newuidmap_bin, cfg.newgidmap_bin) == (
-        "fatal",
-        "tardis",
-        "newuidmap",
-        "newgidmap",
-    )
+    assert (cfg.log_level, cfg.newuidmap_bin, cfg.newgidmap_bin) == ("fatal", "newuidmap", "newgidmap")
     assert cfg.insecure_registries == []
 
 
@@ -102,7 +97,6 @@ def test_garden_config_is_read_whole(tmp_path: Path) -> None:
         store="/var/vcap/data/grootfs/store/unprivileged",
         log_level="info",
         log_file="",
-        tardis_bin="/var/vcap/packages/grootfs/bin/tardis",
         newuidmap_bin="/var/vcap/packages/garden-idmapper/bin/newuidmap",
         newgidmap_bin="/var/vcap/packages/garden-idmapper/bin/newgidmap",
         metron_endpoint="127.0.0.1:3457",
@@ -116,7 +110,6 @@ def test_garden_config_is_read_whole(tmp_path: Path) -> None:
         remote_layer_client_certificates_path="/var/vcap/jobs/garden/certs",
         threshold_bytes=16106127360,
         store_size_bytes=53687091200,
-        with_direct_io=True,
     )
 
 
@@ -152,6 +145,7 @@ def test_directory_is_an_invalid_config_path(tmp_path: Path) -> None:
         "create:\n  insecure_registries: registry:5000\n",
         "clean:\n  threshold_bytes: 1.5\n",
         "init:\n  store_size_bytes: true\n",
+        "init:\n  with_direct_io: maybe\n",  # ignored, but as GrootFS, not when it is not a boolean
     ],
 )
 def test_malformed_yaml_is_an_invalid_config_file(tmp_path: Path, text: str) -> None:
@@ -185,11 +179,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         metron_endpoint="127.0.0.1:9999",
     )
     assert cfg.store == "/flag/store"
-    assert (cfg.tardis_bin, cfg.newuidmap_bin, cfg.newgidmap_bin) == (
-        "/flag/tardis",
-        "/flag/newuidmap",
-        "/flag/newgidmap",
-    )
+    assert (cfg.newuidmap_bin, cfg.newgidmap_bin) == ("/flag/newuidmap", "/flag/newgidmap")
     assert (cfg.log_level, cfg.log_file, cfg.metron_endpoint) == ("debug", "/flag/log", "127.0.0.1:9999")
     # Keys without a global flag keep the file's value.
     assert cfg.threshold_bytes == 16106127360
@@ -205,7 +195,7 @@ def test_file_wins_over_defaults_when_no_flag_is_given(tmp_path: Path) -> None:
 def test_empty_strings_in_the_file_leave_the_defaults(tmp_path: Path) -> None:
     cfg = build(tmp_path, ZERO_VALUED)
     assert cfg.store == DEFAULT_STORE
-    assert (cfg.tardis_bin, cfg.newuidmap_bin, cfg.newgidmap_bin) == ("tardis", "newuidmap", "newgidmap")
+    assert (cfg.newuidmap_bin, cfg.newgidmap_bin) == ("newuidmap", "newgidmap")
     assert cfg.log_level == "fatal"
 
 

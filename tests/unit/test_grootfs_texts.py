@@ -75,7 +75,7 @@ def ordinary_user(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setattr(userns, "default_mappings", lambda kind: [Mapping(0, 1000, 1)])
-    monkeypatch.setattr(userns, "enter", lambda uid_mappings, gid_mappings: None)
+    monkeypatch.setattr(userns, "enter", lambda uid_mappings, gid_mappings, newuidmap, newgidmap: None)
 
 
 @pytest.mark.usefixtures("ordinary_user")

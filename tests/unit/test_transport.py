@@ -1,12 +1,12 @@
-"""The registry client's parsing helpers: auth challenges and proxy selection from the environment."""
+"""The registry client's parsing helpers (auth challenges, proxies from the environment) and its errors' kinds."""
 
 from __future__ import annotations
 
 import pytest
 
-from graftfs.errors import GraftfsError
+from graftfs.errors import FailedPrecondition, InvalidArgument, Unavailable
 from graftfs.sources.registry import _parse_challenge
-from graftfs.sources.transport import _proxy_for
+from graftfs.sources.transport import Retry, Transport, _proxy_for
 
 
 @pytest.mark.parametrize(
@@ -84,5 +84,20 @@ def test_no_proxy_rules(env: pytest.MonkeyPatch, no_proxy: str, netloc: str, dir
 
 def test_only_http_proxies(env: pytest.MonkeyPatch) -> None:
     env.setenv("HTTPS_PROXY", "socks5://proxy.corp:1080")
-    with pytest.raises(GraftfsError, match="only http:// proxies"):
+    # The machine's configuration is at fault: fixing the request would not help.
+    with pytest.raises(FailedPrecondition, match="only http:// proxies"):
         _proxy_for("https", "registry.example.com")
+
+
+def test_a_request_that_ran_out_of_retries_is_unavailable() -> None:
+    # Worth retrying later: the registry may come back.
+    with pytest.raises(Unavailable) as err:
+        Retry(budget=0).failed("https://registry.example.com/v2/", "HTTP 503 Service Unavailable")
+    assert str(err.value) == (
+        "fetching https://registry.example.com/v2/: gave up after 1 attempt in 0.0s: HTTP 503 Service Unavailable"
+    )
+
+
+def test_a_url_that_is_not_http_is_an_invalid_argument() -> None:
+    with pytest.raises(InvalidArgument, match="only http and https are supported"):
+        Transport().get("ftp://files.example.com/layer.tgz", Retry(budget=0))

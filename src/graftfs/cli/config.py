@@ -21,7 +21,6 @@ class Config:
         self.store: str = DEFAULT_STORE
         self.log_level: str = "fatal"
         self.log_file: str = ""
-        self.tardis_bin: str = "tardis"
         self.newuidmap_bin: str = "newuidmap"
         self.newgidmap_bin: str = "newgidmap"
         self.metron_endpoint: str = ""
@@ -40,7 +39,6 @@ class Config:
         self.threshold_bytes: int = 0
         self.keep_used_within_seconds: int = 0  # graftfs's own clean policy
         self.store_size_bytes: int = 0
-        self.with_direct_io: bool = False
         for key, value in overrides.items():
             if not hasattr(self, key):
                 raise TypeError(f"unknown config key {key!r}")
@@ -109,8 +107,9 @@ def load(path: str) -> Config:
     doc = doc or {}
     if not isinstance(doc, dict):
         raise InvalidArgument("invalid config file: expected a mapping at the top level")
-    # For these four an empty string counts as unset, so the default applies.
-    for key in ("store", "tardis_bin", "newuidmap_bin", "newgidmap_bin"):
+    # For these an empty string counts as unset, so the default applies. GrootFS's `tardis_bin` is read by
+    # nobody: graftfs has no setuid helper.
+    for key in ("store", "newuidmap_bin", "newgidmap_bin"):
         if doc.get(key):
             setattr(cfg, key, _str(doc[key]))
     for key in ("log_level", "log_file", "metron_endpoint", "metrics_textfile"):
@@ -140,5 +139,7 @@ def load(path: str) -> Config:
     cfg.keep_used_within_seconds = _int(clean.get("keep_used_within_seconds"), "keep_used_within_seconds")
     init = _section(doc, "init")
     cfg.store_size_bytes = _int(init.get("store_size_bytes"), "store_size_bytes")
-    cfg.with_direct_io = _bool(init.get("with_direct_io"), "with_direct_io")
+    # GrootFS's loop-device option has no use here (graftfs makes no loop devices), but GrootFS refuses a
+    # value that is not a boolean, and so does graftfs.
+    _bool(init.get("with_direct_io"), "with_direct_io")
     return cfg

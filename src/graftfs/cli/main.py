@@ -56,9 +56,9 @@ GLOBAL_FLAGS = [
     Flag("store", "str", "store directory (default /var/lib/graftfs)"),
     Flag("log-level", "str", "debug, info, error or fatal (default fatal)"),
     Flag("log-file", "str", "append logs to this file instead of stderr"),
-    Flag("tardis-bin", "str", "accepted for GrootFS compatibility; graftfs needs no setuid helper"),
-    Flag("newuidmap-bin", "str", "newuidmap binary for rootless stores"),
-    Flag("newgidmap-bin", "str", "newgidmap binary for rootless stores"),
+    Flag("tardis-bin", "str", "accepted and ignored (GrootFS compatibility): graftfs needs no setuid helper"),
+    Flag("newuidmap-bin", "str", "newuidmap that maps a rootless store's UIDs (default newuidmap in PATH)"),
+    Flag("newgidmap-bin", "str", "newgidmap that maps a rootless store's GIDs (default newgidmap in PATH)"),
     Flag("metron-endpoint", "str", "HOST:PORT of a Loggregator agent for dropsonde metrics"),
     Flag("metrics-textfile", "str", "Prometheus text file for node_exporter's textfile collector"),
     Flag("log-timestamp-format", "str", "accepted and ignored (removed from GrootFS)", hidden=True),
@@ -143,7 +143,8 @@ def build_config(flags: dict[str, Any]) -> Config:
     from . import config as config_mod
 
     cfg = config_mod.load(flags.get("config", ""))
-    for key in ("store", "tardis-bin", "newuidmap-bin", "newgidmap-bin", "log-level"):
+    # --tardis-bin is parsed and dropped: graftfs has no setuid helper.
+    for key in ("store", "newuidmap-bin", "newgidmap-bin", "log-level"):
         if key in flags:
             setattr(cfg, key.replace("-", "_"), flags[key])
     # These four override the file only when non-empty (GrootFS).
@@ -185,7 +186,7 @@ def _store(cfg: Config, init_mappings: tuple[list[Any], list[Any]] | None = None
             init_mappings = (recorded.uid_mappings, recorded.gid_mappings)
         uid_mappings = init_mappings[0] or userns.default_mappings("uid")
         gid_mappings = init_mappings[1] or userns.default_mappings("gid")
-        userns.enter(uid_mappings, gid_mappings)
+        userns.enter(uid_mappings, gid_mappings, cfg.newuidmap_bin, cfg.newgidmap_bin)
     return Store(cfg.store, _logger(cfg), rootless=rootless, metrics=_metrics)
 
 
@@ -424,7 +425,7 @@ COMMANDS: dict[str, Command] = {
                     "mappings mounts them idmapped (Linux 5.19+). Without it the store's layers are its own, "
                     "unpacked with its mappings applied",
                 ),
-                Flag("with-direct-io", "bool", "accepted for GrootFS compatibility"),
+                Flag("with-direct-io", "bool", "accepted and ignored (GrootFS compatibility)"),
             ),
             cmd_init_store,
         ),

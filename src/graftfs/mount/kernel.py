@@ -201,7 +201,7 @@ def unshare(flags: int) -> None:
 # The new mount API's calls have the same numbers on every architecture (they came after the tables merged).
 _SYS_OPEN_TREE, _SYS_MOVE_MOUNT, _SYS_MOUNT_SETATTR = 428, 429, 442
 _AT_FDCWD = -100
-_OPEN_TREE_CLONE, _AT_EMPTY_PATH, _AT_RECURSIVE = 0x1, 0x1000, 0x8000
+_OPEN_TREE_CLONE, _AT_EMPTY_PATH = 0x1, 0x1000
 _MOUNT_ATTR_IDMAP = 0x00100000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 

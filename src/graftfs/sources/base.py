@@ -84,21 +84,19 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
 class LayerInfo:
     """One layer as the store needs it. ``volume_id`` names its volume: the chain ID's hex."""
 
-    __slots__ = ("base_directory", "blob", "expect", "media_type", "urls", "volume_id")
+    __slots__ = ("base_directory", "blob", "expect", "urls", "volume_id")
 
     def __init__(
         self,
         volume_id: str,
         blob: str,  # source-specific handle: a digest, or the tar file path
         expect: Expect | None = None,
-        media_type: str = "",
         base_directory: str = "",
         urls: tuple[str, ...] = (),
     ) -> None:
         self.volume_id = volume_id
         self.blob = blob
         self.expect = expect or Expect()
-        self.media_type = media_type
         self.base_directory = base_directory
         self.urls = urls
 
@@ -150,7 +148,6 @@ def image_spec(layers: list[Any], config: dict[str, Any], verify: bool = True) -
                 volume_id=chain.partition(":")[2],
                 blob=digest,
                 expect=Expect(digest, size if isinstance(size, int) else -1, diff_id) if verify else Expect(),
-                media_type=media_type,
                 base_directory=str(annotations.get(BASE_DIRECTORY, "")),
                 urls=tuple(u for u in layer.get("urls") or () if isinstance(u, str)),
             )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import GraftfsError, InvalidImage, NotFound
+from ..errors import GraftfsError, InvalidImage, NotFound, Unavailable
 from ..reference import ImageRef
 from . import platform
 from .base import (
@@ -129,7 +129,7 @@ class OCILayoutSource:
             stream, errors = self._transport.open_first(layer.urls)
             if stream is not None:
                 return stream
-            raise GraftfsError(f"fetching foreign layer `{layer.blob}`: {'; '.join(errors)}")
+            raise Unavailable(f"fetching foreign layer `{layer.blob}`: {'; '.join(errors)}")
         try:
             return open(path, "rb", buffering=0)
         except FileNotFoundError:

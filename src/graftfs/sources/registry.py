@@ -26,7 +26,7 @@ import _thread
 import os
 
 from .. import jsonc
-from ..errors import GraftfsError, InvalidImage, NotFound, PermissionDenied
+from ..errors import GraftfsError, InvalidImage, NotFound, PermissionDenied, Unavailable
 from ..reference import ImageRef
 from . import platform, wire
 from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, verify_blob
@@ -100,7 +100,7 @@ class RegistrySource:
         if resp.status == 401:
             self._authorize(resp.getheader("WWW-Authenticate") or "", "")
         elif resp.status != 200:
-            raise GraftfsError(
+            raise Unavailable(
                 f"pinging container registry {self.host}: invalid status code from registry {resp.status} "
                 f"({resp.reason})"
             )
@@ -159,7 +159,7 @@ class RegistrySource:
     def _token(self, params: dict[str, str]) -> str:
         realm = params.get("realm", "")
         if not realm.startswith(("https://", "http://")):
-            raise GraftfsError(f"{self.host} asks for a bearer token without a usable realm `{realm}`")
+            raise Unavailable(f"{self.host} asks for a bearer token without a usable realm `{realm}`")
         query = [("scope", params.get("scope") or f"repository:{self.repository}:pull")]
         if params.get("service"):
             query.append(("service", params["service"]))
@@ -174,20 +174,20 @@ class RegistrySource:
         try:
             data = resp.read(MAX_JSON)
         except (OSError, wire.HTTPException) as exc:
-            raise GraftfsError(f"fetching a token from {realm}: {describe(exc)}") from None
+            raise Unavailable(f"fetching a token from {realm}: {describe(exc)}") from None
         finally:
             resp.close()
         if resp.status in (401, 403):
             raise PermissionDenied(BAD_CREDENTIALS, final=True)
         if resp.status != 200:
-            raise GraftfsError(f"fetching a token from {realm}: HTTP {resp.status} {resp.reason}")
+            raise Unavailable(f"fetching a token from {realm}: HTTP {resp.status} {resp.reason}")
         try:
             doc = jsonc.loads(data)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
         if not isinstance(token, str) or not token:
-            raise GraftfsError(f"fetching a token from {realm}: the answer has no token")
+            raise Unavailable(f"fetching a token from {realm}: the answer has no token")
         return token
 
     # -- HTTP ----------------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ class RegistrySource:
         if resp.status == 404:
             raise NotFound(f"{what} not found in {self.host}/{self.repository}")
         detail = registry_error(body)
-        raise GraftfsError(
+        raise Unavailable(
             f"fetching {what} from {self.host}/{self.repository}: HTTP {resp.status} {resp.reason}"
             + (f": {detail}" if detail else "")
         )
@@ -248,7 +248,7 @@ class RegistrySource:
             except (OSError, wire.HTTPException) as exc:
                 self.transport.drop(url)
                 if not transient(exc, True):
-                    raise GraftfsError(f"reading {what}: {describe(exc)}") from None
+                    raise Unavailable(f"reading {what}: {describe(exc)}") from None
                 retry.failed(url, describe(exc))
                 continue
             finally:

@@ -41,7 +41,7 @@ import sys
 import time
 
 from .. import jsonc
-from ..errors import GraftfsError, os_reason
+from ..errors import FailedPrecondition, GraftfsError, InvalidArgument, NotFound, Unavailable, os_reason
 from . import wire
 from .wire import split_url
 
@@ -152,7 +152,7 @@ class Transport:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             except OSError as exc:
-                raise GraftfsError(f"reading certificates in {directory}: {os_reason(exc)}") from None
+                raise FailedPrecondition(f"reading certificates in {directory}: {os_reason(exc)}") from None
             for name in names:
                 path = os.path.join(directory, name)
                 try:
@@ -161,12 +161,14 @@ class Transport:
                     elif name.endswith(".cert"):
                         key = path[: -len(".cert")] + ".key"
                         if not os.path.exists(key):
-                            raise GraftfsError(f"missing key {key} for client certificate {path}")
+                            raise FailedPrecondition(f"missing key {key} for client certificate {path}")
                         context.load_cert_chain(path, key)
                     elif name.endswith(".key") and not os.path.exists(path[: -len(".key")] + ".cert"):
-                        raise GraftfsError(f"missing client certificate {path[: -len('.key')]}.cert for key {path}")
+                        raise FailedPrecondition(
+                            f"missing client certificate {path[: -len('.key')]}.cert for key {path}"
+                        )
                 except (ssl.SSLError, OSError) as exc:
-                    raise GraftfsError(f"loading {path}: {describe(exc)}") from None
+                    raise FailedPrecondition(f"loading {path}: {describe(exc)}") from None
         return context
 
     # -- requests --------------------------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ class Transport:
         for _ in range(MAX_REDIRECTS + 1):
             scheme, netloc, path, query = split_url(url)
             if scheme not in ("http", "https") or not netloc:
-                raise GraftfsError(f"unsupported URL `{url}`: only http and https are supported")
+                raise InvalidArgument(f"unsupported URL `{url}`: only http and https are supported")
             if netloc != origin:
                 # Credentials are for the host they were given to, never for a CDN it redirects to.
                 headers.pop("Authorization", None)
@@ -209,7 +211,7 @@ class Transport:
             except (OSError, wire.HTTPException) as exc:
                 self.drop(url)
                 if _unknown_authority(exc):
-                    raise GraftfsError(INSECURE_TEXT, final=True) from None
+                    raise FailedPrecondition(INSECURE_TEXT, final=True) from None
                 if transient(exc, netloc in self._reached):
                     raise _Transient(url, describe(exc)) from None
                 raise ConnectFailed(f"fetching {url}: {describe(exc)}") from None
@@ -225,12 +227,12 @@ class Transport:
             finally:
                 resp.close()
             if not location:
-                raise GraftfsError(f"{url}: redirect without a Location")
+                raise Unavailable(f"{url}: redirect without a Location")
             from urllib.parse import urljoin  # redirects are rare (a CDN for blobs)
 
             url = urljoin(url, location)
             headers.pop("Accept", None)
-        raise GraftfsError(f"fetching {url}: too many redirects")
+        raise Unavailable(f"fetching {url}: too many redirects")
 
     @staticmethod
     def _send(conn: wire.Connection, target: str, headers: dict[str, str]) -> wire.Response:
@@ -263,7 +265,9 @@ class Transport:
         if resp.status != 200:
             resp.close()
             self.drop(final)
-            raise GraftfsError(f"fetching {final}: HTTP {resp.status} {resp.reason}")
+            raise (NotFound if resp.status == 404 else Unavailable)(
+                f"fetching {final}: HTTP {resp.status} {resp.reason}"
+            )
         return self.body(resp, final, fetch, retry)
 
     def open_first(self, urls: Iterable[str]) -> tuple[IO[bytes] | None, list[str]]:
@@ -289,14 +293,14 @@ class Transport:
             if unit != "bytes" or not first.isdigit() or int(first) != offset:
                 resp.close()
                 self.drop(url)
-                raise GraftfsError(f"fetching {url}: asked for bytes {offset}- and got `{content_range}`")
+                raise Unavailable(f"fetching {url}: asked for bytes {offset}- and got `{content_range}`")
             return resp, 0
         if resp.status == 200:
             return resp, offset
         return None, 0
 
 
-class ConnectFailed(GraftfsError):
+class ConnectFailed(Unavailable):
     """A connection (or TLS handshake) failed in a way retrying will not fix."""
 
 
@@ -323,7 +327,7 @@ class Retry:
         else:
             wait = min(retry_after, MAX_WAIT)
         if self.attempts >= MAX_ATTEMPTS or elapsed + wait > self.budget:
-            raise GraftfsError(
+            raise Unavailable(
                 f"fetching {url}: gave up after {self.attempts} attempt{'s' if self.attempts > 1 else ''} "
                 f"in {elapsed:.1f}s: {cause}"
             )
@@ -377,7 +381,7 @@ class _Body(io.RawIOBase):
                 self._resp, self._skip = self._transport.resume(resp, self._url, self._pos)
                 if self._resp is None:
                     resp.close()
-                    raise GraftfsError(f"resuming {self._url}: HTTP {resp.status} {resp.reason}")
+                    raise Unavailable(f"resuming {self._url}: HTTP {resp.status} {resp.reason}")
             try:
                 if self._skip:
                     data = self._resp.read(min(self._skip, 1 << 16))
@@ -389,7 +393,7 @@ class _Body(io.RawIOBase):
             except (OSError, wire.HTTPException) as exc:
                 self._release()
                 if not transient(exc, True):
-                    raise GraftfsError(f"reading blob from {self._url}: {describe(exc)}") from None
+                    raise Unavailable(f"reading blob from {self._url}: {describe(exc)}") from None
                 self._failed(exc)
                 continue
             if n == 0 and buffer:
@@ -437,7 +441,7 @@ def _proxy_for(scheme: str, netloc: str) -> tuple[str, dict[str, str]] | None:
         return None
     proxy = urllib.parse.urlsplit(value if "://" in value else f"http://{value}")
     if proxy.scheme not in ("http", ""):
-        raise GraftfsError(f"unsupported proxy `{proxy.scheme}://{proxy.hostname}`: only http:// proxies")
+        raise FailedPrecondition(f"unsupported proxy `{proxy.scheme}://{proxy.hostname}`: only http:// proxies")
     headers = {}
     if proxy.username is not None:
         user = urllib.parse.unquote(proxy.username)
