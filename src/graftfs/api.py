@@ -334,7 +334,7 @@ class Store:
     def _backing_store(self, size: int) -> None:
         if os.path.isdir(self.path) and kernel.is_mountpoint(self.path):
             return
-        from .quota.base import run
+        from .quota import run
 
         backing = self.path.rstrip("/") + ".backing-store"
         created = not os.path.exists(self.path)

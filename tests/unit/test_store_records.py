@@ -9,7 +9,7 @@ import pytest
 
 from graftfs.idmap import Mapping, Namespace
 from graftfs.metrics import prometheus_name
-from graftfs.quota.base import mount_of
+from graftfs.quota import mount_of
 from graftfs.store import features
 from graftfs.store.layout import Layout
 

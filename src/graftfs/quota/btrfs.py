@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 
 from ..errors import KernelError
-from . import base
-from .base import run
+from . import Backend as Base
+from . import mount_of, run
 
 
-class Backend(base.Backend):
+class Backend(Base):
     name = "btrfs"
     enforces = True
 
@@ -22,7 +22,7 @@ class Backend(base.Backend):
     def probe(cls, root: str) -> bool:
         import shutil
 
-        if base.mount_of(root)[1] != "btrfs" or not shutil.which("btrfs"):
+        if mount_of(root)[1] != "btrfs" or not shutil.which("btrfs"):
             return False
         try:
             run("btrfs", "quota", "enable", root)

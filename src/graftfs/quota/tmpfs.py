@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 
 from ..mount import kernel
-from . import base
+from . import Backend as Base
 
 
-class Backend(base.Backend):
+class Backend(Base):
     name = "tmpfs"
     enforces = True
+
+    @classmethod
+    def probe(cls, root: str) -> bool:
+        return False
 
     @classmethod
     def describe(cls, filesystem: str) -> str:

@@ -11,8 +11,8 @@ import os
 
 from ..errors import FailedPrecondition
 from ..store.fsutil import read_text
-from . import base
-from .base import run
+from . import Backend as Base
+from . import mount_of, run
 
 # struct fsxattr (linux/fs.h): xflags, extsize, nextents, projid, cowextsize (u32 each), 8 bytes of padding;
 # and its ioctls, _IOR('X', 31, struct fsxattr) and _IOW('X', 32, struct fsxattr).
@@ -22,7 +22,7 @@ FS_IOC_FSGETXATTR = 0x801C581F
 FS_IOC_FSSETXATTR = 0x401C5820
 
 
-class Backend(base.Backend):
+class Backend(Base):
     name = "xfs"
     enforces = True
 
@@ -30,7 +30,7 @@ class Backend(base.Backend):
     def probe(cls, root: str) -> bool:
         import shutil
 
-        _, fstype, options = base.mount_of(root)
+        _, fstype, options = mount_of(root)
         return (
             fstype == "xfs"
             and bool({"prjquota", "pquota"} & set(options.split(",")))
@@ -91,7 +91,7 @@ class Backend(base.Backend):
                     pass
 
     def _xfs(self, command: str) -> str:
-        return run("xfs_quota", "-x", "-c", command, base.mount_of(self.layout.root)[0])
+        return run("xfs_quota", "-x", "-c", command, mount_of(self.layout.root)[0])
 
     def _project(self, path: str) -> str:
         project = read_text(self.layout.quota_record(path), "").strip()

@@ -292,7 +292,7 @@ def _initial_userns() -> bool:
 
 
 def _filesystem(path: str) -> str:
-    from ..quota.base import mount_of
+    from ..quota import mount_of
 
     return mount_of(path)[1]
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..mount.spec import OverlaySpec
-    from ..quota.base import Backend
+    from ..quota import Backend
 
 
 class DiskUsage:
