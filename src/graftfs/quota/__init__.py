@@ -102,9 +102,8 @@ class Backend:
             + ": limits are checked against the image and the container's writes are measured, but not enforced"
         )
 
-    def make_image_dir(self, path: str, size: int) -> None:
-        """Make the image directory ``path`` (mode 0700). ``size`` is the limit :meth:`limit` will set (0:
-        none), for a backend that must know it up front."""
+    def make_image_dir(self, path: str) -> None:
+        """Make the image directory ``path`` (mode 0700)."""
         os.mkdir(path, 0o700)
 
     def leave_out(self, path: str) -> None:

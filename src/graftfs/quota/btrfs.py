@@ -34,7 +34,7 @@ class Backend(Base):
     def describe(cls, filesystem: str) -> str:
         return "btrfs qgroups: each image's writable layer is a subvolume with its limit"
 
-    def make_image_dir(self, path: str, size: int) -> None:
+    def make_image_dir(self, path: str) -> None:
         run("btrfs", "subvolume", "create", path)
         os.chmod(path, 0o700)
 

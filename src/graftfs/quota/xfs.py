@@ -41,7 +41,7 @@ class Backend(Base):
     def describe(cls, filesystem: str) -> str:
         return "XFS project quotas: each image's writable layer is a project with its limit"
 
-    def make_image_dir(self, path: str, size: int) -> None:
+    def make_image_dir(self, path: str) -> None:
         os.mkdir(path, 0o700)
         project = self._allocate(path)
         # Sets the project ID and the inherit flag, so everything created below counts against it.

@@ -126,7 +126,7 @@ class Images:
         tmp = temp_name(os.path.join(self.layout.images, "." + image_id), "creating")
         if quota is None:
             quota = self._backend("none")
-        quota.make_image_dir(tmp, quota_bytes)
+        quota.make_image_dir(tmp)
         try:
             for sub in ("diff", "workdir", "rootfs"):
                 os.mkdir(os.path.join(tmp, sub), 0o755)
