@@ -142,6 +142,26 @@ def test_an_ephemeral_writable_layer_is_a_tmpfs_as_large_as_the_limit(gfs: Graft
     assert not image.exists() and gfs.run("list").stdout == "Store empty\n"
 
 
+def test_ephemeral_images_in_a_btrfs_store_and_limits_smaller_than_a_page(btrfs: Path, workdir: Path) -> None:
+    """An ephemeral image's usage is its tmpfs's, whatever the store's backend (on btrfs, stats once asked
+    the tmpfs for a qgroup and failed); and its records take none of its limit, however small (a 10-byte
+    limit once left no room for them: the create failed with ENOSPC), while the container gets not a byte."""
+    g = Graftfs(btrfs / "store")
+    g.run("init-store")
+    url = _image(workdir)
+    g.create(url, "eph", "--ephemeral", "--disk-limit-size-bytes", str(10 * MB), "--exclude-image-from-quota")
+    assert _write(g, "eph", 4).returncode == 0
+    usage = json.loads(g.run("stats", "eph").stdout)["disk_usage"]
+    assert 4 * MB <= usage["exclusive_bytes_used"] <= 5 * MB, usage
+    g.create(url, "tiny", "--ephemeral", "--disk-limit-size-bytes", "10", "--exclude-image-from-quota")
+    assert json.loads(g.run("stats", "tiny").stdout)["disk_usage"]["exclusive_bytes_used"] == 0
+    one = run_in_rootfs(g.rootfs("tiny"), ["/bin/sh", "-c", "echo x > /one && sync"], check=False)
+    assert one.returncode != 0, one.stdout
+    for image_id in ("eph", "tiny"):
+        g.run("delete", image_id)
+    assert g.run("list").stdout == "Store empty\n"
+
+
 def test_store_size_bytes_on_a_kernel_without_xfs_quotas_says_so(workdir: Path) -> None:
     """This machine's kernel has XFS but no XFS quotas: init-store --store-size-bytes names that, and leaves
     nothing behind (no store directory, backing file, mount or loop device)."""
