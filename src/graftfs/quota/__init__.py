@@ -141,6 +141,7 @@ class Backend:
 
 def run(*argv: str) -> str:
     """A tool's standard output (quota tools, mkfs, mount); its failure as a KernelError naming it."""
+    # Not at the top: every create imports this module, and one in a store without quotas runs no tool.
     import subprocess
 
     try:
