@@ -334,7 +334,7 @@ class Store:
     def _backing_store(self, size: int) -> None:
         if os.path.isdir(self.path) and kernel.is_mountpoint(self.path):
             return
-        from .store.quota import run
+        from .quota import run
 
         backing = self.path.rstrip("/") + ".backing-store"
         created = not os.path.exists(self.path)
@@ -389,8 +389,10 @@ class Store:
 
         ref = reference.parse(url)
         feats = self.features()
-        enforced = feats.quota != "none" or options.ephemeral
-        self._check_possible(feats, options, enforced)
+        from . import quota
+
+        backend = quota.load(quota.chosen(feats.quota, options.ephemeral), self.layout)
+        self._check_possible(feats, options, backend.enforces)
 
         from .sources import open_source
 
@@ -455,13 +457,11 @@ class Store:
                             raise InvalidArgument("disk limit is smaller than volume size")
                         # GrootFS's semantics: the image's own size counts against the limit unless excluded.
                         quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
-                        if not enforced:
+                        if not backend.enforces:
                             log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
                     making = log.session("making-image", storePath=self.path, id=image_id)
                     making.info("starting")
-                    path = self.images.create(
-                        image_id, volume_ids, base_size, owner, feats.quota, quota_bytes, options.ephemeral
-                    )
+                    path = self.images.create(image_id, volume_ids, base_size, owner, backend, quota_bytes)
                     try:
                         # Mounted before the commit record, while the lease still protects the layers: a
                         # create killed in between leaves an uncommitted directory that the next create of

@@ -126,3 +126,22 @@ def gfs(workdir: Path) -> Graftfs:
 def _root_only() -> None:
     if os.geteuid() != 0:
         pytest.skip("integration tests need root")
+
+
+@pytest.fixture(scope="session")
+def xfs_vm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """What the XFS tests printed in the VM, by section (tests.support.xfs_vm): ``cli`` (test_quota.py) and
+    ``conformance`` (test_quota_conformance.py). One boot per test run for all of them; skipped, saying why,
+    only when neither user-mode Linux nor QEMU can start here."""
+    from tests.support import vm, xfs_vm
+
+    if os.geteuid() != 0:
+        pytest.skip("integration tests need root")
+    if vm.vm_kind() is None:
+        pytest.skip(vm.unavailable_reason())
+    url = xfs_vm.quota_image(tmp_path_factory.mktemp("xfs-vm") / "img")
+    script = xfs_vm.script({"cli": xfs_vm.cli_script(GRAFTFS, url), "conformance": xfs_vm.conformance_script()})
+    try:
+        return xfs_vm.split(vm.run_in_vm(script))
+    except vm.Unavailable as exc:
+        pytest.skip(str(exc))

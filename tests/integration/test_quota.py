@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import GRAFTFS, Graftfs
-from tests.support import vm
-from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.integration.conftest import Graftfs
+from tests.support.images import TarBuilder, write_oci_layout
 from tests.support.loopfs import loop_filesystem
 from tests.support.runc import run_in_rootfs
+from tests.support.xfs_vm import quota_image
 
 MB = 1 << 20
 WRITE = "dd if=/dev/zero of=/data bs=1048576 count={n} 2>&1 && sync"
@@ -37,9 +36,7 @@ def btrfs(workdir: Path) -> Iterator[Path]:
 
 
 def _image(workdir: Path) -> str:
-    # ~1 MB of image on top of busybox's ~2 MB, so "counted in the limit" is visible.
-    top = TarBuilder().file("base-data", b"\xa5" * MB)
-    return write_oci_layout(workdir / "img", [busybox_layer(), top.build()]).url()
+    return quota_image(workdir / "img")
 
 
 def _write(g: Graftfs, image_id: str, megabytes: int) -> subprocess.CompletedProcess[str]:
@@ -104,59 +101,12 @@ def test_without_quota_support_limits_are_measured_and_warned_or_refused(gfs: Gr
     gfs.run("delete", "unlimited")
 
 
-def _in_vm(script: str) -> str:
-    """``script``'s output from a kernel with XFS quotas (tests.support.vm); skips, saying why, only
-    when neither user-mode Linux nor QEMU can start here."""
-    if vm.vm_kind() is None:
-        pytest.skip(vm.unavailable_reason())
-    try:
-        return vm.run_in_vm(script)
-    except vm.Unavailable as exc:
-        pytest.skip(str(exc))
-
-
-def test_xfs_project_quotas_in_a_vm(workdir: Path) -> None:
+def test_xfs_project_quotas_in_a_vm(xfs_vm: dict[str, str]) -> None:
     """init-store --store-size-bytes makes an XFS backing store with project quotas (loop device and all),
     which this machine's kernel cannot; user-mode Linux's or a QEMU guest's can. Same limits as on btrfs, and
-    exclusive limits smaller than one block (the image's own records must not count against them). One boot
-    for all cases: a QEMU guest under TCG takes half a minute to start."""
-    url = _image(workdir)
-    gfs = shlex.join(GRAFTFS) + ' --store "$store"'
-    limit = f"--disk-limit-size-bytes {10 * MB}"
-    # The store goes on the VM's own tmpfs ($SCRATCH): in QEMU the host's / is shared read-only.
-    script = f"""
-set -e
-store=$SCRATCH/store
-{gfs} init-store --store-size-bytes {400 * MB}
-grep " $store " /proc/self/mountinfo | grep -q "xfs .*prjquota" && echo xfs-prjquota-mounted
-{gfs} features | grep "disk quotas"
-for mode in counted excluded; do
-  flags="{limit}"; [ $mode = excluded ] && flags="$flags --exclude-image-from-quota"
-  {gfs} create $flags {url} $mode > /dev/null
-  rootfs=$store/images/$mode/rootfs
-  dd if=/dev/zero of=$rootfs/four bs=1048576 count=4 2>/dev/null && echo $mode-4MB-written
-  echo "stats $mode $({gfs} stats $mode)"
-  dd if=/dev/zero of=$rootfs/eleven bs=1048576 count=11 2>/dev/null || echo $mode-11MB-stopped
-  {gfs} delete $mode
-done
-# An exclusive limit of 10 bytes, less than one block: with the image counted (the limit is the image's
-# size plus 10) and excluded. Created (the image's records are not in its project), and not one block
-# more can be written: XFS refuses even a new directory in the project (overlay then mounts read-only).
-{gfs} create {url} sized > /dev/null
-base=$(cat $store/images/sized/image_info)
-{gfs} delete sized
-for mode in tiny-counted tiny-excluded; do
-  flags="--disk-limit-size-bytes $((base + 10))"
-  [ $mode = tiny-excluded ] && flags="--disk-limit-size-bytes 10 --exclude-image-from-quota"
-  created=$({gfs} create $flags {url} $mode) && echo $mode-created || echo "$mode-not-created: $created"
-  echo "stats $mode $({gfs} stats $mode)"
-  dd if=/dev/zero of=$store/images/$mode/rootfs/one bs=1 count=1 conv=fsync 2>/dev/null || echo $mode-1B-stopped
-  {gfs} delete $mode
-done
-{gfs} delete-store
-test ! -e $store.backing-store && echo backing-store-removed
-"""
-    out = _in_vm(script)
+    exclusive limits smaller than one block (the image's own records must not count against them). Run in
+    the one boot all XFS tests share (tests.support.xfs_vm.cli_script)."""
+    out = xfs_vm["cli"]
     assert out.endswith("exit=0\n"), out
     lines = out.splitlines()
     assert "xfs-prjquota-mounted" in lines, out
@@ -190,6 +140,26 @@ def test_an_ephemeral_writable_layer_is_a_tmpfs_as_large_as_the_limit(gfs: Graft
     assert result.returncode != 0 and "no space left" in result.stdout.lower(), result.stdout
     gfs.run("delete", "eph")
     assert not image.exists() and gfs.run("list").stdout == "Store empty\n"
+
+
+def test_ephemeral_images_in_a_btrfs_store_and_limits_smaller_than_a_page(btrfs: Path, workdir: Path) -> None:
+    """An ephemeral image's usage is its tmpfs's, whatever the store's backend (on btrfs, stats once asked
+    the tmpfs for a qgroup and failed); and its records take none of its limit, however small (a 10-byte
+    limit once left no room for them: the create failed with ENOSPC), while the container gets not a byte."""
+    g = Graftfs(btrfs / "store")
+    g.run("init-store")
+    url = _image(workdir)
+    g.create(url, "eph", "--ephemeral", "--disk-limit-size-bytes", str(10 * MB), "--exclude-image-from-quota")
+    assert _write(g, "eph", 4).returncode == 0
+    usage = json.loads(g.run("stats", "eph").stdout)["disk_usage"]
+    assert 4 * MB <= usage["exclusive_bytes_used"] <= 5 * MB, usage
+    g.create(url, "tiny", "--ephemeral", "--disk-limit-size-bytes", "10", "--exclude-image-from-quota")
+    assert json.loads(g.run("stats", "tiny").stdout)["disk_usage"]["exclusive_bytes_used"] == 0
+    one = run_in_rootfs(g.rootfs("tiny"), ["/bin/sh", "-c", "echo x > /one && sync"], check=False)
+    assert one.returncode != 0, one.stdout
+    for image_id in ("eph", "tiny"):
+        g.run("delete", image_id)
+    assert g.run("list").stdout == "Store empty\n"
 
 
 def test_store_size_bytes_on_a_kernel_without_xfs_quotas_says_so(workdir: Path) -> None:

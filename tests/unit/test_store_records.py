@@ -9,9 +9,9 @@ import pytest
 
 from graftfs.idmap import Mapping, Namespace
 from graftfs.metrics import prometheus_name
+from graftfs.quota import mount_of
 from graftfs.store import features
 from graftfs.store.layout import Layout
-from graftfs.store.quota import mount_of
 
 
 def test_features_record_round_trip_and_damaged_records(tmp_path: Path) -> None:

@@ -123,11 +123,17 @@ def _mount_kernel_overlay(spec: OverlaySpec) -> None:
 
 
 MS_MOVE = 8192
+MS_REMOUNT = 32
 
 
 def mount_tmpfs(target: str, size: int) -> None:
     """A private tmpfs at ``target`` (mode 0700), holding at most ``size`` bytes when ``size`` > 0."""
     _call_mount(b"tmpfs", target, b"tmpfs", 0, ("mode=0700" + (f",size={size}" if size > 0 else "")).encode())
+
+
+def resize_tmpfs(target: str, size: int) -> None:
+    """Let the tmpfs at ``target`` hold at most ``size`` bytes (a remount; not below what it holds)."""
+    _call_mount(b"tmpfs", target, b"tmpfs", MS_REMOUNT, f"size={size}".encode())
 
 
 def move(source: str, target: str) -> None:

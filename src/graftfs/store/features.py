@@ -24,7 +24,8 @@ prints them. A store made by an older graftfs (no record) is probed on first use
 * ``caps_missing``: the capabilities unpacking and mounting use that this process does not have (read from
   ``CapEff``, not tried: most of them only matter for what a layer holds). Each costs something
   (:data:`CAPABILITY_COSTS`); refusals and ``graftfs features`` name them;
-* ``quota``: ``xfs`` (project quotas), ``btrfs`` (qgroups) or ``none`` (measure only): see :mod:`.quota`;
+* ``quota``: the name of the quota backend for this store's images: ``xfs`` (project quotas), ``btrfs``
+  (qgroups) or ``none`` (measure only): see :mod:`graftfs.quota`;
 * ``idmapped_mounts``: the kernel supports idmapped mounts (5.19+ for overlay layers): reported, not used.
 """
 
@@ -227,17 +228,7 @@ class Features:
                 if self.idmapped_mounts
                 else "not supported by this kernel"
             ),
-            "disk quotas      "
-            + {
-                "btrfs": "btrfs qgroups: each image's writable layer is a subvolume with its limit",
-                "xfs": "XFS project quotas: each image's writable layer is a project with its limit",
-            }.get(
-                self.quota,
-                f"none on {self.filesystem} here"
-                + (" (not mounted with prjquota)" if self.filesystem == "xfs" else "")
-                + ": limits are checked against the image and the container's writes are measured, but not "
-                "enforced",
-            ),
+            "disk quotas      " + _describe_quota(self.quota, self.filesystem),
         ]
         costs = self.costs()
         if not costs:
@@ -301,7 +292,7 @@ def _initial_userns() -> bool:
 
 
 def _filesystem(path: str) -> str:
-    from .quota import mount_of
+    from ..quota import mount_of
 
     return mount_of(path)[1]
 
@@ -383,7 +374,17 @@ def _mounts(scratch: str, driver: str, extra_options: tuple[str, ...] = ()) -> b
 
 
 def _quota(root: str, userns: bool) -> str:
-    from . import quota
+    from .. import quota
 
     # Quotas are the filesystem's: only the host's root may set them (or turn them on).
     return "none" if userns else quota.probe(root)
+
+
+def _describe_quota(name: str, filesystem: str) -> str:
+    from .. import quota
+    from ..errors import FailedPrecondition
+
+    try:
+        return quota.backend_class(name).describe(filesystem)
+    except FailedPrecondition:  # a record naming no backend this graftfs has: creates say so
+        return quota.backend_class("none").describe(filesystem)

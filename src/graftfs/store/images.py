@@ -12,11 +12,10 @@ on one ID at once, and a crashed one is detected by its lock being free.
 from __future__ import annotations
 
 import os
-import time
 
 from ..errors import AlreadyExists, KernelError, NotFound, os_reason
 from ..mount import kernel
-from .fsutil import atomic_write, disk_usage, read_int, remove_tree, temp_name, unlink
+from .fsutil import atomic_write, read_int, remove_tree, temp_name, unlink
 from .layout import Layout, validate_image_id
 from .locks import FileLock
 
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from ..mount.spec import OverlaySpec
-    from .quota import Quota
+    from ..quota import Backend
 
 
 class DiskUsage:
@@ -110,15 +109,13 @@ class Images:
         volume_ids: Sequence[str],
         base_size: int,
         owner: tuple[int, int] = (0, 0),
-        quota_backend: str = "none",
+        quota: Backend | None = None,
         quota_bytes: int = 0,
-        ephemeral: bool = False,
     ) -> str:
         """Lay out and commit the image directory. The caller holds the image lock and the volumes' lease.
-        ``quota_bytes`` (when > 0) limits the writable layer through ``quota_backend`` (see store.quota).
-        ``ephemeral`` puts the whole image directory, writable layer included, on a tmpfs of its own, of
-        ``quota_bytes`` when > 0: the limit is then tmpfs's size, whatever the store's filesystem.
-        Returns the image path. Mounting (:meth:`mount`) and the commit record (:meth:`commit`) come next."""
+        The image directory is made by the quota backend ``quota`` (see graftfs.quota; measure only when
+        None), which limits the writable layer to ``quota_bytes`` when > 0. Returns the image path. Mounting
+        (:meth:`mount`) and the commit record (:meth:`commit`) come next."""
         validate_image_id(image_id)
         path = self.layout.image(image_id)
         if self.is_committed(image_id):
@@ -127,14 +124,9 @@ class Images:
             self.remove_uncommitted(image_id)
         # Build under a temporary name, then rename: a crash leaves a dot-name that no listing shows.
         tmp = temp_name(os.path.join(self.layout.images, "." + image_id), "creating")
-        quota = None if ephemeral else self._quota(quota_backend)
-        if ephemeral:
-            os.mkdir(tmp, 0o700)
-            kernel.mount_tmpfs(tmp, quota_bytes)
-        elif quota is None:
-            os.mkdir(tmp, 0o700)
-        else:
-            quota.make_image_dir(tmp)
+        if quota is None:
+            quota = self._backend("none")
+        quota.make_image_dir(tmp)
         try:
             for sub in ("diff", "workdir", "rootfs"):
                 os.mkdir(os.path.join(tmp, sub), 0o755)
@@ -147,28 +139,14 @@ class Images:
             records = [("image_info", base_size)] + ([("image_quota", quota_bytes)] if quota_bytes > 0 else [])
             for name, value in records:
                 atomic_write(os.path.join(tmp, name), str(value).encode(), 0o600, sync=False)
-                if quota is not None:
-                    quota.leave_out(os.path.join(tmp, name))
-            if quota_bytes > 0 and quota is not None:
+                quota.leave_out(os.path.join(tmp, name))
+            if quota_bytes > 0:
                 quota.limit(tmp, quota_bytes)
-            if ephemeral:
-                os.mkdir(path, 0o700)
-                kernel.move(tmp, path)
-                os.rmdir(tmp)
-            else:
-                os.rename(tmp, path)
-            if quota is not None:
-                quota.renamed(tmp, path)
+            quota.rename(tmp, path)
         except BaseException:
-            if ephemeral:
-                self._unmount(tmp)
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
+            self._unmount(tmp)  # a backend's own mount (tmpfs)
             remove_tree(tmp)
-            if quota is not None:
-                quota.release(tmp)
+            quota.release(tmp)
             raise
         return path
 
@@ -236,14 +214,16 @@ class Images:
         doomed = temp_name(os.path.join(self.layout.images, "." + os.path.basename(path)), "deleting")
         os.rename(path, doomed)
         _remove(doomed)
-        self._release_project(path)
+        self._release(path)
 
-    def _release_project(self, path: str) -> None:
-        """An XFS project ID left pointing at a removed image directory is freed (one stat otherwise)."""
-        if os.path.lexists(self.layout.project_pointer(path)):
-            quota = self._quota("xfs")
-            assert quota is not None
-            quota.release(path)
+    def _release(self, path: str) -> None:
+        """What a quota backend holds for the removed image directory ``path`` outside it is freed by that
+        backend: the store's. Only a backend's record says there is any (one stat, no import, otherwise)."""
+        if os.path.lexists(self.layout.quota_record(path)):
+            from . import features
+
+            recorded = features.load(self.layout)
+            self._backend(recorded.quota if recorded is not None else "none").release(path)
 
     def sweep(self, failures: list[str]) -> list[str]:
         """Remove what interrupted creates and deletes left, once its owner is gone (the image's lock is
@@ -269,7 +249,7 @@ class Images:
                 try:
                     self._unmount(path)
                     _remove(path)
-                    self._release_project(path)
+                    self._release(path)
                     removed.append(name)
                 except (OSError, KernelError) as exc:
                     failures.append(f"{name}: {exc if isinstance(exc, KernelError) else os_reason(exc)}")
@@ -296,35 +276,22 @@ class Images:
                         lock.discard()
         return removed
 
-    def _measured(self, path: str, quota_backend: str) -> int:
-        """Bytes in the image's writable layer: from the quota backend, from the tmpfs of an ephemeral
-        image, or measured. Garden polls every container every few seconds, so a measurement (a walk of the
-        container's files) is reused for ``STATS_CACHE_SECONDS`` (``GRAFTFS_STATS_CACHE_SECONDS``)."""
-        if kernel.is_mountpoint(path) and quota_backend != "btrfs":  # an ephemeral image's own tmpfs
-            st = os.statvfs(path)
-            return (st.f_blocks - st.f_bfree) * st.f_frsize
-        quota = self._quota(quota_backend)
-        exclusive = quota.exclusive_bytes(path) if quota is not None else None
-        if exclusive is not None:
-            return exclusive
-        cache = os.path.join(path, "usage-cache")
-        ttl = _stats_cache_seconds()
-        try:
-            if time.time() - os.stat(cache).st_mtime < ttl:
-                return read_int(cache)
-        except FileNotFoundError:
-            pass
-        exclusive = disk_usage(os.path.join(path, "diff"))
-        if ttl > 0:
-            atomic_write(cache, str(exclusive).encode(), 0o600, sync=False)
-        return exclusive
+    def _backend(self, name: str) -> Backend:
+        from .. import quota
 
-    def _quota(self, backend: str) -> Quota | None:
-        if backend == "none":
-            return None
-        from .quota import Quota
+        return quota.load(name, self.layout)
 
-        return Quota(backend, self.layout)
+    def _image_backend(self, path: str, store_backend: str) -> Backend:
+        """The backend that made the image directory ``path``: the store's, unless the directory is a tmpfs
+        of its own (an ephemeral image). A btrfs subvolume looks like a mount point too (its own st_dev),
+        so the mount table decides, and is read only for such directories."""
+        from .. import quota
+
+        if kernel.is_mountpoint(path):
+            real = os.path.realpath(path)
+            if (real, "tmpfs") in kernel.mount_entries(real):
+                return quota.load(quota.EPHEMERAL, self.layout)
+        return quota.load(store_backend, self.layout)
 
     def _unheld(self, image_id: str) -> _Unheld:
         return _Unheld(self.lock(image_id))
@@ -336,7 +303,7 @@ class Images:
             raise NotFound(f"Image `{image_id}` not found.")
         base = read_int(os.path.join(path, "image_info"))
         quota = read_int(os.path.join(path, "image_quota"))
-        exclusive = self._measured(path, quota_backend)
+        exclusive = self._image_backend(path, quota_backend).exclusive_bytes(path)
         return DiskUsage(total=base + exclusive, exclusive=exclusive, quota=quota, committed=base + quota)
 
 
@@ -416,13 +383,3 @@ class _Unheld:
 
     def __exit__(self, *exc: object) -> None:
         self.lock.release()
-
-
-STATS_CACHE_SECONDS = 5.0
-
-
-def _stats_cache_seconds() -> float:
-    try:
-        return max(float(os.environ.get("GRAFTFS_STATS_CACHE_SECONDS", STATS_CACHE_SECONDS)), 0.0)
-    except ValueError:
-        return STATS_CACHE_SECONDS

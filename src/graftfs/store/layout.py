@@ -90,8 +90,10 @@ class Layout:
     def projectids(self) -> str:
         return os.path.join(self.meta, "projectids")
 
-    def project_pointer(self, image_dir: str) -> str:
-        """The record naming the XFS project ID of an image directory (by its name, temp or final)."""
+    def quota_record(self, image_dir: str) -> str:
+        """A quota backend's record of what it holds for an image directory (by its name, temp or final)
+        outside it, such as its XFS project ID: what tells a delete that there is something to release. Under
+        ``projectids/`` because XFS's project IDs were the first (and stores made then have them there)."""
         return os.path.join(self.projectids, f"image-{os.path.basename(image_dir)}")
 
     @property
