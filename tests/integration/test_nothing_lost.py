@@ -8,7 +8,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -135,37 +135,46 @@ def kill_after(argv: list[str], seconds: float) -> int | None:
         return None
 
 
-def test_clean_killed_at_random_points_leaves_a_store_every_command_uses(loop_store: Graftfs, workdir: Path) -> None:
-    g = loop_store
-    url = write_oci_layout(workdir / "l", [many_files("a", 600), many_files("b", 600)], compression="none").url()
-    clean = [*GRAFTFS, "--store", str(g.store), "clean"]
-
-    def unused_layers() -> None:
-        g.create(url, "x", "--without-mount")
-        g.run("delete", "x")
-
-    unused_layers()
+def kill_fifty_times(argv: list[str], before: Callable[[], object], after: Callable[[str], object]) -> None:
+    """Run ``argv`` again and again, each time SIGKILLed at a random instant within what a run takes, until
+    50 runs were killed; ``before`` prepares each run, ``after`` checks the store (told the seed and run)."""
+    before()
     start = time.monotonic()
-    g.run("clean")
+    subprocess.run(argv, capture_output=True, check=False)
     took = time.monotonic() - start
+    after("the run not killed")
     seed = random.randrange(1 << 32)
     rng = random.Random(seed)
     killed = runs = 0
     while killed < 50:
         runs += 1
-        assert runs <= 150, f"only {killed} of {runs} cleans were killed before they finished (seed {seed})"
-        unused_layers()
+        assert runs <= 150, f"only {killed} of {runs} runs were killed before they finished (seed {seed})"
+        before()
         start = time.monotonic()
-        if kill_after(clean, rng.uniform(0, took)) is None:
+        if kill_after(argv, rng.uniform(0, took)) is None:
             killed += 1
         else:
-            took = time.monotonic() - start  # it finished first: aim within what a clean takes now
+            took = time.monotonic() - start  # it finished first: aim within what a run takes now
+        after(f"seed {seed}, run {runs}")
+
+
+def test_clean_killed_at_random_points_leaves_a_store_every_command_uses(loop_store: Graftfs, workdir: Path) -> None:
+    g = loop_store
+    url = write_oci_layout(workdir / "l", [many_files("a", 600), many_files("b", 600)], compression="none").url()
+
+    def unused_layers() -> None:
+        g.create(url, "x", "--without-mount")
+        g.run("delete", "x")
+
+    def check(where: str) -> None:
         # Whatever the clean was doing, every command works and finds the layers or rebuilds them.
         g.create(url, "y")
-        assert (g.rootfs("y") / "a" / "0" / "0").read_bytes() == b"z" * 64, f"seed {seed}, run {runs}"
+        assert (g.rootfs("y") / "a" / "0" / "0").read_bytes() == b"z" * 64, where
         g.run("delete", "y")
         g.run("clean")
-        assert leftovers(g.store) == [], f"seed {seed}, run {runs}"
+        assert leftovers(g.store) == [], where
+
+    kill_fifty_times([*GRAFTFS, "--store", str(g.store), "clean"], unused_layers, check)
 
 
 def test_create_killed_at_random_points_is_either_whole_or_gone(loop_store: Graftfs, workdir: Path) -> None:
@@ -173,34 +182,21 @@ def test_create_killed_at_random_points_is_either_whole_or_gone(loop_store: Graf
     image whole or absent, and the next create of that ID completes."""
     g = loop_store
     url = write_oci_layout(workdir / "l", [busybox_layer(), TarBuilder().file("top", b"t").build()]).url()
-    create = [*GRAFTFS, "--store", str(g.store), "create", url, "v"]
     g.create(url, "warm")  # the layers are there: only the image's own steps are being killed
-    start = time.monotonic()
-    g.create(url, "timing")
-    took = time.monotonic() - start
-    g.run("delete", "timing")
-    seed = random.randrange(1 << 32)
-    rng = random.Random(seed)
-    killed = runs = 0
-    while killed < 50:
-        runs += 1
-        assert runs <= 150, f"only {killed} of {runs} creates were killed before they finished (seed {seed})"
-        start = time.monotonic()
-        if kill_after(create, rng.uniform(0, took)) is None:
-            killed += 1
-        else:
-            took = time.monotonic() - start  # it finished first: aim within what a create takes now
-        listed = str(g.store / "images" / "v") in g.run("list").stdout.split()
-        if listed:
-            assert (g.rootfs("v") / "top").read_bytes() == b"t", f"listed but not mounted (seed {seed}, run {runs})"
+
+    def check(where: str) -> None:
+        if str(g.store / "images" / "v") in g.run("list").stdout.split():
+            assert (g.rootfs("v") / "top").read_bytes() == b"t", f"listed but not mounted ({where})"
             assert g.fails("create", url, "v") == "image for id `v` already exists"
         else:
             doc = g.create(url, "v")  # repairs what the killed create left, and completes
             assert doc["root"] == {"path": str(g.rootfs("v"))}
         g.run("delete", "v")
+
+    kill_fifty_times([*GRAFTFS, "--store", str(g.store), "create", url, "v"], lambda: None, check)
     g.run("delete", "warm")
     g.run("clean")
-    assert leftovers(g.store) == [], f"seed {seed}"
+    assert leftovers(g.store) == []
 
 
 # -- no deadlock ---------------------------------------------------------------------------------------------
