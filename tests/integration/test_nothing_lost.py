@@ -241,3 +241,19 @@ def test_parallel_cold_creates_of_many_layer_images_never_deadlock(gfs: Graftfs,
             gfs.run("delete", f"r{round_}-{i}")
         gfs.run("clean")  # the next round is cold again
         assert os.listdir(gfs.store / "volumes") == []
+
+
+def test_a_damaged_commit_record_keeps_clean_from_collecting_any_layer(gfs: Graftfs, image_url: str) -> None:
+    """A power cut can leave an unsynced record empty. Nobody can tell which layers it protects, so clean
+    collects none, says which record, and goes back to normal once that image is deleted."""
+    gfs.create(image_url, "damaged")
+    gfs.create(image_url, "unused")
+    gfs.run("delete", "unused")
+    (gfs.store / "meta" / "dependencies" / "image:damaged.json").write_bytes(b"")
+    volumes = gfs.volumes()
+    line = gfs.fails("clean")
+    assert line == "clean: image:damaged.json: damaged, so no layer is collected until its image is deleted"
+    assert gfs.volumes() == volumes
+    gfs.run("delete", "damaged")
+    gfs.run("clean")
+    assert gfs.volumes() == set()

@@ -56,6 +56,7 @@ class Records:
         self.directories = [layout.dependencies, *(member.dependencies for member in layout.members())]
         self.seen: dict[str, int] = {}
         self.used: set[str] = set()
+        self.damaged: list[str] = []  # records that name nothing readable: they could protect any volume
 
     def refresh(self) -> set[str]:
         """Every volume a record names, now or at an earlier refresh (a volume freed meanwhile is kept until
@@ -71,7 +72,11 @@ class Records:
                         continue
                     if self.seen.get(entry.path) != entry.inode():
                         self.seen[entry.path] = entry.inode()
-                        self.used.update(read_record(entry.path))
+                        deps = read_record(entry.path)
+                        if deps is None:
+                            self.damaged.append(entry.name)
+                        else:
+                            self.used.update(deps)
         return self.used
 
 
@@ -121,6 +126,10 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
                 if lock is not None:
                     held[volume_id] = lock
             used = records.refresh() | recent  # again, now that no create can start using what we hold
+            if records.damaged:
+                # Which layers a damaged record protects is unknown: collect none until its image is deleted.
+                failures.append(f"{records.damaged[0]}: damaged, so no layer is collected until its image is deleted")
+                used |= set(held)
             for volume_id, lock in held.items():
                 if volume_id in used or not volumes.exists(volume_id):
                     continue
@@ -137,5 +146,5 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
         result.leftovers.extend(volumes.sweep(failures))
         if failures:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise FailedPrecondition(f"clean: could not remove {failures[0]}{more}")
+            raise FailedPrecondition(f"clean: {failures[0]}{more}")
         return result

@@ -58,7 +58,7 @@ class Images:
         return os.path.isfile(self.layout.dependency_file(image_id))
 
     def dependencies(self, image_id: str) -> list[str]:
-        return read_record(self.layout.dependency_file(image_id))
+        return read_record(self.layout.dependency_file(image_id)) or []
 
     def ids(self) -> list[str]:
         """Committed images, in directory order (GrootFS prints them unsorted)."""
@@ -252,7 +252,7 @@ class Images:
                     self._release(path)
                     removed.append(name)
                 except (OSError, KernelError) as exc:
-                    failures.append(f"{name}: {exc if isinstance(exc, KernelError) else os_reason(exc)}")
+                    failures.append(f"removing {name}: {exc if isinstance(exc, KernelError) else os_reason(exc)}")
         for name in records:
             # A record whose image directory is gone (a delete killed between its two steps), or one that was
             # being written when its create was killed (``image:<id>.json-tmp-…``).
@@ -328,8 +328,9 @@ def foreign_mount(action: str, point: str, fstype: str) -> KernelError:
     )
 
 
-def read_record(path: str) -> list[str]:
-    """The volumes a commit record names (none if it is gone or damaged: it then protects nothing)."""
+def read_record(path: str) -> list[str] | None:
+    """The volumes a commit record names ([] if it is gone); None if it is damaged (a power cut can leave
+    an unsynced record empty), when nobody can tell which volumes it protects."""
     from .. import jsonc  # not at the top: delete and stats never read records
 
     try:
@@ -349,8 +350,10 @@ def read_record(path: str) -> list[str]:
     try:
         deps = jsonc.loads(data)
     except ValueError:
-        return []
-    return [d for d in deps if isinstance(d, str)] if isinstance(deps, list) else []
+        return None
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        return None
+    return deps
 
 
 def _record_owner(name: str) -> tuple[str | None, bool]:

@@ -256,7 +256,7 @@ class Volumes:
                     unlink(path)  # its volume was collected (a builder re-creates it before committing)
                 removed.append(os.path.basename(path))
             except OSError as exc:
-                failures.append(f"{os.path.basename(path)}: {os_reason(exc)}")
+                failures.append(f"removing {os.path.basename(path)}: {os_reason(exc)}")
             finally:
                 lock.release()
         # Lock files of volumes that are gone, with nothing of theirs left to sweep (a failed pull, a
