@@ -17,7 +17,7 @@ from ..errors import AlreadyExists, KernelError, NotFound, os_reason
 from ..mount import kernel
 from .fsutil import atomic_write, read_int, remove_tree, temp_name, unlink
 from .layout import Layout, validate_image_id
-from .locks import FileLock
+from .locks import FileLock, discard_orphans
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -263,17 +263,12 @@ class Images:
                 if free and (temp or not os.path.lexists(self.layout.image(owner))):
                     unlink(os.path.join(self.layout.dependencies, name))
                     removed.append(name)
-        for name in os.listdir(self.layout.locks):
-            if name.startswith("image-") and name.endswith(".lock"):
-                image_id = name[len("image-") : -len(".lock")]
-                if image_id in present or f"image:{image_id}.json" in records:
-                    continue
-                lock = self.lock(image_id)
-                if lock.try_acquire():
-                    if os.path.lexists(self.layout.image(image_id)) or self.is_committed(image_id):
-                        lock.release()
-                    else:
-                        lock.discard()
+        discard_orphans(
+            self.layout.locks,
+            "image",
+            lambda image_id: image_id in present or f"image:{image_id}.json" in records,
+            lambda image_id: os.path.lexists(self.layout.image(image_id)) or self.is_committed(image_id),
+        )
         return removed
 
     def _backend(self, name: str) -> Backend:

@@ -16,6 +16,7 @@ import os
 import time
 
 from ..errors import LockTimeout
+from .fsutil import unlink
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,8 +24,8 @@ if TYPE_CHECKING:
 
 # Poll interval grows from 1 ms to 50 ms: contended locks are released in milliseconds on the warm path,
 # and a long wait (someone unpacking a big layer) should not burn CPU.
-_MIN_SLEEP = 0.001
-_MAX_SLEEP = 0.05
+MIN_SLEEP = 0.001
+MAX_SLEEP = 0.05
 
 
 class FileLock:
@@ -59,14 +60,19 @@ class FileLock:
 
     def acquire(self, shared: bool = False, timeout: float = 30.0) -> None:
         start = time.monotonic()
-        sleep = _MIN_SLEEP
+        sleep = MIN_SLEEP
         while not self.try_acquire(shared):
-            if time.monotonic() - start >= timeout:
-                self.release()
-                raise LockTimeout(f"timed out waiting for the '{self.key}' file lock after '{timeout:g}s'")
-            time.sleep(sleep)
-            sleep = min(sleep * 2, _MAX_SLEEP)
+            sleep = self.backoff(start, sleep, timeout)
         self.record_wait(shared, start)
+
+    def backoff(self, start: float, sleep: float, timeout: float) -> float:
+        """One wait of a poll for this lock that began at ``start`` (monotonic): sleep ``sleep`` seconds and
+        return the next wait, or, past ``timeout``, release the lock file and raise the error naming it."""
+        if time.monotonic() - start >= timeout:
+            self.release()
+            raise LockTimeout(f"timed out waiting for the '{self.key}' file lock after '{timeout:g}s'")
+        time.sleep(sleep)
+        return min(sleep * 2, MAX_SLEEP)
 
     def record_wait(self, shared: bool, start: float) -> None:
         """Note how long the acquire that began at ``start`` (monotonic) took, for metrics."""
@@ -78,10 +84,7 @@ class FileLock:
         """Remove the lock file, then release it. The caller holds it exclusively and the object it guards
         is gone, so that lock files do not pile up (one per container ever created, otherwise). Safe because
         every acquire checks that it locked the file still at the path."""
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        unlink(self.path)
         self.release()
 
     def release(self) -> None:
@@ -99,3 +102,20 @@ class FileLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def discard_orphans(directory: str, kind: str, listed: Callable[[str], bool], exists: Callable[[str], bool]) -> None:
+    """Remove the lock files ``<kind>-<key>.lock`` in ``directory`` whose object is gone: ``listed(key)`` is
+    false (a check against listings made before), and, under the lock taken exclusively without waiting,
+    so also ``exists(key)``. A lock someone holds is left alone."""
+    prefix = f"{kind}-"
+    for name in os.listdir(directory):
+        if name.startswith(prefix) and name.endswith(".lock"):
+            key = name[len(prefix) : -len(".lock")]
+            if listed(key):
+                continue
+            lock = FileLock(directory, prefix + key)
+            if lock.try_acquire() and not exists(key):
+                lock.discard()
+            else:
+                lock.release()

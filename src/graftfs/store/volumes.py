@@ -19,10 +19,10 @@ import os
 import time
 
 from .. import jsonc
-from ..errors import FailedPrecondition, LockTimeout, os_reason
+from ..errors import FailedPrecondition, os_reason
 from .fsutil import atomic_write, read_text, remove_tree, temp_name, unlink
 from .layout import COLLECTING, GC_PREFIX, INCOMPLETE, Layout
-from .locks import FileLock
+from .locks import MIN_SLEEP, FileLock, discard_orphans
 
 TYPE_CHECKING = False  # keep typing and collections.abc off the start-up path
 if TYPE_CHECKING:
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 #: How long a create waits for another process that is building the same layer. Large layers on slow disks
 #: take minutes; the bound is there so a wedged builder cannot hang every create forever.
 BUILD_WAIT = 600.0
-# Polling a volume being built: from 1 ms (a layer another create is just renaming into place) to 50 ms (a
-# big layer being unpacked).
-_MIN_SLEEP = 0.001
-_MAX_SLEEP = 0.05
 
 
 def volume_lock(layout: Layout, volume_id: str) -> FileLock:
@@ -140,7 +136,7 @@ class Volumes:
         or collecting it) sleeps and looks again. A builder holds no other volume's lock while it waits for
         nothing, so every build finishes and every poller gets its answer."""
         start = time.monotonic()
-        sleep = _MIN_SLEEP
+        sleep = MIN_SLEEP
         lock = volume_lock(self.layout, volume_id)
         while True:
             if lock.try_acquire(shared=True):
@@ -160,11 +156,7 @@ class Volumes:
                     finally:
                         lock.release()
                     continue  # flock cannot downgrade atomically: take it shared afresh and look again
-            if time.monotonic() - start >= BUILD_WAIT:
-                lock.release()
-                raise LockTimeout(f"timed out waiting for the 'volume-{volume_id}' file lock after '{BUILD_WAIT:g}s'")
-            time.sleep(sleep)
-            sleep = min(sleep * 2, _MAX_SLEEP)
+            sleep = lock.backoff(start, sleep, BUILD_WAIT)
 
     def _build(self, index: int, volume_id: str, build: Builder) -> None:
         self.remove_incomplete(volume_id)
@@ -262,14 +254,7 @@ class Volumes:
         # Lock files of volumes that are gone, with nothing of theirs left to sweep (a failed pull, a
         # collection killed before it discarded its lock): one per layer ever pulled, otherwise.
         unfinished = {_owner(name) for name in os.listdir(self.layout.volumes)}
-        for name in os.listdir(self.layout.locks):
-            if name.startswith("volume-") and name.endswith(".lock"):
-                volume_id = name[len("volume-") : -len(".lock")]
-                if volume_id not in unfinished and (lock := self.try_lock_exclusive(volume_id)) is not None:
-                    if self.exists(volume_id):
-                        lock.release()
-                    else:
-                        lock.discard()
+        discard_orphans(self.layout.locks, "volume", unfinished.__contains__, self.exists)
         return removed
 
     def _leftovers(self) -> list[tuple[str, str, str]]:
