@@ -23,7 +23,7 @@ from .errors import (
 )
 from .log import NULL, Logger
 from .mount import kernel
-from .store.fsutil import atomic_write, read_text, remove_tree
+from .store.fsutil import atomic_write, read_text
 from .store.images import DiskUsage, Images
 from .store.layout import Layout, validate_image_id
 
@@ -314,10 +314,9 @@ class Store:
         if os.path.exists(backing) and kernel.is_mountpoint(self.path):
             kernel.unmount(self.path)
             os.unlink(backing)
-        try:
-            remove_tree(self.path)
-        except OSError as exc:
-            raise KernelError(f"deleting store path: {exc.filename or self.path}: {os_reason(exc)}") from None
+        from .store.images import remove
+
+        remove(self.path, "deleting store path")
 
     def _refuse_foreign_mounts(self) -> None:
         from .store.images import foreign_mount, is_own_mount

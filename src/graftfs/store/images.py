@@ -213,7 +213,7 @@ class Images:
         # Rename out of the way first so a crash in the middle of a long rmtree leaves a dot-name.
         doomed = temp_name(os.path.join(self.layout.images, "." + os.path.basename(path)), "deleting")
         os.rename(path, doomed)
-        _remove(doomed)
+        remove(doomed)
         self._release(path)
 
     def _release(self, path: str) -> None:
@@ -248,7 +248,7 @@ class Images:
                     continue  # in use, gone, or committed meanwhile
                 try:
                     self._unmount(path)
-                    _remove(path)
+                    remove(path)
                     self._release(path)
                     removed.append(name)
                 except (OSError, KernelError) as exc:
@@ -361,12 +361,12 @@ def _record_owner(name: str) -> tuple[str | None, bool]:
     return (stem[: -len(".json")], False) if stem.endswith(".json") else (None, False)
 
 
-def _remove(path: str) -> None:
+def remove(path: str, action: str = "deleting image path") -> None:
     """remove_tree, its failures in GrootFS's words (a mount found there is named, not crossed)."""
     try:
         remove_tree(path)
     except OSError as exc:
-        raise KernelError(f"deleting image path: {exc.filename or path}: {os_reason(exc)}", exc.errno or 0) from None
+        raise KernelError(f"{action}: {exc.filename or path}: {os_reason(exc)}", exc.errno or 0) from None
 
 
 class _Unheld:
