@@ -607,7 +607,12 @@ class Store:
                     st = os.lstat(os.path.join(root, name))
                     if not os.path.islink(os.path.join(root, name)):
                         size += st.st_size
-            atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps({"Size": size}).encode() + b"\n")
+            try:
+                record = jsonc.loads(read_text(self.layout.volume_meta(volume_id), "{}"))
+            except ValueError:
+                record = {}
+            record = {**record, "Size": size} if isinstance(record, dict) else {"Size": size}  # keeps its Parent
+            atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps(record).encode() + b"\n")
 
     def stats(self, image_id_or_path: str) -> DiskUsage:
         image_id = self.resolve_id(image_id_or_path)

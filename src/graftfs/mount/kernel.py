@@ -16,9 +16,10 @@ from ..errors import KernelError, errno_reason, os_reason
 
 TYPE_CHECKING = False  # keep typing off the start-up path
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from typing import Any
 
-    from .spec import OverlaySpec
+    from .spec import Mount, OverlaySpec
 
 _calls: Any = None
 
@@ -108,22 +109,78 @@ def _bind_lowers(spec: OverlaySpec) -> None:
 
 
 def _mount_kernel_overlay(spec: OverlaySpec) -> None:
+    _overlay_from(spec.cwd, spec.target, spec.options())
+
+
+def _overlay_from(cwd: str, target: str, options: str) -> None:
+    """Mount an overlay whose layer paths are relative to ``cwd``: made with the working directory there
+    (and restored after), which is how layer paths stay short enough for the kernel's one page."""
     mount, _, _, get_errno, *_ = _c()
-    options = spec.options().encode()
+    target = os.path.abspath(target)  # before the chdir
     old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.chdir(spec.cwd)
-        rc = mount(b"overlay", _fs(spec.target), b"overlay", 0, options)
+        os.chdir(cwd)
+        rc = mount(b"overlay", _fs(target), b"overlay", 0, options.encode())
         err = get_errno()
     finally:
         os.fchdir(old)
         os.close(old)
     if rc != 0:
-        raise KernelError(f"mounting overlay at {spec.target}: {errno_reason(err)}", err)
+        raise KernelError(f"mounting overlay at {target}: {errno_reason(err)}", err)
 
 
-MS_MOVE = 8192
+MS_RDONLY = 1
 MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+
+
+def mount_all(mounts: Sequence[Mount], target: str) -> None:
+    """Perform ``mounts`` (a snapshot's, as data) at ``target``, in order, as containerd's ``mount.All``
+    does: binds (``ro`` made read-only by a remount, as the kernel wants) and overlays. An overlay whose
+    absolute layer paths would not fit in the kernel's page is mounted from their longest common directory
+    with relative paths, containerd's trick; past that, the kernel refuses it in its own words."""
+    from ..errors import InvalidArgument
+
+    for m in mounts:
+        if m.type == "bind":
+            rec = MS_REC if "rbind" in m.options else 0
+            _call_mount(_fs(m.source), target, None, MS_BIND | rec, None)
+            if "ro" in m.options:
+                try:
+                    _call_mount(b"none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | rec, None)
+                except BaseException:
+                    unmount(target)
+                    raise
+        elif m.type == "overlay":
+            cwd, options = _compact(m.options)
+            _overlay_from(cwd, target, options)
+        else:
+            raise InvalidArgument(f"mount type `{m.type}` is not supported (bind and overlay are)")
+
+
+_PATH_OPTIONS = ("lowerdir=", "upperdir=", "workdir=")
+
+
+def _compact(options: Sequence[str]) -> tuple[str, str]:
+    """``(cwd, option string)`` for an overlay: ``/`` and the options as they are when they fit in a page,
+    else their layer paths made relative to the longest directory they share."""
+    joined = ",".join(options)
+    if len(joined.encode()) < 4096:
+        return "/", joined
+    paths = [p for o in options if o.startswith(_PATH_OPTIONS) for p in o.split("=", 1)[1].split(":")]
+    common = os.path.commonpath(paths) if paths else "/"
+    if common in paths:  # a layer itself: mount from its parent so that it keeps a name
+        common = os.path.dirname(common)
+
+    def rel(option: str) -> str:
+        if not option.startswith(_PATH_OPTIONS):
+            return option
+        name, _, value = option.partition("=")
+        return name + "=" + ":".join(os.path.relpath(p, common) for p in value.split(":"))
+
+    return common, ",".join(rel(o) for o in options)
 
 
 def mount_tmpfs(target: str, size: int) -> None:

@@ -82,3 +82,36 @@ class OverlaySpec:
             "source": "overlay",
             "options": [self.options(absolute=True)],
         }
+
+
+class Mount:
+    """One mount as data, in containerd's shape (``mount.Mount``): what a snapshot's ``mounts`` return, for
+    :func:`graftfs.mount.kernel.mount_all` to perform, or for a runtime (or containerd) to perform itself.
+
+    ``type`` is ``bind`` or ``overlay``; a bind's ``options`` hold ``rbind`` and ``ro`` or ``rw``, an overlay's
+    its ``lowerdir=``, ``upperdir=`` and ``workdir=`` with absolute paths (the mounter shortens them when
+    they would not fit in the kernel's page)."""
+
+    __slots__ = ("options", "source", "type")
+
+    def __init__(self, type: str, source: str, options: tuple[str, ...] = ()) -> None:
+        self.type = type
+        self.source = source
+        self.options = options
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mount) and (self.type, self.source, self.options) == (
+            other.type,
+            other.source,
+            other.options,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.source, self.options))
+
+    def __repr__(self) -> str:
+        return f"Mount(type={self.type!r}, source={self.source!r}, options={self.options!r})"
+
+    def as_dict(self) -> dict[str, object]:
+        """The runtime spec's (and containerd's) JSON form."""
+        return {"type": self.type, "source": self.source, "options": list(self.options)}

@@ -68,7 +68,8 @@ class Records:
                 continue
             with entries:
                 for entry in entries:
-                    if not (entry.name.startswith("image:") and entry.name.endswith(".json")):
+                    # An image's commit record, or a snapshot's (store.snapshots) on pulled layers.
+                    if not (entry.name.startswith(("image:", "snapshot:")) and entry.name.endswith(".json")):
                         continue
                     if self.seen.get(entry.path) != entry.inode():
                         self.seen[entry.path] = entry.inode()

@@ -85,7 +85,7 @@ class Volumes:
             missing = sum(not self.exists(v) for v in volume_ids)
             if workers <= 1 or missing <= 1:
                 for index, volume_id in enumerate(volume_ids):
-                    lease.locks.append(self._hold(index, volume_id, build, lease))
+                    lease.locks.append(self._hold(index, volume_id, build, lease, _below(volume_ids, index)))
             else:
                 self._hold_parallel(volume_ids, build, lease, min(workers, missing))
         except BaseException:
@@ -113,7 +113,9 @@ class Volumes:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
-            futures = [pool.submit(self._hold, i, v, build, lease) for i, v in enumerate(volume_ids)]
+            futures = [
+                pool.submit(self._hold, i, v, build, lease, _below(volume_ids, i)) for i, v in enumerate(volume_ids)
+            ]
             failed: BaseException | None = None
             for future in futures:
                 try:
@@ -126,7 +128,7 @@ class Volumes:
             if failed is not None:
                 raise failed
 
-    def _hold(self, index: int, volume_id: str, build: Builder, lease: Lease) -> FileLock:
+    def _hold(self, index: int, volume_id: str, build: Builder, lease: Lease, parent: str = "") -> FileLock:
         """Hold ``volume_id`` shared, building it first if it is missing.
 
         Never *waits* for a lock: this thread's siblings hold shared locks on other volumes of the image, and
@@ -148,7 +150,7 @@ class Volumes:
                     lock.record_wait(False, start)
                     try:
                         if not self.exists(volume_id):
-                            self._build(index, volume_id, build)
+                            self._build(index, volume_id, build, parent)
                             lease.built.append(volume_id)
                     except BaseException:
                         lock.discard()  # the build failed and left nothing: no lock file either
@@ -158,7 +160,7 @@ class Volumes:
                     continue  # flock cannot downgrade atomically: take it shared afresh and look again
             sleep = lock.backoff(start, sleep, BUILD_WAIT)
 
-    def _build(self, index: int, volume_id: str, build: Builder) -> None:
+    def _build(self, index: int, volume_id: str, build: Builder, parent: str) -> None:
         self.remove_incomplete(volume_id)
         final = self.layout.volume(volume_id)
         tmp = temp_name(final, INCOMPLETE)
@@ -168,7 +170,10 @@ class Volumes:
             # No fsync: the layer's own files are not synced either (a kill -9 loses nothing from the page
             # cache; only a power cut could, and then this record is the least of it), and two fsyncs per
             # layer were a quarter of a 128-layer cold create.
-            atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps({"Size": size}).encode() + b"\n", sync=False)
+            # The parent (the layer below, by chain ID) is what makes a volume a committed snapshot with a
+            # parent (store.snapshots); GrootFS's readers only look at Size.
+            record = {"Size": size, "Parent": parent} if parent else {"Size": size}
+            atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps(record).encode() + b"\n", sync=False)
             self._link(volume_id)
             os.rename(tmp, final)  # the commit point
         except BaseException:
@@ -277,6 +282,10 @@ class Volumes:
             if not os.path.exists(link) and os.path.islink(link):
                 found.append((os.path.basename(os.readlink(link)), link, "link"))
         return found
+
+
+def _below(volume_ids: Sequence[str], index: int) -> str:
+    return volume_ids[index - 1] if index > 0 else ""
 
 
 def _owner(name: str) -> str:

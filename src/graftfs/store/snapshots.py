@@ -1,0 +1,616 @@
+"""The snapshot core: containerd's snapshotter contract over a graftfs store.
+
+Vocabulary (containerd's ``core/snapshots/snapshotter.go``, which this follows verb for verb):
+
+* A **snapshot** is a directory tree that is either *committed* (read-only, a layer), *active* (writable:
+  an upper directory over its parent chain) or a *view* (a read-only look at a parent chain). Active
+  snapshots and views are named by a **key**, committed ones by a **name**; keys and names share one
+  namespace and may be any non-empty string (``ns/12/extract-1 sha256:…`` included): on disk they are
+  hashed.
+* ``prepare(key, parent)`` makes an active snapshot on the committed snapshot ``parent`` (or on nothing)
+  and returns the mounts that show it; ``view`` does the same read-only. ``mounts(key)`` returns them
+  again. The caller performs them (:func:`graftfs.mount.kernel.mount_all`) or hands them on (a runtime,
+  containerd): mounts are data here, never performed.
+* ``commit(name, key)`` turns the active snapshot ``key`` into the committed snapshot ``name``; ``key`` is
+  gone after it. A committed snapshot is the parent of later ones and cannot change.
+* ``remove(key)`` removes an active snapshot, a view, or a committed snapshot that is nobody's parent.
+* ``stat``, ``update`` (labels only), ``usage`` and ``walk`` (containerd's filter syntax) read the
+  records; ``cleanup`` removes what interrupted processes left.
+
+In a graftfs store, the layers pulled for images (``volumes/<chain-id-hex>``) are committed snapshots named
+``sha256:<chain-id-hex>`` too, shared with every image exactly as before (they are built and collected by
+:mod:`graftfs.store.volumes` and ``clean``, never by this module). A snapshot whose chain reaches them
+keeps them from ``clean`` by a record of its own in ``meta/dependencies/snapshot:<id>.json``, written
+while their locks are held, as an image's commit record is.
+
+On disk, beside the store's own directories::
+
+    snapshots/<id>/info.json    the record: name, kind, parent, labels, times, and the parent chain's ids
+    snapshots/<id>/fs           the snapshot's tree (an active snapshot's overlay upperdir)
+    snapshots/<id>/work         an active snapshot's overlay workdir
+    snapshots/keys/<sha256(key)> -> ../<id>     the index of keys and names
+    locks/snapshots.lock        held exclusively by every verb that changes something
+
+Crash safety: every change holds the lock (a killed holder's lock is free again) and has one commit point,
+an atomic rename. A key is visible only while its index link points at a record that carries the same key,
+so a link left behind by a killed commit or remove (pointing at a record that now says otherwise, or at
+nothing) is invisible, is replaced by the next ``prepare`` of that key, and is removed by ``cleanup``, as
+are snapshot directories no link reaches. Reads take no lock: they follow a link and check the record.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .. import jsonc
+from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from .fsutil import atomic_write, remove_tree, unlink
+from .layout import GC_PREFIX, Layout
+from .locks import FileLock
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+    from ..mount.spec import Mount
+
+KIND_VIEW = "view"
+KIND_ACTIVE = "active"
+KIND_COMMITTED = "committed"
+
+#: How long a verb waits for another process's change to the snapshot records (each takes milliseconds;
+#: a removal of a large tree happens after the lock is let go).
+LOCK_WAIT = 30.0
+_CHAIN_PREFIX = "sha256:"
+_ID_BYTES = 5  # 10 hex digits: short lowerdir paths (``<id>/fs:``, 14 bytes a layer) and no collisions
+
+
+class Info:
+    """What ``stat`` and ``walk`` report (containerd's ``snapshots.Info``). Times are nanoseconds since the
+    epoch; ``parent`` is ``""`` for a snapshot on nothing."""
+
+    __slots__ = ("created", "kind", "labels", "name", "parent", "updated")
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        created: int = 0,
+        updated: int = 0,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.parent = parent
+        self.labels: dict[str, str] = dict(labels or {})
+        self.created = created
+        self.updated = updated
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Info) and all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __copy__(self) -> Info:
+        return Info(self.name, self.kind, self.parent, self.labels, self.created, self.updated)
+
+    def __repr__(self) -> str:
+        return f"Info(name={self.name!r}, kind={self.kind!r}, parent={self.parent!r}, labels={self.labels!r})"
+
+
+class Usage:
+    """Disk used by a snapshot's own tree (not its parents'): bytes allocated and inodes."""
+
+    __slots__ = ("inodes", "size")
+
+    def __init__(self, size: int = 0, inodes: int = 0) -> None:
+        self.size = size
+        self.inodes = inodes
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Usage) and (self.size, self.inodes) == (other.size, other.inodes)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Usage(size={self.size}, inodes={self.inodes})"
+
+
+class _Found:
+    """A snapshot found by key: its directory id (None for a pulled layer) and record."""
+
+    __slots__ = ("id", "info", "lowers", "volume")
+
+    def __init__(self, id: str | None, info: Info, lowers: list[str], volume: str = "") -> None:
+        self.id = id
+        self.info = info
+        self.lowers = lowers  # the parent chain's directories (``<id>`` or ``volume:<hex>``), nearest first
+        self.volume = volume
+
+
+class Snapshotter:
+    """containerd's snapshotter verbs over the store (or bare directory) at ``root``.
+
+    Processes share a root safely: each verb that changes something holds ``locks/snapshots.lock``; reads
+    hold nothing. ``overlay_options`` are added to every overlay mount; by default the store's (its layers'
+    whiteouts may be ``user.*`` xattrs, which need ``userxattr``)."""
+
+    def __init__(self, root: str, overlay_options: Sequence[str] | None = None) -> None:
+        self.layout = Layout.at(root)
+        self.dir = os.path.join(self.layout.root, "snapshots")
+        self.keys = os.path.join(self.dir, "keys")
+        for directory in (self.keys, self.layout.locks):
+            os.makedirs(directory, mode=0o700 if directory == self.keys else 0o755, exist_ok=True)
+        if overlay_options is None:
+            from .features import load
+
+            found = load(self.layout) if os.path.isfile(self.layout.features_file) else None
+            overlay_options = found.overlay_options() if found is not None else ()
+        self.overlay_options = tuple(overlay_options)
+        self.closed = False
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def stat(self, key: str) -> Info:
+        """The snapshot ``key``. NotFound if there is none."""
+        return self._get(key).info
+
+    def mounts(self, key: str) -> list[Mount]:
+        """The mounts that show the active snapshot or view ``key`` (again: ``prepare`` returned them)."""
+        found = self._get(key)
+        if found.info.kind == KIND_COMMITTED:
+            raise FailedPrecondition(f"snapshot `{key}` is committed: mount it through a view")
+        return self._mounts(found)
+
+    def usage(self, key: str) -> Usage:
+        """Disk used by the snapshot's own tree: an active snapshot's writes so far, a layer's contents."""
+        found = self._get(key)
+        return _usage(self._tree(found))
+
+    def walk(self, *filters: str) -> Iterator[Info]:
+        """Every snapshot, or those matching any of ``filters`` (containerd's syntax: comma-separated
+        ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` conditions that must all hold;
+        fields ``name``, ``kind``, ``parent``, ``labels.<key>``, a key quoted when it has dots)."""
+        matchers = [_parse_filter(f) for f in filters if f]
+        for found in self._all():
+            if not matchers or any(all(cond(found.info) for cond in m) for m in matchers):
+                yield found.info
+
+    # -- changing ---------------------------------------------------------------------------------------
+
+    def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
+        """Make the active snapshot ``key`` on the committed snapshot ``parent`` ("" for none) and return its
+        mounts. AlreadyExists if ``key`` is taken; NotFound if ``parent`` is not there; FailedPrecondition if
+        ``parent`` is not committed."""
+        return self._create(KIND_ACTIVE, key, parent, labels)
+
+    def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
+        """Make the read-only view ``key`` of ``parent`` and return its mounts (as ``prepare``)."""
+        return self._create(KIND_VIEW, key, parent, labels)
+
+    def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        """Turn the active snapshot ``key`` into the committed snapshot ``name`` (``key`` is gone after).
+        Unmount it first: a committed snapshot must not change. AlreadyExists if ``name`` is taken."""
+        _check_key(name)
+        with self._lock():
+            found = self._get(key)
+            if found.info.kind != KIND_ACTIVE:
+                raise FailedPrecondition(f"snapshot `{key}` is a {found.info.kind} snapshot: only active ones commit")
+            if self._find(name) is not None:
+                raise AlreadyExists(f"snapshot `{name}` already exists")
+            assert found.id is not None
+            now = time.time_ns()
+            info = Info(name, KIND_COMMITTED, found.info.parent, labels, now, now)
+            # The name's link first (invisible: its record still carries the key), then the record (the
+            # commit point), then the key's link (invisible from the commit point on).
+            self._link(name, found.id)
+            self._write(found.id, info, found.lowers)
+            unlink(self._key_path(key))
+
+    def update(self, info: Info, *fieldpaths: str) -> Info:
+        """Change the labels of ``info.name``: all of them as ``info.labels`` says (no ``fieldpaths``, or
+        ``labels``), or those named ``labels.<key>`` (set, or removed when ``info.labels`` lacks them).
+        Nothing else can change: another field path is InvalidArgument. Returns the new record."""
+        for path in fieldpaths:
+            if path != "labels" and not path.startswith("labels."):
+                raise InvalidArgument(f"cannot update `{path}` of snapshot `{info.name}`: only labels can change")
+        with self._lock():
+            found = self._get(info.name)
+            if found.id is None:
+                raise FailedPrecondition(f"labels of layer `{info.name}` belong to the images that pulled it")
+            labels = dict(found.info.labels)
+            if not fieldpaths or "labels" in fieldpaths:
+                labels = dict(info.labels)
+            else:
+                for path in fieldpaths:
+                    label = path[len("labels.") :]
+                    if label in info.labels:
+                        labels[label] = info.labels[label]
+                    else:
+                        labels.pop(label, None)
+            new = Info(found.info.name, found.info.kind, found.info.parent, labels, found.info.created, time.time_ns())
+            self._write(found.id, new, found.lowers)
+            return new
+
+    def remove(self, key: str) -> None:
+        """Remove the snapshot ``key``. FailedPrecondition if it is the parent of another (remove those
+        first); a pulled layer is removed by ``clean`` when no image uses it, never here."""
+        with self._lock():
+            found = self._get(key)
+            if found.id is None:
+                raise FailedPrecondition(
+                    f"cannot remove `{key}`: it is a layer pulled for images; clean removes it when none uses it"
+                )
+            children = [f.info.name for f in self._all() if f.info.parent == key]
+            if children:
+                raise FailedPrecondition(f"cannot remove snapshot `{key}`: it is the parent of `{children[0]}`")
+            unlink(self._key_path(key))  # the commit point: gone for everyone
+            # Renamed first, so that what a kill leaves half removed is plainly garbage to ``cleanup``.
+            doomed = os.path.join(self.dir, GC_PREFIX + found.id)
+            os.rename(os.path.join(self.dir, found.id), doomed)
+            unlink(self._record(found.id))
+            remove_tree(doomed)
+
+    def cleanup(self) -> None:
+        """Remove what interrupted processes left: snapshot directories no key reaches, ``gc.`` directories,
+        index links whose record says otherwise, and records of pulled layers kept for snapshots that are
+        gone."""
+        with self._lock():
+            reached = {f.id for f in self._all()}
+            for name in os.listdir(self.dir):
+                if name != "keys" and name not in reached:
+                    remove_tree(os.path.join(self.dir, name))
+            live = {self._key_path(f.info.name) for f in self._all() if f.id is not None}
+            for name in os.listdir(self.keys):
+                if os.path.join(self.keys, name) not in live:
+                    unlink(os.path.join(self.keys, name))
+            for name in os.listdir(self.layout.dependencies) if os.path.isdir(self.layout.dependencies) else ():
+                if name.startswith("snapshot:") and name[len("snapshot:") :].split(".", 1)[0] not in reached:
+                    unlink(os.path.join(self.layout.dependencies, name))
+
+    def close(self) -> None:
+        """Nothing is held between verbs; closing twice is fine."""
+        self.closed = True
+
+    # -- the records ------------------------------------------------------------------------------------
+
+    def _create(self, kind: str, key: str, parent: str, labels: Mapping[str, str] | None) -> list[Mount]:
+        _check_key(key)
+        with self._lock():
+            if self._find(key) is not None:
+                raise AlreadyExists(f"snapshot `{key}` already exists")
+            lowers: list[str] = []
+            if parent:
+                base = self._get(parent, what="parent snapshot")
+                if base.info.kind != KIND_COMMITTED:
+                    raise InvalidArgument(f"parent snapshot `{parent}` is not committed")
+                lowers = ["volume:" + base.volume if base.id is None else base.id, *base.lowers]
+            now = time.time_ns()
+            info = Info(key, kind, parent, labels, now, now)
+            snapshot_id = self._new_dir(kind)
+            try:
+                volumes = [lower[len("volume:") :] for lower in lowers if lower.startswith("volume:")]
+                held = self._hold(volumes)
+                try:
+                    if volumes:
+                        atomic_write(self._record(snapshot_id), jsonc.dumps(volumes).encode(), sync=False)
+                    self._write(snapshot_id, info, lowers)
+                    self._link(key, snapshot_id)  # the commit point
+                finally:
+                    for lock in held:
+                        lock.release()
+            except BaseException:
+                unlink(self._record(snapshot_id))
+                remove_tree(os.path.join(self.dir, snapshot_id))
+                raise
+            return self._mounts(_Found(snapshot_id, info, lowers))
+
+    def _new_dir(self, kind: str) -> str:
+        while True:
+            snapshot_id = os.urandom(_ID_BYTES).hex()
+            path = os.path.join(self.dir, snapshot_id)
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                continue
+            os.mkdir(os.path.join(path, "fs"), 0o755)
+            os.chmod(os.path.join(path, "fs"), 0o755)  # whatever the umask: a root file system is 0755
+            if kind == KIND_ACTIVE:
+                os.mkdir(os.path.join(path, "work"), 0o700)
+            return snapshot_id
+
+    def _hold(self, volumes: list[str]) -> list[FileLock]:
+        """The shared locks of the pulled layers ``volumes``, each still there: held while the record that
+        keeps them from ``clean`` is written (clean locks a layer exclusively, then reads the records)."""
+        from .volumes import volume_lock
+
+        held: list[FileLock] = []
+        try:
+            for volume_id in volumes:
+                lock = volume_lock(self.layout, volume_id)
+                lock.acquire(shared=True, timeout=LOCK_WAIT)
+                held.append(lock)
+                if not os.path.isdir(self.layout.volume(volume_id)):
+                    raise NotFound(f"parent snapshot `{_CHAIN_PREFIX}{volume_id}` was removed meanwhile")
+        except BaseException:
+            for lock in held:
+                lock.release()
+            raise
+        return held
+
+    def _write(self, snapshot_id: str, info: Info, lowers: list[str]) -> None:
+        record = {
+            "name": info.name,
+            "kind": info.kind,
+            "parent": info.parent,
+            "labels": info.labels,
+            "created": info.created,
+            "updated": info.updated,
+            "lowers": lowers,
+        }
+        # Not fsynced: like an image's commit record, it falls back with the tree it describes on a power cut.
+        atomic_write(os.path.join(self.dir, snapshot_id, "info.json"), jsonc.dumps(record).encode(), 0o600, sync=False)
+
+    def _link(self, key: str, snapshot_id: str) -> None:
+        """Point the index entry of ``key`` at ``snapshot_id`` atomically (a stale one is replaced)."""
+        path = self._key_path(key)
+        tmp = f"{path}-tmp-{os.urandom(4).hex()}"
+        os.symlink(os.path.join("..", snapshot_id), tmp)
+        os.rename(tmp, path)
+
+    def _key_path(self, key: str) -> str:
+        from hashlib import sha256
+
+        return os.path.join(self.keys, sha256(key.encode("utf-8", "surrogatepass")).hexdigest())
+
+    def _record(self, snapshot_id: str) -> str:
+        return os.path.join(self.layout.dependencies, f"snapshot:{snapshot_id}.json")
+
+    def _find(self, key: str) -> _Found | None:
+        try:
+            snapshot_id = os.path.basename(os.readlink(self._key_path(key)))
+        except FileNotFoundError:
+            return self._volume(key)
+        found = self._load(snapshot_id)
+        if found is None or found.info.name != key:
+            return self._volume(key)  # a link a killed commit or remove left behind
+        return found
+
+    def _get(self, key: str, what: str = "snapshot") -> _Found:
+        found = self._find(key)
+        if found is None:
+            raise NotFound(f"{what} `{key}` does not exist")
+        return found
+
+    def _load(self, snapshot_id: str) -> _Found | None:
+        try:
+            with open(os.path.join(self.dir, snapshot_id, "info.json"), "rb") as f:
+                record = jsonc.loads(f.read())
+        except (FileNotFoundError, NotADirectoryError, ValueError):
+            return None
+        info = Info(
+            record["name"], record["kind"], record["parent"], record["labels"], record["created"], record["updated"]
+        )
+        return _Found(snapshot_id, info, list(record["lowers"]))
+
+    def _volume(self, key: str) -> _Found | None:
+        """A layer pulled for images, as the committed snapshot ``sha256:<chain id>``."""
+        volume_id = key[len(_CHAIN_PREFIX) :]
+        if not key.startswith(_CHAIN_PREFIX) or not _is_hex(volume_id):
+            return None
+        try:
+            st = os.stat(self.layout.volume(volume_id))
+        except FileNotFoundError:
+            return None
+        parents = self._volume_parents(volume_id)
+        parent = _CHAIN_PREFIX + parents[0] if parents else ""
+        info = Info(key, KIND_COMMITTED, parent, None, st.st_mtime_ns, st.st_mtime_ns)
+        return _Found(None, info, ["volume:" + p for p in parents], volume_id)
+
+    def _volume_parents(self, volume_id: str) -> list[str]:
+        """The layers below a pulled layer, nearest first, from the size records (which name their parent
+        since this version; an older layer reports none)."""
+        from .fsutil import read_text
+
+        chain: list[str] = []
+        current = volume_id
+        while True:
+            try:
+                record = jsonc.loads(read_text(self.layout.volume_meta(current), "{}"))
+            except ValueError:
+                return chain
+            current = str(record.get("Parent", "")) if isinstance(record, dict) else ""
+            if not current:
+                return chain
+            chain.append(current)
+
+    def _all(self) -> list[_Found]:
+        found = []
+        for name in os.listdir(self.keys):
+            if "-tmp-" in name:
+                continue
+            try:
+                snapshot_id = os.path.basename(os.readlink(os.path.join(self.keys, name)))
+            except OSError:
+                continue
+            loaded = self._load(snapshot_id)
+            if loaded is not None and self._key_path(loaded.info.name).endswith(name):
+                found.append(loaded)
+        if os.path.isdir(self.layout.volumes):
+            from .volumes import Volumes
+
+            for volume_id in Volumes(self.layout).ids():
+                volume = self._volume(_CHAIN_PREFIX + volume_id)
+                if volume is not None:
+                    found.append(volume)
+        return found
+
+    def _tree(self, found: _Found) -> str:
+        if found.id is None:
+            return self.layout.volume(found.volume)
+        return os.path.join(self.dir, found.id, "fs")
+
+    def _dir(self, lower: str) -> str:
+        if lower.startswith("volume:"):
+            return self.layout.volume(lower[len("volume:") :])
+        return os.path.join(self.dir, lower, "fs")
+
+    def _mounts(self, found: _Found) -> list[Mount]:
+        from ..mount.spec import Mount
+
+        assert found.id is not None
+        fs = os.path.join(self.dir, found.id, "fs")
+        lowers = [self._dir(lower) for lower in found.lowers]
+        if found.info.kind == KIND_VIEW:
+            if len(lowers) <= 1:
+                # A view of one layer is that layer, read-only; of nothing, an empty directory.
+                return [Mount("bind", lowers[0] if lowers else fs, ("ro", "rbind"))]
+            return [Mount("overlay", "overlay", (*self.overlay_options, "lowerdir=" + ":".join(lowers)))]
+        if not lowers:
+            return [Mount("bind", fs, ("rw", "rbind"))]
+        work = os.path.join(self.dir, found.id, "work")
+        options = (*self.overlay_options, "lowerdir=" + ":".join(lowers), f"upperdir={fs}", f"workdir={work}")
+        return [Mount("overlay", "overlay", options)]
+
+    def _lock(self) -> FileLock:
+        if self.closed:
+            raise FailedPrecondition("the snapshotter is closed")
+        return FileLock(self.layout.locks, "snapshots").held(timeout=LOCK_WAIT)
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument("a snapshot key must be a non-empty string")
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+def _usage(path: str) -> Usage:
+    """Bytes allocated and inodes under ``path``, hard links counted once (containerd's fs.DiskUsage)."""
+    usage = Usage()
+    seen: set[tuple[int, int]] = set()
+    stack = [path]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                usage.inodes += 1
+                usage.size += st.st_blocks * 512
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+    return usage
+
+
+# -- containerd's filter syntax ---------------------------------------------------------------------------
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Condition = Callable[[Info], bool]
+
+
+def _parse_filter(text: str) -> list[Condition]:
+    """One filter: comma-separated conditions, all of which must hold."""
+    conditions: list[Condition] = []
+    pos = 0
+    while pos < len(text):
+        path, pos = _fieldpath(text, pos)
+        op = ""
+        value = ""
+        for candidate in ("==", "!=", "~="):
+            if text.startswith(candidate, pos):
+                op = candidate
+                value, pos = _value(text, pos + 2)
+                break
+        conditions.append(_condition(path, op, value, text))
+        if pos < len(text):
+            if text[pos] != ",":
+                raise InvalidArgument(f"filter `{text}`: expected `,` at {pos}")
+            pos += 1
+    return conditions
+
+
+def _fieldpath(text: str, pos: int) -> tuple[list[str], int]:
+    parts: list[str] = []
+    while True:
+        if pos < len(text) and text[pos] == '"':
+            part, pos = _quoted(text, pos)
+        else:
+            start = pos
+            while pos < len(text) and (text[pos].isalnum() or text[pos] in "_-/"):
+                pos += 1
+            part = text[start:pos]
+        if not part:
+            raise InvalidArgument(f"filter `{text}`: expected a field name at {pos}")
+        parts.append(part)
+        if pos < len(text) and text[pos] == ".":
+            pos += 1
+            continue
+        return parts, pos
+
+
+def _value(text: str, pos: int) -> tuple[str, int]:
+    if pos < len(text) and text[pos] == '"':
+        return _quoted(text, pos)
+    end = text.find(",", pos)
+    end = len(text) if end < 0 else end
+    return text[pos:end], end
+
+
+def _quoted(text: str, pos: int) -> tuple[str, int]:
+    out = []
+    pos += 1
+    while pos < len(text):
+        c = text[pos]
+        if c == "\\" and pos + 1 < len(text):
+            out.append(text[pos + 1])
+            pos += 2
+            continue
+        if c == '"':
+            return "".join(out), pos + 1
+        out.append(c)
+        pos += 1
+    raise InvalidArgument(f"filter `{text}`: unterminated quote")
+
+
+def _condition(path: list[str], op: str, value: str, text: str) -> Condition:
+    def field(info: Info) -> str | None:
+        if path[0] == "labels" and len(path) > 1:
+            return info.labels.get(".".join(path[1:]))
+        if len(path) == 1 and path[0] in ("name", "kind", "parent"):
+            found: str = getattr(info, path[0])
+            return found or None
+        return None
+
+    if path[0] not in ("name", "kind", "parent", "labels"):
+        raise InvalidArgument(f"filter `{text}`: unknown field `{'.'.join(path)}`")
+    if op == "":
+        return lambda info: field(info) is not None
+    if op == "==":
+        return lambda info: field(info) == value
+    if op == "!=":
+        return lambda info: field(info) != value
+    import re
+
+    try:
+        pattern = re.compile(value)
+    except re.error as exc:
+        raise InvalidArgument(f"filter `{text}`: {exc}") from None
+    return lambda info: (found := field(info)) is not None and pattern.search(found) is not None
+
+
+__all__ = ["KIND_ACTIVE", "KIND_COMMITTED", "KIND_VIEW", "Info", "Snapshotter", "Usage"]
