@@ -538,8 +538,8 @@ def _parse_filter(text: str) -> list[Condition]:
                 break
         conditions.append(_condition(path, op, value, text))
         if pos < len(text):
-            if text[pos] != ",":
-                raise InvalidArgument(f"filter `{text}`: expected `,` at {pos}")
+            if text[pos] != "," or pos == len(text) - 1:
+                raise InvalidArgument(f"filter `{text}`: expected `,` and a condition at {pos}")
             pos += 1
     return conditions
 
