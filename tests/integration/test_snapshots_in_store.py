@@ -49,3 +49,22 @@ def test_pulled_layers_are_committed_snapshots_with_their_parents(gfs: Graftfs, 
     with pytest.raises(NotFound):
         sn.stat(top)
     assert list(sn.walk()) == []
+
+
+def test_clean_removes_what_a_killed_snapshot_verb_left(gfs: Graftfs, workdir: Path) -> None:
+    image = write_oci_layout(workdir / "l", [TarBuilder().file("a", b"a").build()])
+    gfs.create(image.url(), "img")
+    gfs.run("delete", "img")
+    sn = Snapshotter(str(gfs.store))
+    sn.prepare("kept", image.chain_ids[0])
+    # A prepare killed before its commit point: a directory and a record no key reaches.
+    orphan = gfs.store / "snapshots" / "0123456789"
+    (orphan / "fs").mkdir(parents=True)
+    record = gfs.store / "meta" / "dependencies" / "snapshot:0123456789.json"
+    record.write_text(f'["{image.chain_ids[0].partition(":")[2]}"]')
+    gfs.run("clean")
+    assert not orphan.exists() and not record.exists()
+    assert sn.stat(image.chain_ids[0]).kind == KIND_COMMITTED  # "kept" still stands on it
+    sn.remove("kept")
+    gfs.run("clean")
+    assert gfs.volumes() == set()

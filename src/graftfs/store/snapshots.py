@@ -253,22 +253,28 @@ class Snapshotter:
             unlink(self._record(found.id))
             remove_tree(doomed)
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> list[str]:
         """Remove what interrupted processes left: snapshot directories no key reaches, ``gc.`` directories,
         index links whose record says otherwise, and records of pulled layers kept for snapshots that are
-        gone."""
+        gone. Returns what it removed."""
+        removed: list[str] = []
         with self._lock():
-            reached = {f.id for f in self._all()}
+            live = [f for f in self._all() if f.id is not None]
+            reached = {f.id for f in live}
             for name in os.listdir(self.dir):
                 if name != "keys" and name not in reached:
                     remove_tree(os.path.join(self.dir, name))
-            live = {self._key_path(f.info.name) for f in self._all() if f.id is not None}
+                    removed.append(f"snapshots/{name}")
+            links = {self._key_path(f.info.name) for f in live}
             for name in os.listdir(self.keys):
-                if os.path.join(self.keys, name) not in live:
+                if os.path.join(self.keys, name) not in links:
                     unlink(os.path.join(self.keys, name))
+                    removed.append(f"snapshots/keys/{name}")
             for name in os.listdir(self.layout.dependencies) if os.path.isdir(self.layout.dependencies) else ():
                 if name.startswith("snapshot:") and name[len("snapshot:") :].split(".", 1)[0] not in reached:
                     unlink(os.path.join(self.layout.dependencies, name))
+                    removed.append(name)
+        return removed
 
     def close(self) -> None:
         """Nothing is held between verbs; closing twice is fine."""
