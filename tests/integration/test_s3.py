@@ -5,15 +5,23 @@ are installable wherever the suite runs, so nothing is skipped."""
 from __future__ import annotations
 
 import hashlib
+import http.client
+import io
+import json
 import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+import urllib.parse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from graftfs.errors import NotFound, PermissionDenied, Unavailable
+from graftfs.log import LEVELS, Logger
 from graftfs.repository.s3 import S3Client
 from tests.support.rgw import RGW, processes_using, start_rgw
 
@@ -205,3 +213,149 @@ def test_missing_key_and_bucket_are_not_found(client: S3Client, rgw: RGW, tmp_pa
 def test_create_bucket_twice(client: S3Client) -> None:
     # RGW answers 200 to its owner (S3 would say BucketAlreadyOwnedByYou): either way, no error.
     assert client.create_bucket() in (True, False)
+
+
+# --- Faults: a proxy in front of RGW that fails the requests a test chooses ---------------------------------
+
+#: A rule sees (method, path, query) and answers None (forward to RGW), an HTTP status to answer with, or
+#: "drop" to close the connection without an answer once the request is read.
+Rule = Callable[[str, str, dict[str, list[str]]], "int | str | None"]
+
+
+@contextmanager
+def fault_proxy(target: str, rule: Rule) -> Iterator[tuple[str, list[str]]]:
+    """An HTTP proxy on a free port that forwards to ``target`` verbatim (the Host header included, which is
+    what the client signed) except where ``rule`` says to fail; yields its URL and the requests it saw."""
+    seen: list[str] = []
+    upstream = urllib.parse.urlsplit(target)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+        def handle_one(self) -> None:
+            url = urllib.parse.urlsplit(self.path)
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            seen.append(f"{self.command} {url.path}?{url.query}")
+            action = rule(self.command, url.path, urllib.parse.parse_qs(url.query, keep_blank_values=True))
+            if action == "drop":
+                self.close_connection = True
+                return
+            if isinstance(action, int):
+                payload = f"<Error><Code>Injected{action}</Code><Message>injected</Message></Error>".encode()
+                if action == 503:
+                    payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your rate</Message></Error>"
+                self.send_response(action)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                return
+            conn = http.client.HTTPConnection(upstream.hostname or "", upstream.port, timeout=60)
+            try:
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    conn.putheader(name, value)
+                conn.endheaders(body)
+                resp = conn.getresponse()
+                data = resp.read()
+            finally:
+                conn.close()
+            self.send_response(resp.status)
+            for name, value in resp.getheaders():
+                if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = handle_one
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def through(proxy: str, rgw: RGW, bucket: str, log: Logger | None = None) -> S3Client:
+    return S3Client(
+        bucket,
+        endpoint=proxy,
+        access_key=rgw.access_key,
+        secret_key=rgw.secret_key,
+        environ={},
+        retries=3,
+        backoff=0.01,
+        log=log,
+    )
+
+
+def test_transient_failures_are_retried_and_logged_without_secrets(rgw: RGW, client: S3Client) -> None:
+    failures: Iterator[int | str] = iter([503, "drop", 500])
+
+    def rule(method: str, path: str, query: dict[str, list[str]]) -> int | str | None:
+        return next(failures, None) if method == "PUT" else None
+
+    stream = io.StringIO()
+    with (
+        fault_proxy(rgw.endpoint, rule) as (proxy, seen),
+        through(proxy, rgw, client.bucket, Logger(LEVELS["debug"], stream)) as c,
+    ):
+        assert c.put_object("retried", b"payload")
+    assert [line.split("?")[0] for line in seen] == [f"PUT /{client.bucket}/retried"] * 4
+    assert client.head_object("retried").size == len(b"payload")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["data"]["attempt"] for line in lines] == [1, 2, 3]
+    assert "503 SlowDown" in lines[0]["data"]["reason"]
+    assert rgw.secret_key not in stream.getvalue()
+
+
+def test_retries_are_bounded(rgw: RGW, client: S3Client) -> None:
+    def rule(method: str, path: str, query: dict[str, list[str]]) -> int | str | None:
+        return 503
+
+    with (
+        fault_proxy(rgw.endpoint, rule) as (proxy, seen),
+        through(proxy, rgw, client.bucket) as c,
+        pytest.raises(Unavailable) as caught,
+    ):
+        c.put_object("anything", b"data")
+    assert len(seen) == 4
+    assert str(caught.value) == (
+        f"s3 put_object s3://{client.bucket}/anything: 503 SlowDown: Please reduce your rate (4 attempts)"
+    )
+    # A HEAD's answer has no body: the status names the error.
+    with (
+        fault_proxy(rgw.endpoint, rule) as (proxy, seen),
+        through(proxy, rgw, client.bucket) as c,
+        pytest.raises(Unavailable) as caught,
+    ):
+        c.head_object("anything")
+    assert str(caught.value) == f"s3 head_object s3://{client.bucket}/anything: 503 ServiceUnavailable (4 attempts)"
+
+
+def test_a_failed_multipart_upload_is_aborted(rgw: RGW, client: S3Client, tmp_path: Path) -> None:
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(17 << 20))  # three parts
+
+    def rule(method: str, path: str, query: dict[str, list[str]]) -> int | str | None:
+        return 500 if method == "PUT" and query.get("partNumber") == ["2"] else None
+
+    with (
+        fault_proxy(rgw.endpoint, rule) as (proxy, seen),
+        through(proxy, rgw, client.bucket) as c,
+        pytest.raises(Unavailable, match=r"s3 upload_part s3://.*/big: 500 Injected500"),
+    ):
+        c.put_file("big", src)
+    assert [line.split(" ")[0] for line in seen] == ["HEAD", "POST", "PUT", "PUT", "PUT", "PUT", "PUT", "DELETE"]
+    assert not client.exists("big")
+    # Nothing left half-uploaded: the upload was aborted.
+    uploads = client._request("list_multipart_uploads", "GET", None, query={"uploads": ""})
+    assert b"<Upload>" not in uploads.body, uploads.body
