@@ -150,8 +150,10 @@ class _Cluster:
         # another cluster.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CEPH_")}
 
-    def run(self, *argv: str, timeout: float = 60) -> str:
-        """Run a tool to completion (subprocess.run waits for it, so it is reaped, even on timeout)."""
+    def run(self, *argv: str, timeout: float = 60, hide: str = "") -> str:
+        """Run a tool to completion (subprocess.run waits for it, so it is reaped, even on timeout). ``hide`` is
+        left out of error messages."""
+        command = " ".join(argv).replace(hide, "<redacted>") if hide else " ".join(argv)
         try:
             done = subprocess.run(
                 [*argv[:1], "-c", str(self.conf), *argv[1:]],
@@ -162,9 +164,9 @@ class _Cluster:
                 stdin=subprocess.DEVNULL,
             )
         except subprocess.TimeoutExpired as e:
-            raise RGWError(f"{' '.join(argv)} did not finish in {timeout} s{self.logs()}") from e
+            raise RGWError(f"{command} did not finish in {timeout} s{self.logs()}") from e
         if done.returncode != 0:
-            raise RGWError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.strip()[-2000:]}{self.logs()}")
+            raise RGWError(f"{command} exited {done.returncode}: {done.stderr.strip()[-2000:]}{self.logs()}")
         return done.stdout
 
     def spawn(self, name: str, *argv: str) -> None:
@@ -260,6 +262,87 @@ def _wait_http(cluster: _Cluster, url: str, deadline: float) -> None:
         time.sleep(0.1)
 
 
+def _boot(cluster: _Cluster, memstore_bytes: int, access_key: str, secret_key: str, t0: float) -> RGW:
+    work = cluster.work
+    for sub in ("run", "log", "crash", "mon.a", "osd.0", "rgw"):
+        (work / sub).mkdir()
+    (work / "keyring").touch()  # auth none needs no keys, but the tools look for the file
+    fsid, osd_uuid = str(uuid.uuid4()), str(uuid.uuid4())
+    mon_port, rgw_port = free_port(), free_port()
+    while rgw_port == mon_port:
+        rgw_port = free_port()
+    cluster.conf.write_text(_conf(work, fsid, mon_port, rgw_port, memstore_bytes))
+
+    monmap = str(work / "monmap")
+    subprocess.run(
+        ["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{mon_port}]", monmap],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+    cluster.run("ceph-mon", "-i", "a", "--mkfs", "--monmap", monmap)
+    cluster.spawn("mon.a", "ceph-mon", "-i", "a")
+    _wait_port(cluster, mon_port, t0 + START_TIMEOUT)
+    # The OSD must be in the map before it can make its store.
+    cluster.run("ceph", "--connect-timeout", "30", "osd", "new", osd_uuid, "0")
+    cluster.run("ceph-osd", "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
+    cluster.spawn("osd.0", "ceph-osd", "-i", "0")
+    # radosgw creates its pools and then waits on its first writes until the OSD is up and its PGs are
+    # active: its HTTP answer is the one readiness check needed.
+    cluster.spawn("client.rgw", "radosgw", "-n", "client.rgw")
+    endpoint = f"http://127.0.0.1:{rgw_port}"
+    _wait_http(cluster, endpoint + "/", t0 + START_TIMEOUT)
+    # radosgw-admin talks to RADOS directly, not to the gateway: the user is there for the next request.
+    cluster.run(
+        "radosgw-admin",
+        "user",
+        "create",
+        "--uid",
+        "test",
+        "--display-name",
+        "test",
+        "--access-key",
+        access_key,
+        "--secret-key",
+        secret_key,
+        hide=secret_key,
+    )
+    return RGW(
+        endpoint=endpoint,
+        access_key=access_key,
+        secret_key=secret_key,
+        workdir=work,
+        pids={name: proc.pid for name, proc in cluster.procs.items()},
+        started_in=time.monotonic() - t0,
+    )
+
+
+def _wait_port(cluster: _Cluster, port: int, deadline: float) -> None:
+    """Until something listens on ``port`` (the daemon just started, unless it already died)."""
+    while True:
+        cluster.check_alive()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RGWError(f"nothing listens on 127.0.0.1:{port} after {START_TIMEOUT:.0f} s{cluster.logs()}")
+        time.sleep(0.05)
+
+
+def _discard(cluster: _Cluster) -> None:
+    try:
+        cluster.stop()
+    finally:
+        shutil.rmtree(cluster.work, ignore_errors=True)
+
+
+#: Times the whole start is tried when a daemon finds its port taken: free_port() cannot reserve a port, and
+#: another test on the machine may take it before the daemon binds.
+PORT_TRIES = 3
+
+
 @contextmanager
 def start_rgw(memstore_bytes: int = 1 << 30, access_key: str = "", secret_key: str = "") -> Iterator[RGW]:
     """Start a private Ceph cluster with radosgw on 127.0.0.1; yield it; stop and remove everything."""
@@ -270,62 +353,19 @@ def start_rgw(memstore_bytes: int = 1 << 30, access_key: str = "", secret_key: s
         )
     access_key = access_key or "GRAFTFS" + secrets.token_hex(6).upper()
     secret_key = secret_key or secrets.token_urlsafe(30)
-    t0 = time.monotonic()
-    # Short paths under /tmp: the daemons' admin sockets are AF_UNIX, whose paths must fit in 107 bytes.
-    work = Path(tempfile.mkdtemp(prefix="graftfs-rgw-"))
-    cluster = _Cluster(work)
+    for attempt in range(1, PORT_TRIES + 1):
+        t0 = time.monotonic()
+        # Short paths under /tmp: the daemons' admin sockets are AF_UNIX, whose paths must fit in 107 bytes.
+        cluster = _Cluster(Path(tempfile.mkdtemp(prefix="graftfs-rgw-")))
+        try:
+            rgw = _boot(cluster, memstore_bytes, access_key, secret_key, t0)
+        except BaseException as e:
+            _discard(cluster)
+            if isinstance(e, RGWError) and "Address already in use" in str(e) and attempt < PORT_TRIES:
+                continue
+            raise
+        break
     try:
-        for sub in ("run", "log", "crash", "mon.a", "osd.0", "rgw"):
-            (work / sub).mkdir()
-        (work / "keyring").touch()  # auth none needs no keys, but the tools look for the file
-        fsid, osd_uuid = str(uuid.uuid4()), str(uuid.uuid4())
-        mon_port, rgw_port = free_port(), free_port()
-        while rgw_port == mon_port:
-            rgw_port = free_port()
-        cluster.conf.write_text(_conf(work, fsid, mon_port, rgw_port, memstore_bytes))
-
-        monmap = str(work / "monmap")
-        subprocess.run(
-            ["monmaptool", "--create", "--fsid", fsid, "--addv", "a", f"[v2:127.0.0.1:{mon_port}]", monmap],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        cluster.run("ceph-mon", "-i", "a", "--mkfs", "--monmap", monmap)
-        cluster.spawn("mon.a", "ceph-mon", "-i", "a")
-        # The OSD must be in the map before it can make its store; `ceph` waits for the monitor to answer.
-        cluster.run("ceph", "--connect-timeout", "30", "osd", "new", osd_uuid, "0")
-        cluster.run("ceph-osd", "-i", "0", "--mkfs", "--osd-uuid", osd_uuid)
-        cluster.spawn("osd.0", "ceph-osd", "-i", "0")
-        # radosgw creates its pools and then waits on its first writes until the OSD is up and its PGs are
-        # active: its HTTP answer is the one readiness check needed.
-        cluster.spawn("client.rgw", "radosgw", "-n", "client.rgw")
-        endpoint = f"http://127.0.0.1:{rgw_port}"
-        _wait_http(cluster, endpoint + "/", t0 + START_TIMEOUT)
-        cluster.run(
-            "radosgw-admin",
-            "user",
-            "create",
-            "--uid",
-            "test",
-            "--display-name",
-            "test",
-            "--access-key",
-            access_key,
-            "--secret-key",
-            secret_key,
-        )
-        rgw = RGW(
-            endpoint=endpoint,
-            access_key=access_key,
-            secret_key=secret_key,
-            workdir=work,
-            pids={name: proc.pid for name, proc in cluster.procs.items()},
-            started_in=time.monotonic() - t0,
-        )
         yield rgw
     finally:
-        try:
-            cluster.stop()
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        _discard(cluster)
