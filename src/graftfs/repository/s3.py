@@ -568,7 +568,7 @@ class S3Client:
             body = _BytesBody(
                 (
                     '<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
-                    f"<LocationConstraint>{self.region}</LocationConstraint></CreateBucketConfiguration>"
+                    f"<LocationConstraint>{_xml_escape(self.region)}</LocationConstraint></CreateBucketConfiguration>"
                 ).encode()
             )
         resp = self._request("create_bucket", "PUT", None, body=body, ok=(200, 409))
@@ -590,9 +590,14 @@ class S3Client:
         if isinstance(data, bytes | bytearray | memoryview):
             body: _Body = _BytesBody(data)
         else:
-            start = data.tell()
-            size = data.seek(0, os.SEEK_END) - start
-            body = _FileBody(data, start, size, f"s3 put_object {self._where(key)}")
+            what = f"s3 put_object {self._where(key)}"
+            try:
+                start = data.tell()
+                size = data.seek(0, os.SEEK_END) - start
+            except OSError as e:
+                # A pipe cannot be hashed and then sent: the signature needs the hash before the first byte.
+                raise _local_error(f"{what}: the body must be a seekable file", e) from None
+            body = _FileBody(data, start, size, what)
         return self._put(key, body, if_none_match)
 
     def put_file(self, key: str, path: str | os.PathLike[str], *, if_none_match: bool = True) -> bool:
@@ -619,7 +624,7 @@ class S3Client:
 
     def _multipart(self, key: str, f: IO[bytes], size: int, if_none_match: bool) -> bool:
         where = self._where(key)
-        # Not every server honours If-None-Match on CompleteMultipartUpload (Ceph RGW before Squid ignores it):
+        # Not every server honours If-None-Match on CompleteMultipartUpload (Ceph RGW 16 ignores it and overwrites):
         # look first, so that an existing layer costs one HEAD instead of its whole upload.
         if if_none_match and self.exists(key):
             return False
