@@ -177,12 +177,9 @@ def _store(cfg: Config, init_mappings: tuple[list[Any], list[Any]] | None = None
     rootless = os.geteuid() != 0
     if rootless:
         from .. import userns
-        from ..idmap import Namespace
-        from ..store.fsutil import read_text
-        from ..store.layout import Layout
 
         if init_mappings is None:
-            recorded = Namespace.from_json(read_text(Layout.at(cfg.store).namespace_file))
+            recorded = Store(cfg.store).namespace()
             init_mappings = (recorded.uid_mappings, recorded.gid_mappings)
         uid_mappings = init_mappings[0] or userns.default_mappings("uid")
         gid_mappings = init_mappings[1] or userns.default_mappings("gid")
