@@ -1,4 +1,5 @@
-"""graftfs.cli.config and cli.main.build_config: the GrootFS YAML file and its precedence rules."""
+"""graftfs.cli.settings: the table of settings, the GrootFS YAML file, the precedence flag > file > default,
+and the checks a command makes, with GrootFS's texts."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from graftfs.cli.config import DEFAULT_STORE, Config, load
-from graftfs.cli.main import build_config
+from graftfs.cli.settings import DEFAULT_STORE, Settings, resolve
 from graftfs.errors import InvalidArgument
 
 # What GrootFS (and grr's thresholder) write with yaml.Marshal(config.Config{}): every key, zero values.
@@ -74,26 +74,35 @@ def write(tmp_path: Path, text: str, name: str = "config.yml") -> str:
     return str(p)
 
 
+def load(path: str) -> Settings:
+    """The settings with this config file and no flags."""
+    return resolve({"config": path})
+
+
 def test_no_config_gives_grootfs_defaults() -> None:
     cfg = load("")
-    assert cfg == Config()
+    assert cfg == Settings()
     assert cfg.store == DEFAULT_STORE
     assert (cfg.log_level, cfg.newuidmap_bin, cfg.newgidmap_bin) == ("fatal", "newuidmap", "newgidmap")
     assert cfg.insecure_registries == []
 
 
 def test_zero_valued_config_parses_and_means_unset(tmp_path: Path) -> None:
-    assert load(write(tmp_path, ZERO_VALUED)) == Config()
+    path = write(tmp_path, ZERO_VALUED)
+    assert load(path) == Settings(config=path)
 
 
 @pytest.mark.parametrize("text", ["", "---\n", "# only a comment\n", "create:\nclean:\ninit:\n", "{}\n"])
 def test_empty_documents_and_sections(tmp_path: Path, text: str) -> None:
-    assert load(write(tmp_path, text)) == Config()
+    path = write(tmp_path, text)
+    assert load(path) == Settings(config=path)
 
 
 def test_garden_config_is_read_whole(tmp_path: Path) -> None:
-    cfg = load(write(tmp_path, GARDEN))
-    assert cfg == Config(
+    path = write(tmp_path, GARDEN)
+    cfg = load(path)
+    assert cfg == Settings(
+        config=path,
         store="/var/vcap/data/grootfs/store/unprivileged",
         log_level="info",
         log_file="",
@@ -110,6 +119,7 @@ def test_garden_config_is_read_whole(tmp_path: Path) -> None:
         remote_layer_client_certificates_path="/var/vcap/jobs/garden/certs",
         threshold_bytes=16106127360,
         store_size_bytes=53687091200,
+        with_direct_io=True,  # read (and checked), and ignored
     )
 
 
@@ -156,14 +166,14 @@ def test_malformed_yaml_is_an_invalid_config_file(tmp_path: Path, text: str) -> 
     assert "\n" not in message
 
 
-# -- precedence (cli.main.build_config): a flag that was given, else the file, else the default ------------
+# -- precedence (resolve): a flag that was given, else the file, else the default -----------------------------
 
 
 def build(tmp_path: Path, text: str | None, **flags: Any) -> Any:
     given = {k.replace("_", "-"): v for k, v in flags.items()}
     if text is not None:
         given["config"] = write(tmp_path, text)
-    return build_config(given)
+    return resolve(given)
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
@@ -206,9 +216,9 @@ def test_empty_log_file_and_metron_flags_do_not_override_the_file(tmp_path: Path
 
 
 def test_no_file_and_no_flags(tmp_path: Path) -> None:
-    assert build(tmp_path, None) == Config()
+    assert build(tmp_path, None) == Settings()
 
 
-def test_bad_config_path_surfaces_through_build_config(tmp_path: Path) -> None:
+def test_bad_config_path_surfaces_through_resolve(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match=r"^invalid config path: open .*: no such file or directory$"):
-        build_config({"config": str(tmp_path / "missing.yml")})
+        resolve({"config": str(tmp_path / "missing.yml")})
