@@ -34,8 +34,8 @@ class Setting:
     (``create.with_clean``), ``choices`` what the file may say, and ``check`` returns the error text for a
     value a command must refuse ("" when it is fine)."""
 
-    # Class attributes are the defaults of a row's fields; a row sets only what it needs (few calls and no
-    # keyword defaults to bind: the table is built on every run).
+    # Class attributes are the defaults of a row's fields; a row sets only what it needs (the table is built
+    # at every start-up: one call per row, and no keyword defaults to bind).
     name = ""  # the attribute of Settings the row is declared as (__set_name__)
     flag = ""
     key = ""
@@ -57,7 +57,7 @@ class Setting:
 
     @property
     def kind(self) -> str:
-        """ "str", "int", "bool" or "list", the type of the default."""
+        """The type of the default: str, int, bool or list."""
         return type(self.default).__name__
 
     @property
