@@ -115,9 +115,9 @@ def garden_config(path: Path, store: Path, registry: str, mount: bool) -> Path:
         "  store_size_bytes: 0\n"
     )
     # As graftfs reads it: what Garden means, and read without PyYAML (which would cost every call ~15 ms).
-    from graftfs.cli import config, miniyaml
+    from graftfs.cli import miniyaml, settings
 
-    read = config.load(str(path))
+    read = settings.resolve({"config": str(path)})
     if (read.without_mount, read.insecure_registries, read.log_level) != (not mount, [registry], "info"):
         raise RuntimeError(f"graftfs reads {path} as {read}")
     if not miniyaml.load(path.read_text())[0]:

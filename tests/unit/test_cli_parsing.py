@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from graftfs.cli.main import COMMANDS, GLOBAL_FLAGS, Flag, UsageError, parse_flags
+from graftfs.cli.main import COMMANDS, GLOBAL_FLAGS, UsageError, parse_flags
+from graftfs.cli.settings import Flag
 
 CREATE = COMMANDS["create"].flags
 INIT = COMMANDS["init-store"].flags
