@@ -602,15 +602,17 @@ def _condition(path: list[str], op: str, value: str, text: str) -> Condition:
         return lambda info: field(info) is not None
     if op == "==":
         return lambda info: field(info) == value
+    # As containerd's filters: `!=` and `~=` compare the value, which is "" when the field is absent (so
+    # `parent!=""` selects snapshots that have a parent); only `==` also needs the field present.
     if op == "!=":
-        return lambda info: field(info) != value
+        return lambda info: (field(info) or "") != value
     import re
 
     try:
         pattern = re.compile(value)
     except re.error as exc:
         raise InvalidArgument(f"filter `{text}`: {exc}") from None
-    return lambda info: (found := field(info)) is not None and pattern.search(found) is not None
+    return lambda info: pattern.search(field(info) or "") is not None
 
 
 __all__ = ["KIND_ACTIVE", "KIND_COMMITTED", "KIND_VIEW", "Info", "Snapshotter", "Usage"]
