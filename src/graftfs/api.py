@@ -138,6 +138,15 @@ class Image:
 
 
 class Store:
+    """A graftfs store at ``path``, as GrootFS's commands see it: ``init`` makes it, ``create`` makes an image
+    (a root filesystem over the image's shared layers, mounted or returned as a mount), ``delete`` removes one,
+    ``list``, ``stats`` and ``clean`` read and tidy it.
+
+    Every method is safe against other processes using the same store at the same time, and against a
+    process killed at any instant (see docs/architecture.md, "Store protocol"). Failures are
+    :class:`graftfs.errors.GraftfsError` subclasses with one-line messages, and leave the store as it was.
+    For containerd's snapshot verbs over the same store, see :class:`graftfs.store.snapshots.Snapshotter`."""
+
     def __init__(
         self, path: str, logger: Logger = NULL, rootless: bool = False, metrics: Metrics | None = None
     ) -> None:
@@ -367,6 +376,14 @@ class Store:
     # -- images -----------------------------------------------------------------------------------------------
 
     def create(self, url: str, image_id: str, options: CreateOptions | None = None) -> Image:
+        """Make the image ``image_id`` from ``url`` (``docker://``, ``oci://``, a rootfs tarball): resolve
+        the reference, pull and verify the layers that are not in the store yet (each unpacked once, shared
+        by every image), lay out the writable layer (limited by ``options.disk_limit_bytes`` where the
+        store's quota backend can), then mount the rootfs or, with ``mount=False``, return the mount.
+
+        AlreadyExists if the ID is taken; InvalidArgument for a bad URL or limit; NotFound, PermissionDenied
+        or Unavailable from the source; VerificationError when a digest does not match; Unsupported for what
+        this caller cannot do in this store. A failed create leaves the store as it found it."""
         start_ns = time.monotonic_ns()
         options = options or CreateOptions()
         validate_image_id(image_id)

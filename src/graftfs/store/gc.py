@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..errors import FailedPrecondition, os_reason
+from ..errors import FailedPrecondition, GraftfsError, os_reason
 from .fsutil import read_int
 from .images import Images, read_record
 from .layout import Layout
@@ -117,6 +117,14 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
         result = CleanResult(ran=True)
         failures: list[str] = []
         result.leftovers.extend(images.sweep(failures))
+        if os.path.isdir(os.path.join(layout.root, "snapshots")):
+            # What a killed snapshot verb left, first: a record of its that outlived it keeps layers.
+            from .snapshots import Snapshotter
+
+            try:
+                result.leftovers.extend(Snapshotter(layout.root, overlay_options=()).cleanup())
+            except (OSError, GraftfsError) as exc:
+                failures.append(f"cleaning up snapshots: {exc if isinstance(exc, GraftfsError) else os_reason(exc)}")
         recent = set().union(*(recently_released(s, keep_seconds) for s in [layout, *layout.members()]))
         records = Records(layout)
         candidates = set(volumes.ids()) - records.refresh() - recent

@@ -243,32 +243,46 @@ class Snapshotter:
                 raise FailedPrecondition(
                     f"cannot remove `{key}`: it is a layer pulled for images; clean removes it when none uses it"
                 )
-            children = [f.info.name for f in self._all() if f.info.parent == key]
-            if children:
-                raise FailedPrecondition(f"cannot remove snapshot `{key}`: it is the parent of `{children[0]}`")
+            child = next(self._children(found.id), None)
+            if child is not None:
+                raise FailedPrecondition(f"cannot remove snapshot `{key}`: it is the parent of `{child}`")
             unlink(self._key_path(key))  # the commit point: gone for everyone
+            if found.lowers and not found.lowers[0].startswith("volume:"):
+                unlink(os.path.join(self.dir, found.lowers[0], "children", found.id))
             # Renamed first, so that what a kill leaves half removed is plainly garbage to ``cleanup``.
             doomed = os.path.join(self.dir, GC_PREFIX + found.id)
             os.rename(os.path.join(self.dir, found.id), doomed)
             unlink(self._record(found.id))
             remove_tree(doomed)
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> list[str]:
         """Remove what interrupted processes left: snapshot directories no key reaches, ``gc.`` directories,
         index links whose record says otherwise, and records of pulled layers kept for snapshots that are
-        gone."""
+        gone. Returns what it removed."""
+        removed: list[str] = []
         with self._lock():
-            reached = {f.id for f in self._all()}
+            live = [f for f in self._all() if f.id is not None]
+            reached = {f.id for f in live}
             for name in os.listdir(self.dir):
                 if name != "keys" and name not in reached:
                     remove_tree(os.path.join(self.dir, name))
-            live = {self._key_path(f.info.name) for f in self._all() if f.id is not None}
+                    removed.append(f"snapshots/{name}")
+            for found in live:
+                children = os.path.join(self.dir, str(found.id), "children")
+                for child_id in os.listdir(children) if os.path.isdir(children) else ():
+                    if child_id not in reached:
+                        unlink(os.path.join(children, child_id))
+                        removed.append(f"snapshots/{found.id}/children/{child_id}")
+            links = {self._key_path(f.info.name) for f in live}
             for name in os.listdir(self.keys):
-                if os.path.join(self.keys, name) not in live:
+                if os.path.join(self.keys, name) not in links:
                     unlink(os.path.join(self.keys, name))
+                    removed.append(f"snapshots/keys/{name}")
             for name in os.listdir(self.layout.dependencies) if os.path.isdir(self.layout.dependencies) else ():
                 if name.startswith("snapshot:") and name[len("snapshot:") :].split(".", 1)[0] not in reached:
                     unlink(os.path.join(self.layout.dependencies, name))
+                    removed.append(name)
+        return removed
 
     def close(self) -> None:
         """Nothing is held between verbs; closing twice is fine."""
@@ -282,6 +296,7 @@ class Snapshotter:
             if self._find(key) is not None:
                 raise AlreadyExists(f"snapshot `{key}` already exists")
             lowers: list[str] = []
+            base = None
             if parent:
                 base = self._get(parent, what="parent snapshot")
                 if base.info.kind != KIND_COMMITTED:
@@ -291,6 +306,13 @@ class Snapshotter:
             info = Info(key, kind, parent, labels, now, now)
             snapshot_id = self._new_dir(kind)
             try:
+                if base is not None and base.id is not None:
+                    # The parent's list of children, so that its remove looks at those and not at every record.
+                    children = os.path.join(self.dir, base.id, "children")
+                    os.makedirs(children, mode=0o700, exist_ok=True)
+                    os.close(
+                        os.open(os.path.join(children, snapshot_id), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+                    )
                 volumes = [lower[len("volume:") :] for lower in lowers if lower.startswith("volume:")]
                 held = self._hold(volumes)
                 try:
@@ -306,6 +328,20 @@ class Snapshotter:
                 remove_tree(os.path.join(self.dir, snapshot_id))
                 raise
             return self._mounts(_Found(snapshot_id, info, lowers))
+
+    def _children(self, snapshot_id: str) -> Iterator[str]:
+        """The keys of the snapshots on ``snapshot_id`` (an entry whose child never got its key, or lost it
+        to a remove that was killed, is no child)."""
+        try:
+            names = os.listdir(os.path.join(self.dir, snapshot_id, "children"))
+        except FileNotFoundError:
+            return
+        for child_id in names:
+            loaded = self._load(child_id)
+            if loaded is not None:
+                found = self._find(loaded.info.name)
+                if found is not None and found.id == child_id:
+                    yield loaded.info.name
 
     def _new_dir(self, kind: str) -> str:
         while True:
@@ -538,8 +574,8 @@ def _parse_filter(text: str) -> list[Condition]:
                 break
         conditions.append(_condition(path, op, value, text))
         if pos < len(text):
-            if text[pos] != ",":
-                raise InvalidArgument(f"filter `{text}`: expected `,` at {pos}")
+            if text[pos] != "," or pos == len(text) - 1:
+                raise InvalidArgument(f"filter `{text}`: expected `,` and a condition at {pos}")
             pos += 1
     return conditions
 
