@@ -1,8 +1,9 @@
 """graftfs: container images to overlay root filesystems, without a daemon.
 
-The public API is :class:`Store` (``Store(path).create(url, image_id)`` does what ``graftfs create`` does)
-and the error classes. Names are resolved lazily so that ``import graftfs`` (and the CLI's start-up) stays
-cheap.
+The public API is :class:`Store` (``Store(path).create(url, image_id)`` does what ``graftfs create`` does),
+:class:`Snapshotter` (containerd's snapshot verbs over the same store, their :class:`Mount` lists performed
+by :func:`mount_all`) and the error classes. Names are resolved lazily so that ``import graftfs`` (and the
+CLI's start-up) stays cheap.
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ __all__ = [
     "InvalidImage",
     "KernelError",
     "LockTimeout",
+    "Mount",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "SnapshotInfo",
+    "SnapshotUsage",
+    "Snapshotter",
     "Store",
     "Unavailable",
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
     "__version__",
+    "mount_all",
 ]
 
 if TYPE_CHECKING:
@@ -55,6 +61,11 @@ if TYPE_CHECKING:
         Unsupported,
         VerificationError,
     )
+    from .mount.kernel import mount_all
+    from .mount.spec import Mount
+    from .store.snapshots import Info as SnapshotInfo
+    from .store.snapshots import Snapshotter
+    from .store.snapshots import Usage as SnapshotUsage
 
 
 def __getattr__(name: str) -> Any:
@@ -62,6 +73,18 @@ def __getattr__(name: str) -> Any:
         from . import api
 
         return getattr(api, name)
+    if name in ("Snapshotter", "SnapshotInfo", "SnapshotUsage"):
+        from .store import snapshots
+
+        return getattr(snapshots, {"SnapshotInfo": "Info", "SnapshotUsage": "Usage"}.get(name, name))
+    if name == "Mount":
+        from .mount.spec import Mount
+
+        return Mount
+    if name == "mount_all":
+        from .mount.kernel import mount_all
+
+        return mount_all
     if name in __all__:
         from . import errors
 

@@ -23,15 +23,20 @@ PUBLIC = [
     "InvalidImage",
     "KernelError",
     "LockTimeout",
+    "Mount",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "SnapshotInfo",
+    "SnapshotUsage",
+    "Snapshotter",
     "Store",
     "Unavailable",
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
     "__version__",
+    "mount_all",
 ]
 
 # Heavy or start-up-costly modules the Garden CLI must not load before a command needs them.
