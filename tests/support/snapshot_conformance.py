@@ -66,7 +66,7 @@ class SnapshotterLike(Protocol):
 
     def walk(self, *filters: str) -> Iterable[Info]: ...
 
-    def cleanup(self) -> None: ...
+    def cleanup(self) -> object: ...  # graftfs returns what it removed; containerd nothing
 
     def close(self) -> None: ...
 
@@ -1044,39 +1044,93 @@ def _check_tree(root: str, slot: int | None) -> None:
             assert f.read() == _slot_data(slot), f"slot {slot}: committed with partial data"
 
 
-def churn_step(sn: SnapshotterLike, s: int, mnt: str, rng: random.Random) -> str:
+#: What each step does to a slot's set of snapshots (``c`` committed, ``a`` active, ``v`` view): the state
+#: before and after it. A step a kill interrupted leaves one or the other, nothing else.
+CHURN_STEPS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "prepare": (frozenset(), frozenset("a")),
+    "commit": (frozenset("a"), frozenset("c")),
+    "view": (frozenset("c"), frozenset("cv")),
+    "remove-view": (frozenset("cv"), frozenset("c")),
+    "remove": (frozenset("c"), frozenset()),
+}
+
+
+class Journal:
+    """An append-only log of the churn's verbs, ``<slot> <step>`` before each and ``<slot> <step> done``
+    after: one ``write`` each, on an O_APPEND file, so a SIGKILL loses no line already written."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def note(self, line: str) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def allowed(self) -> dict[int, set[frozenset[str]]]:
+        """The states each slot may be in now: the last step's result, or either side of it when the step
+        was under way at the kill."""
+        last: dict[int, str] = {}
+        try:
+            with open(self.path) as f:
+                for line in f:
+                    slot, _, rest = line.rstrip("\n").partition(" ")
+                    last[int(slot)] = rest
+        except FileNotFoundError:
+            pass
+        out: dict[int, set[frozenset[str]]] = {}
+        for s in range(CHURN_SLOTS):
+            step, _, done = last.get(s, "remove done").partition(" ")
+            before, after = CHURN_STEPS[step]
+            out[s] = {after} if done else {before, after}
+        return out
+
+
+def churn_step(sn: SnapshotterLike, s: int, mnt: str, rng: random.Random, journal: Journal | None = None) -> str:
     """Take slot ``s`` one step on from whatever state it is in; returns the step taken."""
     committed, active, view = _slot(s)
+    labels = {"slot": str(s)}
+
+    def verb(step: str, call: Callable[[], object]) -> str:
+        if journal is not None:
+            journal.note(f"{s} {step}")
+        call()
+        if journal is not None:
+            journal.note(f"{s} {step} done")
+        return step
+
     if _exists(sn, view):
-        sn.remove(view)
-        return "remove-view"
+        return verb("remove-view", partial(sn.remove, view))
     if _exists(sn, committed):
         if rng.random() < 0.4:
-            with mounted(sn.view(view, committed, {"slot": str(s)}), mnt):
+            verb("view", partial(sn.view, view, committed, labels))
+            with mounted(sn.mounts(view), mnt):
                 _check_tree(mnt, s)
             return "view"
-        sn.remove(committed)
-        return "remove"
+        return verb("remove", partial(sn.remove, committed))
     if _exists(sn, active):
         with mounted(sn.mounts(active), mnt):
             fstest.create_file("data", _slot_data(s), 0o644)(mnt)
-        sn.commit(committed, active, {"slot": str(s)})
-        return "commit"
-    sn.prepare(active, CHURN_BASE, {"slot": str(s)})
-    return "prepare"
+        return verb("commit", partial(sn.commit, committed, active, labels))
+    return verb("prepare", partial(sn.prepare, active, CHURN_BASE, labels))
 
 
 def _churn_child(sn: SnapshotterLike, work: str, seed: int) -> None:
     rng = random.Random(seed)
     mnt = tempfile.mkdtemp(prefix="churn-mnt", dir=work)
+    journal = Journal(os.path.join(work, "journal"))
     print("ready", flush=True)
     while True:
-        churn_step(sn, rng.randrange(CHURN_SLOTS), mnt, rng)
+        churn_step(sn, rng.randrange(CHURN_SLOTS), mnt, rng, journal)
 
 
 def check_churned(sn: SnapshotterLike, work: str) -> None:
     """The store a killed churn left: every key fully there (stat and walk agree) or absent (NotFound); a
-    slot never both active and committed; every snapshot listed can be mounted and shows its tree."""
+    slot never both active and committed, and in the state its journal's last step left it in (either side
+    of a step the kill interrupted: a killed commit loses nothing); every snapshot listed can be mounted and
+    shows its tree."""
     infos = list(sn.walk())
     names = [info.name for info in infos]
     assert len(names) == len(set(names)), f"a name listed twice: {sorted(names)}"
@@ -1091,9 +1145,13 @@ def check_churned(sn: SnapshotterLike, work: str) -> None:
             continue
         assert walked.get(key) == info, f"{key!r}: stat {info!r}, walk {walked.get(key)!r}"
     assert CHURN_BASE in walked
+    allowed = Journal(os.path.join(work, "journal")).allowed()
     for s in range(CHURN_SLOTS):
         committed, active, view = _slot(s)
         assert not (committed in walked and active in walked), f"slot {s} is both committed and active"
+        state = frozenset(c for c, key in (("c", committed), ("a", active), ("v", view)) if key in walked)
+        shown = sorted("".join(sorted(a)) or "-" for a in allowed[s])
+        assert state in allowed[s], f"slot {s} is {''.join(sorted(state)) or '-'}; the journal allows {shown}"
         if committed in walked:
             assert (walked[committed].kind, walked[committed].parent) == (KIND_COMMITTED, CHURN_BASE)
         if active in walked:
@@ -1172,10 +1230,11 @@ def case_kill_during_commit_and_remove(opener: Opener, work: str) -> None:
         sn.cleanup()
         check_churned(sn, work)  # cleanup removed nothing that is listed
         mnt = os.path.join(work, "final-mnt")
+        journal = Journal(os.path.join(work, "journal"))
         for s in range(CHURN_SLOTS):
             taken: set[str] = set()
             for _ in range(50):
-                taken.add(churn_step(sn, s, mnt, rng))
+                taken.add(churn_step(sn, s, mnt, rng, journal))
                 if {"prepare", "commit", "remove"} <= taken and not any(_exists(sn, key) for key in _slot(s)):
                     break
             assert {"prepare", "commit", "remove"} <= taken, f"slot {s} did not cycle: {taken}"
