@@ -4,6 +4,7 @@ containerd's cases, graftfs's own, and those across processes. Each case gets a 
 
 from __future__ import annotations
 
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,3 +108,23 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Ope
 def test_across_processes(case: ProcessCaseFn, opener: tuple[Opener, str]) -> None:
     how, work = opener
     case(how, work)
+
+
+def test_no_directory_of_the_root_is_writable_by_others_whatever_the_umask(tmp_path: Path) -> None:
+    """The snapshotter makes its directories with modes of its own, not the umask's: under umask 0 (which
+    containerd's suite runs with) a world-writable root or ``snapshots/`` would let anyone rename a snapshot's
+    directory away and put their own tree in its place. Inside the snapshots' trees, modes are the caller's."""
+    root = tmp_path / "deep" / "root"
+    with conformance.cleared_umask():
+        sn = Snapshotter(str(root))
+        sn.prepare("a")
+        sn.commit("c", "a")
+        sn.prepare("b", "c")
+        sn.view("v", "c")
+        sn.close()
+    writable = []
+    for path in [root, *root.rglob("*")]:
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022 and path.name != "fs":
+            writable.append(f"{stat.S_IMODE(st.st_mode):04o} {path.relative_to(tmp_path)}")
+    assert not writable, "writable by group or others: " + ", ".join(writable)

@@ -141,8 +141,21 @@ class Snapshotter:
         self.layout = Layout.at(root)
         self.dir = os.path.join(self.layout.root, "snapshots")
         self.keys = os.path.join(self.dir, "keys")
-        for directory in (self.keys, self.layout.locks):
-            os.makedirs(directory, mode=0o700 if directory == self.keys else 0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(self.layout.root), exist_ok=True)
+        for directory, mode in (
+            (self.layout.root, 0o755),
+            (self.dir, 0o755),
+            (self.keys, 0o700),
+            (self.layout.locks, 0o755),
+        ):
+            try:
+                os.mkdir(directory, mode)
+            except FileExistsError:
+                continue
+            # Not left to the umask: under umask 0 (containerd's test suite runs so) the root and snapshots/
+            # would be world-writable, and anyone could rename a snapshot's directory away and put their own
+            # tree in its place.
+            os.chmod(directory, mode)
         if overlay_options is None:
             from .features import load
 
