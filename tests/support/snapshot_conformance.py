@@ -813,6 +813,14 @@ ODD_KEYS: list[str] = [
     "unicode-ключ-键-🙂",
     "é",  # precomposed
     "e\u0301",  # the same text decomposed: another key
+    "ﬁ",  # a ligature: NFKC makes it "fi", which is another key
+    "fi",
+    "Key",  # case matters
+    "key",
+    "\u200b",  # a zero-width space alone
+    "nul\x00byte",
+    "del\x7f",
+    "sha256:" + "0" * 64,  # the shape of a pulled layer's name; in a bare root just a key
     "x" * 1000,
     "y" * 999 + "/",
 ]
