@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from graftfs.mount import kernel
 from graftfs.store.snapshots import Snapshotter
 from tests.support import snapshot_conformance as conformance
 from tests.support.snapshot_conformance import CaseFn, Opener, ProcessCaseFn
@@ -51,9 +50,9 @@ def _unmount_left(tmp_path: Path) -> list[str]:
     left = conformance.mounts_under(str(tmp_path))
     for point in left:
         try:
-            kernel.unmount(point)
+            conformance.unmount_all(point)  # every mount stacked there
         except Exception:
-            subprocess.run(["umount", "-l", point], check=False)
+            subprocess.run(["umount", "-R", "-l", point], check=False)
     return left
 
 
