@@ -965,6 +965,45 @@ def _run_children(argvs: list[list[str]], timeout: float = 120) -> list[subproce
     ]
 
 
+class WalkWatcher:
+    """Checks walks taken while the share children run, each on its own and against the walks before it.
+
+    A walk must be a consistent picture: no name listed twice; a round's snapshot never both as its active
+    key and its committed name (a commit seen half done); the race's name never with both actives; the
+    shared base (which never changes) always there. And a round's snapshot goes active, committed, gone, in
+    that order: a walk that shows it as neither between one that shows it active and one that shows it
+    committed missed it (the commit was under way)."""
+
+    def __init__(self, tags: list[str]) -> None:
+        self.tags = tags
+        self.walks = 0
+        self.anomalies: list[str] = []
+        self.history: dict[tuple[str, int], str] = {}  # the states seen, one letter each, repeats dropped
+
+    def check(self, walked: Iterable[Info]) -> None:
+        self.walks += 1
+        names = [info.name for info in walked]
+        seen = set(names)
+        out = self.anomalies
+        if len(names) != len(seen):
+            out.append(f"listed twice: {sorted(n for n in seen if names.count(n) > 1)}")
+        if SHARED_BASE not in seen:
+            out.append("the shared base is missing")
+        for tag in self.tags:
+            for i in range(SHARED_ROUNDS):
+                active, committed = f"{tag}/active-{i}" in seen, f"{tag}/committed-{i}" in seen
+                if active and committed:
+                    out.append(f"{tag} round {i} is both active and committed")
+                state = "a" if active else "c" if committed else "-"
+                past = self.history.get((tag, i), "")
+                if not past.endswith(state):
+                    self.history[(tag, i)] = past + state
+                    if (past + state).endswith("a-c"):
+                        out.append(f"{tag} round {i} was missing from a walk during its commit")
+        if RACE in seen and all(f"{tag}/{RACE}" in seen for tag in self.tags):
+            out.append("the race is committed and both its actives are still there")
+
+
 def case_shared_between_processes(opener: Opener, work: str) -> None:
     """Two processes on one root at once: each 30 prepare/commit/remove rounds on its own keys under one
     shared parent, then both commit to one name: exactly one wins, the other gets AlreadyExists and keeps
@@ -980,15 +1019,24 @@ def case_shared_between_processes(opener: Opener, work: str) -> None:
             for tag in tags:
                 _wait_for(os.path.join(sync, f"{tag}.ready"))
             Path(sync, "go").touch()
-            for tag in tags:
-                _wait_for(os.path.join(sync, f"{tag}.ready2"), timeout=120)
+            # Meanwhile, walks from this third process: each must be a consistent picture.
+            watcher = WalkWatcher(tags)
+            deadline = time.monotonic() + 120
+            while not all(os.path.exists(os.path.join(sync, f"{tag}.ready2")) for tag in tags):
+                assert time.monotonic() < deadline, "the children did not finish their rounds in 120s"
+                assert all(child.poll() is None for child in children), "a child exited early"
+                watcher.check(sn.walk())
             Path(sync, "go2").touch()
+            while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+                watcher.check(sn.walk())
             outs = [child.communicate(timeout=120) for child in children]
         finally:
             for child in children:
                 if child.poll() is None:
                     child.kill()
                     child.wait()
+        bad = watcher.anomalies
+        assert not bad, f"{len(bad)} inconsistencies in {watcher.walks} concurrent walks: {bad[:6]}"
         results = {}
         for tag, child, (out, err) in zip(tags, children, outs, strict=True):
             assert child.returncode == 0, f"child {tag} exited {child.returncode}: {err}"
