@@ -29,13 +29,16 @@ On disk, beside the store's own directories::
     snapshots/<id>/fs           the snapshot's tree (an active snapshot's overlay upperdir)
     snapshots/<id>/work         an active snapshot's overlay workdir
     snapshots/keys/<sha256(key)> -> ../<id>     the index of keys and names
-    locks/snapshots.lock        held exclusively by every verb that changes something
+    locks/snapshots.lock        held exclusively by every verb that changes something, shared by walk
 
 Crash safety: every change holds the lock (a killed holder's lock is free again) and has one commit point,
 an atomic rename. A key is visible only while its index link points at a record that carries the same key,
 so a link left behind by a killed commit or remove (pointing at a record that now says otherwise, or at
 nothing) is invisible, is replaced by the next ``prepare`` of that key, and is removed by ``cleanup``, as
-are snapshot directories no link reaches. Reads take no lock: they follow a link and check the record.
+are snapshot directories no link reaches. ``stat`` and ``mounts`` take no lock: they follow one link and
+check one record, which a verb changes atomically. ``walk`` reads every link and record, and a commit changes
+two links and a record: read between those steps, a walk would list the snapshot under both its key and its
+name, or under neither. So it reads them with the lock held shared, and yields after letting it go.
 """
 
 from __future__ import annotations
@@ -133,9 +136,10 @@ class _Found:
 class Snapshotter:
     """containerd's snapshotter verbs over the store (or bare directory) at ``root``.
 
-    Processes share a root safely: each verb that changes something holds ``locks/snapshots.lock``; reads
-    hold nothing. ``overlay_options`` are added to every overlay mount; by default the store's (its layers'
-    whiteouts may be ``user.*`` xattrs, which need ``userxattr``)."""
+    Processes share a root safely: each verb that changes something holds ``locks/snapshots.lock``; walk
+    holds it shared while it reads, stat and mounts not at all. ``overlay_options`` are added to every
+    overlay mount; by default the store's (its layers' whiteouts may be ``user.*`` xattrs, which need
+    ``userxattr``)."""
 
     def __init__(self, root: str, overlay_options: Sequence[str] | None = None) -> None:
         self.layout = Layout.at(root)
@@ -187,7 +191,12 @@ class Snapshotter:
         ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` conditions that must all hold;
         fields ``name``, ``kind``, ``parent``, ``labels.<key>``, a key quoted when it has dots)."""
         matchers = [_parse_filter(f) for f in filters if f]
-        for found in self._all():
+        # Shared, so that no verb is half done while the records are read (a commit seen half done shows
+        # the snapshot twice, or not at all); let go before the first yield, so that the caller may call
+        # any verb while it walks.
+        with FileLock(self.layout.locks, "snapshots").held(shared=True, timeout=LOCK_WAIT):
+            everything = self._all()
+        for found in everything:
             if not matchers or any(all(cond(found.info) for cond in m) for m in matchers):
                 yield found.info
 
