@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from graftfs.store.snapshots import Snapshotter
+from tests.integration.conftest import Graftfs
 from tests.support import snapshot_conformance as conformance
 from tests.support.snapshot_conformance import CaseFn, Opener, ProcessCaseFn
 
@@ -56,15 +57,19 @@ def _unmount_left(tmp_path: Path) -> list[str]:
     return left
 
 
-@pytest.fixture
+@pytest.fixture(params=["bare", "store"])
 def snapshotter(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Snapshotter, str]]:
     """A fresh Snapshotter on ``tmp_path/root`` and the empty ``tmp_path/work``; afterwards anything left
     mounted under ``tmp_path`` is unmounted and the snapshotter closed. A case that passed must have left
-    nothing mounted."""
+    nothing mounted. ``root`` is a bare directory the snapshotter makes, or a graftfs store made by
+    ``init-store`` (whose probed overlay options the snapshotter then uses)."""
     work = tmp_path / "work"
     work.mkdir()
     failures = request.session.testsfailed
-    sn = Snapshotter(str(tmp_path / "root"))
+    root = tmp_path / "root"
+    if request.param == "store":
+        Graftfs(root).run("init-store")
+    sn = Snapshotter(str(root))
     try:
         with conformance.cleared_umask():
             yield sn, str(work)
