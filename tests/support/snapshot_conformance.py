@@ -190,7 +190,7 @@ def _apply_to_mounts(mounts: Sequence[Mount], work: str, applier: fstest.Applier
         with mounted(mounts, td):
             applier(td)
     finally:
-        shutil.rmtree(td)
+        os.rmdir(td)  # never rmtree: were it still mounted, that would empty the snapshot
 
 
 def create_snapshot(sn: SnapshotterLike, parent: str, work: str, applier: fstest.Applier) -> str:
