@@ -874,7 +874,57 @@ def case_odd_keys(sn: SnapshotterLike, work: str) -> None:
     assert list(sn.walk()) == []
 
 
-GRAFTFS_CASES: list[tuple[str, CaseFn]] = [("OddKeys", case_odd_keys)]
+def case_error_kinds(sn: SnapshotterLike, work: str) -> None:
+    """Each refusal of each verb is of the kind containerd's metadata store gives it (what a front end maps
+    to a status code), and leaves nothing changed."""
+    sn.prepare("c-a", "", OPT)
+    sn.commit("c", "c-a", OPT)
+    sn.prepare("a", "c", OPT)
+    sn.view("v", "c", OPT)
+    before = sorted((info.name, info.kind, info.parent) for info in sn.walk())
+    stat_c = sn.stat("c")
+
+    checks: list[tuple[type[GraftfsError], Callable[[], object], str]] = [
+        (NotFound, partial(sn.stat, "missing"), "stat of a missing key"),
+        (NotFound, partial(sn.mounts, "missing"), "mounts of a missing key"),
+        (NotFound, partial(sn.usage, "missing"), "usage of a missing key"),
+        (NotFound, partial(sn.remove, "missing"), "remove of a missing key"),
+        (NotFound, partial(sn.update, _changed(stat_c, name="missing")), "update of a missing key"),
+        (NotFound, partial(sn.prepare, "new", "missing", OPT), "prepare on a missing parent"),
+        (NotFound, partial(sn.view, "new", "missing", OPT), "view of a missing parent"),
+        (NotFound, partial(sn.commit, "new", "missing", OPT), "commit of a missing key"),
+        (InvalidArgument, partial(sn.prepare, "new", "a", OPT), "prepare on an active parent"),
+        (InvalidArgument, partial(sn.view, "new", "v", OPT), "view of a view"),
+        (InvalidArgument, partial(sn.prepare, "", "", OPT), "prepare of an empty key"),
+        (InvalidArgument, partial(sn.commit, "", "a", OPT), "commit to an empty name"),
+        (InvalidArgument, partial(sn.update, stat_c, "kind"), "update of the kind"),
+        (InvalidArgument, partial(sn.update, stat_c, "name"), "update of the name"),
+        (InvalidArgument, lambda: list(sn.walk("nofield==x")), "walk with an unknown field"),
+        (InvalidArgument, lambda: list(sn.walk('name=="unterminated')), "walk with an open quote"),
+        (AlreadyExists, partial(sn.prepare, "a", "", OPT), "prepare of a taken key"),
+        (AlreadyExists, partial(sn.view, "c", "", OPT), "view with a committed name"),
+        (AlreadyExists, partial(sn.commit, "v", "a", OPT), "commit to a taken name"),
+        (AlreadyExists, partial(sn.commit, "a", "a", OPT), "commit to the key's own name"),
+        (FailedPrecondition, partial(sn.commit, "new", "v", OPT), "commit of a view"),
+        (FailedPrecondition, partial(sn.commit, "new", "c", OPT), "commit of a committed snapshot"),
+        (FailedPrecondition, partial(sn.mounts, "c"), "mounts of a committed snapshot"),
+        (FailedPrecondition, partial(sn.remove, "c"), "remove of a parent"),
+    ]
+    wrong = []
+    for kind, call, what in checks:
+        try:
+            call()
+        except GraftfsError as exc:
+            if not isinstance(exc, kind):
+                wrong.append(f"{what}: {type(exc).__name__} ({exc}), expected {kind.__name__}")
+        else:
+            wrong.append(f"{what}: succeeded, expected {kind.__name__}")
+    assert not wrong, "wrong error kinds:\n" + "\n".join(wrong)
+    assert sorted((info.name, info.kind, info.parent) for info in sn.walk()) == before
+    assert sn.stat("c") == stat_c
+
+
+GRAFTFS_CASES: list[tuple[str, CaseFn]] = [("OddKeys", case_odd_keys), ("ErrorKinds", case_error_kinds)]
 
 
 # -- cases across processes -------------------------------------------------------------------------------------
