@@ -204,8 +204,8 @@ class Snapshotter:
 
     def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Make the active snapshot ``key`` on the committed snapshot ``parent`` ("" for none) and return its
-        mounts. AlreadyExists if ``key`` is taken; NotFound if ``parent`` is not there; FailedPrecondition if
-        ``parent`` is not committed."""
+        mounts. AlreadyExists if ``key`` is taken; NotFound if ``parent`` is not there; InvalidArgument (as
+        containerd's metadata store) if ``parent`` is not committed."""
         return self._create(KIND_ACTIVE, key, parent, labels)
 
     def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
