@@ -29,13 +29,16 @@ On disk, beside the store's own directories::
     snapshots/<id>/fs           the snapshot's tree (an active snapshot's overlay upperdir)
     snapshots/<id>/work         an active snapshot's overlay workdir
     snapshots/keys/<sha256(key)> -> ../<id>     the index of keys and names
-    locks/snapshots.lock        held exclusively by every verb that changes something
+    locks/snapshots.lock        held exclusively by every verb that changes something, shared by walk
 
 Crash safety: every change holds the lock (a killed holder's lock is free again) and has one commit point,
 an atomic rename. A key is visible only while its index link points at a record that carries the same key,
 so a link left behind by a killed commit or remove (pointing at a record that now says otherwise, or at
 nothing) is invisible, is replaced by the next ``prepare`` of that key, and is removed by ``cleanup``, as
-are snapshot directories no link reaches. Reads take no lock: they follow a link and check the record.
+are snapshot directories no link reaches. ``stat`` and ``mounts`` take no lock: they follow one link and
+check one record, which a verb changes atomically. ``walk`` reads every link and record, and a commit changes
+two links and a record: read between those steps, a walk would list the snapshot under both its key and its
+name, or under neither. So it reads them with the lock held shared, and yields after letting it go.
 """
 
 from __future__ import annotations
@@ -133,16 +136,30 @@ class _Found:
 class Snapshotter:
     """containerd's snapshotter verbs over the store (or bare directory) at ``root``.
 
-    Processes share a root safely: each verb that changes something holds ``locks/snapshots.lock``; reads
-    hold nothing. ``overlay_options`` are added to every overlay mount; by default the store's (its layers'
-    whiteouts may be ``user.*`` xattrs, which need ``userxattr``)."""
+    Processes share a root safely: each verb that changes something holds ``locks/snapshots.lock``; walk
+    holds it shared while it reads, stat and mounts not at all. ``overlay_options`` are added to every
+    overlay mount; by default the store's (its layers' whiteouts may be ``user.*`` xattrs, which need
+    ``userxattr``)."""
 
     def __init__(self, root: str, overlay_options: Sequence[str] | None = None) -> None:
         self.layout = Layout.at(root)
         self.dir = os.path.join(self.layout.root, "snapshots")
         self.keys = os.path.join(self.dir, "keys")
-        for directory in (self.keys, self.layout.locks):
-            os.makedirs(directory, mode=0o700 if directory == self.keys else 0o755, exist_ok=True)
+        os.makedirs(os.path.dirname(self.layout.root), exist_ok=True)
+        for directory, mode in (
+            (self.layout.root, 0o755),
+            (self.dir, 0o755),
+            (self.keys, 0o700),
+            (self.layout.locks, 0o755),
+        ):
+            try:
+                os.mkdir(directory, mode)
+            except FileExistsError:
+                continue
+            # Not left to the umask: under umask 0 (containerd's test suite runs so) the root and snapshots/
+            # would be world-writable, and anyone could rename a snapshot's directory away and put their own
+            # tree in its place.
+            os.chmod(directory, mode)
         if overlay_options is None:
             from .features import load
 
@@ -174,7 +191,12 @@ class Snapshotter:
         ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` conditions that must all hold;
         fields ``name``, ``kind``, ``parent``, ``labels.<key>``, a key quoted when it has dots)."""
         matchers = [_parse_filter(f) for f in filters if f]
-        for found in self._all():
+        # Shared, so that no verb is half done while the records are read (a commit seen half done shows
+        # the snapshot twice, or not at all); let go before the first yield, so that the caller may call
+        # any verb while it walks.
+        with FileLock(self.layout.locks, "snapshots").held(shared=True, timeout=LOCK_WAIT):
+            everything = self._all()
+        for found in everything:
             if not matchers or any(all(cond(found.info) for cond in m) for m in matchers):
                 yield found.info
 
@@ -182,8 +204,8 @@ class Snapshotter:
 
     def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Make the active snapshot ``key`` on the committed snapshot ``parent`` ("" for none) and return its
-        mounts. AlreadyExists if ``key`` is taken; NotFound if ``parent`` is not there; FailedPrecondition if
-        ``parent`` is not committed."""
+        mounts. AlreadyExists if ``key`` is taken; NotFound if ``parent`` is not there; InvalidArgument (as
+        containerd's metadata store) if ``parent`` is not committed."""
         return self._create(KIND_ACTIVE, key, parent, labels)
 
     def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
@@ -638,15 +660,17 @@ def _condition(path: list[str], op: str, value: str, text: str) -> Condition:
         return lambda info: field(info) is not None
     if op == "==":
         return lambda info: field(info) == value
+    # As containerd's filters: `!=` and `~=` compare the value, which is "" when the field is absent (so
+    # `parent!=""` selects snapshots that have a parent); only `==` also needs the field present.
     if op == "!=":
-        return lambda info: field(info) != value
+        return lambda info: (field(info) or "") != value
     import re
 
     try:
         pattern = re.compile(value)
     except re.error as exc:
         raise InvalidArgument(f"filter `{text}`: {exc}") from None
-    return lambda info: (found := field(info)) is not None and pattern.search(found) is not None
+    return lambda info: pattern.search(field(info) or "") is not None
 
 
 __all__ = ["KIND_ACTIVE", "KIND_COMMITTED", "KIND_VIEW", "Info", "Snapshotter", "Usage"]
