@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from graftfs.mount import kernel
+
 
 def graftfs_command() -> list[str]:
     """The installed console script next to this interpreter (what Garden would run)."""
@@ -31,10 +33,9 @@ GRAFTFS = graftfs_command()
 
 
 def mounts_under(path: Path) -> list[str]:
+    """Mount points below ``path`` (not at it), oldest first."""
     prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
-    return [p for p in points if p.startswith(prefix)]
+    return [m.point for m in kernel.mountinfo() if m.point.startswith(prefix)]
 
 
 @dataclass

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 
 from graftfs import quota
+from graftfs.mount import kernel
 from graftfs.store import features
 from graftfs.store.images import Images
 from graftfs.store.layout import Layout
@@ -76,16 +77,15 @@ class Harness:
         if os.path.isdir(self.layout.projectids):
             found |= {f"record {name}" for name in os.listdir(self.layout.projectids)}
         if self.name == "xfs":
-            report = quota.run("xfs_quota", "-x", "-c", "report -p -n -b", quota.mount_of(self.layout.root)[0])
+            report = quota.run("xfs_quota", "-x", "-c", "report -p -n -b", kernel.mount_of(self.layout.root)[0])
             # "#<project> <used> <soft> <hard> ...": a project with a hard limit is held.
             found |= {f"limit {f[0]}" for f in map(str.split, report.splitlines()) if f[:1] != ["#0"] and _limited(f)}
         if self.name == "btrfs":
             quota.run("btrfs", "subvolume", "sync", self.layout.root)
             shown = quota.run("btrfs", "qgroup", "show", "--raw", self.layout.root)
             found |= {f"qgroup {f[0]}" for f in map(str.split, shown.splitlines()) if f[:1] and f[0].startswith("0/")}
-        real = os.path.realpath(self.layout.images)
-        with open("/proc/self/mountinfo") as f:
-            found |= {f"mount {line.split()[4]}" for line in f if line.split()[4].startswith(real + "/")}
+        images = os.path.realpath(self.layout.images)
+        found |= {f"mount {point}" for point in kernel.mounts_under(images) if point != images}
         return found
 
 

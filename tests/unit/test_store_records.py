@@ -1,4 +1,4 @@
-"""Small pure pieces behind issue 5 and 6: the features record, kernel ID maps, metric names, mountinfo."""
+"""Small pure pieces behind issue 5 and 6: the features record, kernel ID maps, metric names."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from graftfs.idmap import Mapping, Namespace
 from graftfs.metrics import prometheus_name
-from graftfs.quota import mount_of
 from graftfs.store import features
 from graftfs.store.layout import Layout
 
@@ -124,9 +123,3 @@ def test_kernel_maps_of_a_namespace() -> None:
 )
 def test_prometheus_names_in_base_units(name: str, unit: str, metric: str, scale: float) -> None:
     assert prometheus_name(name, unit) == (metric, scale)
-
-
-def test_mount_of_finds_the_longest_mount() -> None:
-    point, fstype, options = mount_of("/proc/self")
-    assert (point, fstype) == ("/proc", "proc") and options
-    assert mount_of("/")[0] == "/"

@@ -324,34 +324,89 @@ def bind_idmapped(source: str, target: str, ns_fd: int) -> None:
         os.close(tree)
 
 
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path``, deepest first (from /proc/self/mountinfo)."""
-    return [point for point, _ in mount_entries(path)]
+# -- mountinfo ---------------------------------------------------------------------------------------------------
+
+
+class MountEntry:
+    """A line of ``/proc/<pid>/mountinfo``: ``id parent major:minor root point options [optional...] - fstype
+    source super-options``. Paths (``root``, ``point``, ``source``) are unescaped; options are as the kernel
+    wrote them (an option's own commas stay escaped, so they split on ``,``)."""
+
+    __slots__ = ("fstype", "options", "point", "root", "source", "super_options")
+
+    def __init__(self, root: str, point: str, options: str, fstype: str, source: str, super_options: str) -> None:
+        self.root = root
+        self.point = point
+        self.options = options
+        self.fstype = fstype
+        self.source = source
+        self.super_options = super_options
+
+    def __repr__(self) -> str:
+        return f"MountEntry({self.point!r}, {self.fstype!r}, source={self.source!r}, root={self.root!r})"
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """Every mount in ``text`` (mountinfo's format), in its order (a mount over another comes after it);
+    lines that are not in that format are skipped."""
+    found = []
+    # Not splitlines(): it also splits on characters such as \x1c and \x85, which the kernel does not escape.
+    for line in text.split("\n"):
+        fields = line.split(" ")
+        try:
+            dash = fields.index("-", 6)
+            fstype, source, super_options = fields[dash + 1 : dash + 4]
+        except ValueError:
+            continue
+        found.append(
+            MountEntry(_unescape(fields[3]), _unescape(fields[4]), fields[5], fstype, _unescape(source), super_options)
+        )
+    return found
+
+
+def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountEntry]:
+    """This process's mounts (:func:`parse_mountinfo`)."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # paths as os.fsdecode makes them
+        return parse_mountinfo(f.read())
 
 
 def mount_entries(path: str) -> list[tuple[str, str]]:
     """``(mount point, filesystem type)`` of every mount at or below ``path``, deepest first; a point
     mounted over twice is listed twice."""
     prefix = os.path.realpath(path).rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-        for line in f:
-            fields = line.split(" ")
-            # id parent major:minor root point options [optional fields...] - fstype source super-options
-            point = _unescape(fields[4])
-            if point == prefix[:-1] or point.startswith(prefix):
-                found.append((point, fields[fields.index("-", 6) + 1]))
+    found = [(m.point, m.fstype) for m in mountinfo() if m.point == prefix[:-1] or m.point.startswith(prefix)]
     return sorted(found, key=lambda entry: len(entry[0]), reverse=True)
 
 
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
+    return [point for point, _ in mount_entries(path)]
+
+
+def mount_of(path: str) -> tuple[str, str, str]:
+    """``(mount point, filesystem type, superblock options)`` of the mount holding ``path`` (the top one
+    where several are stacked); ``("", "unknown", "")`` without ``/proc``."""
+    real = os.path.realpath(path)
+    best = ("", "unknown", "")
+    try:
+        mounts = mountinfo()
+    except FileNotFoundError:
+        return best
+    for m in mounts:
+        if (real == m.point or real.startswith(m.point.rstrip("/") + "/")) and len(m.point) >= len(best[0]):
+            best = (m.point, m.fstype, m.super_options)
+    return best
+
+
 def _unescape(field: str) -> str:
-    """The kernel writes space, tab, newline and backslash in mountinfo paths as octal escapes."""
+    """The kernel writes space, tab, newline and backslash in mountinfo paths as octal escapes (``\\040``)."""
     if "\\" not in field:
         return field
     out, i = [], 0
     while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
+        code = field[i + 1 : i + 4]
+        if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
+            out.append(chr(int(code, 8)))
             i += 4
         else:
             out.append(field[i])

@@ -29,7 +29,7 @@ import os
 import time
 
 from ..errors import FailedPrecondition, KernelError, os_reason
-from ..store.fsutil import atomic_write, disk_usage, read_int, read_text
+from ..store.fsutil import atomic_write, disk_usage, read_int
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -152,23 +152,6 @@ def run(*argv: str) -> str:
         detail = " ".join((result.stderr or result.stdout).split())
         raise KernelError(f"{' '.join(argv)}: {detail or f'exit status {result.returncode}'}")
     return result.stdout
-
-
-def mount_of(path: str) -> tuple[str, str, str]:
-    """(mount point, filesystem type, superblock options) of the mount holding ``path``."""
-    best = ("", "unknown", "")
-    real = os.path.realpath(path)
-    for line in read_text("/proc/self/mountinfo", "").splitlines():
-        fields = line.split(" ")
-        try:
-            point = fields[4].replace("\\040", " ")
-            dash = fields.index("-")
-            kind, options = fields[dash + 1], fields[dash + 3]
-        except (IndexError, ValueError):
-            continue
-        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) >= len(best[0]):
-            best = (point, kind, options)
-    return best
 
 
 STATS_CACHE_SECONDS = 5.0

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 
 from ..errors import KernelError
+from ..mount import kernel
 from . import Backend as Base
-from . import mount_of, run
+from . import run
 
 
 class Backend(Base):
@@ -22,7 +23,7 @@ class Backend(Base):
     def probe(cls, root: str) -> bool:
         import shutil
 
-        if mount_of(root)[1] != "btrfs" or not shutil.which("btrfs"):
+        if kernel.mount_of(root)[1] != "btrfs" or not shutil.which("btrfs"):
             return False
         try:
             run("btrfs", "quota", "enable", root)

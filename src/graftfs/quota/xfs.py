@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 
 from ..errors import FailedPrecondition
+from ..mount import kernel
 from ..store.fsutil import read_text
 from . import Backend as Base
-from . import mount_of, run
+from . import run
 
 # struct fsxattr (linux/fs.h): xflags, extsize, nextents, projid, cowextsize (u32 each), 8 bytes of padding;
 # and its ioctls, _IOR('X', 31, struct fsxattr) and _IOW('X', 32, struct fsxattr).
@@ -30,7 +31,7 @@ class Backend(Base):
     def probe(cls, root: str) -> bool:
         import shutil
 
-        _, fstype, options = mount_of(root)
+        _, fstype, options = kernel.mount_of(root)
         return (
             fstype == "xfs"
             and bool({"prjquota", "pquota"} & set(options.split(",")))
@@ -91,7 +92,7 @@ class Backend(Base):
                     pass
 
     def _xfs(self, command: str) -> str:
-        return run("xfs_quota", "-x", "-c", command, mount_of(self.layout.root)[0])
+        return run("xfs_quota", "-x", "-c", command, kernel.mount_of(self.layout.root)[0])
 
     def _project(self, path: str) -> str:
         project = read_text(self.layout.quota_record(path), "").strip()

@@ -292,9 +292,9 @@ def _initial_userns() -> bool:
 
 
 def _filesystem(path: str) -> str:
-    from ..quota import mount_of
+    from ..mount import kernel
 
-    return mount_of(path)[1]
+    return kernel.mount_of(path)[1]
 
 
 def _xattrs(scratch: str) -> str:
