@@ -342,21 +342,19 @@ class Store:
     def _backing_store(self, size: int) -> None:
         if os.path.isdir(self.path) and kernel.is_mountpoint(self.path):
             return
-        from .quota import run
-
         backing = self.path.rstrip("/") + ".backing-store"
         created = not os.path.exists(self.path)
         os.makedirs(self.path, mode=0o700, exist_ok=True)
         with open(backing, "wb") as f:
             f.truncate(size)
         try:
-            run("mkfs.xfs", "-f", "-q", backing)
+            kernel.run("mkfs.xfs", "-f", "-q", backing)
             try:
-                run("mount", "-o", "loop,pquota,noatime", backing, self.path)
+                kernel.run("mount", "-o", "loop,pquota,noatime", backing, self.path)
             except KernelError as exc:
                 # Tell a kernel without XFS quotas (CONFIG_XFS_QUOTA) from one without loop devices or XFS.
                 try:
-                    run("mount", "-o", "loop,noatime", backing, self.path)
+                    kernel.run("mount", "-o", "loop,noatime", backing, self.path)
                 except KernelError:
                     raise exc from None
                 kernel.unmount(self.path)

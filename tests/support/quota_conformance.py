@@ -77,12 +77,12 @@ class Harness:
         if os.path.isdir(self.layout.projectids):
             found |= {f"record {name}" for name in os.listdir(self.layout.projectids)}
         if self.name == "xfs":
-            report = quota.run("xfs_quota", "-x", "-c", "report -p -n -b", kernel.mount_of(self.layout.root)[0])
+            report = kernel.run("xfs_quota", "-x", "-c", "report -p -n -b", kernel.mount_of(self.layout.root)[0])
             # "#<project> <used> <soft> <hard> ...": a project with a hard limit is held.
             found |= {f"limit {f[0]}" for f in map(str.split, report.splitlines()) if f[:1] != ["#0"] and _limited(f)}
         if self.name == "btrfs":
-            quota.run("btrfs", "subvolume", "sync", self.layout.root)
-            shown = quota.run("btrfs", "qgroup", "show", "--raw", self.layout.root)
+            kernel.run("btrfs", "subvolume", "sync", self.layout.root)
+            shown = kernel.run("btrfs", "qgroup", "show", "--raw", self.layout.root)
             found |= {f"qgroup {f[0]}" for f in map(str.split, shown.splitlines()) if f[:1] and f[0].startswith("0/")}
         images = os.path.realpath(self.layout.images)
         found |= {f"mount {point}" for point in kernel.mounts_under(images) if point != images}

@@ -1,11 +1,15 @@
-"""graftfs.mount.kernel: the mountinfo parser."""
+"""graftfs.mount.kernel's pure parts: the mountinfo parser, and how run() names a tool and describes its failure."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from graftfs.errors import KernelError
 from graftfs.mount import kernel
 
 # Two mounts as the kernel writes them: optional fields, then "-", then type, source and superblock options.
@@ -95,3 +99,74 @@ def test_mount_of_finds_the_longest_mount() -> None:
     point, fstype, options = kernel.mount_of("/proc/self")
     assert (point, fstype) == ("/proc", "proc") and options
     assert kernel.mount_of("/")[0] == "/"
+
+
+# -- run() -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tools() -> Iterator[dict[str, str]]:
+    saved = dict(kernel.tools)
+    yield kernel.tools
+    kernel.tools.clear()
+    kernel.tools.update(saved)
+
+
+def script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_run_returns_stdout_and_runs_the_configured_binary(tmp_path: Path, tools: dict[str, str]) -> None:
+    tools["mkfs.xfs"] = script(tmp_path, "my-mkfs", 'echo "made $*"')
+    assert kernel.run("mkfs.xfs", "-q", "/x") == "made -q /x\n"
+    assert kernel.which("mkfs.xfs") == tools["mkfs.xfs"]
+    tools["mkfs.xfs"] = str(tmp_path / "absent")
+    assert kernel.which("mkfs.xfs") is None
+    assert kernel.which("sh") is not None and kernel.which("no-such-tool-anywhere") is None
+
+
+def test_run_describes_a_failure_in_one_line(tmp_path: Path, tools: dict[str, str]) -> None:
+    tools["xfs_quota"] = fake = script(
+        tmp_path, "xfs_quota", 'echo "ignored" ; echo "first line" >&2; printf "  last   line  \\n\\n" >&2; exit 3'
+    )
+    with pytest.raises(KernelError) as raised:
+        kernel.run("xfs_quota", "-x", "-c", "limit -p bhard=1k 7", "/mnt/my store")
+    assert raised.value.message == f"{fake} -x -c 'limit -p bhard=1k 7' '/mnt/my store': exit status 3: last line"
+    assert raised.value.errno == 0
+
+
+def test_run_failure_without_stderr_names_stdout_or_nothing(tmp_path: Path, tools: dict[str, str]) -> None:
+    tools["btrfs"] = fake = script(tmp_path, "btrfs", 'echo "ERROR: on stdout"; exit 1')
+    with pytest.raises(KernelError, match=rf"^{fake} qgroup: exit status 1: ERROR: on stdout$"):
+        kernel.run("btrfs", "qgroup")
+    tools["btrfs"] = fake = script(tmp_path, "silent", "exit 2")
+    with pytest.raises(KernelError, match=rf"^{fake}: exit status 2$"):
+        kernel.run("btrfs")
+    tools["btrfs"] = fake = script(tmp_path, "killed", "kill -9 $$")
+    with pytest.raises(KernelError, match=rf"^{fake} x: killed by signal 9$"):
+        kernel.run("btrfs", "x")
+
+
+def test_run_failure_of_a_missing_tool_names_the_binary(tmp_path: Path, tools: dict[str, str]) -> None:
+    tools["newuidmap"] = missing = str(tmp_path / "no-such-newuidmap")
+    with pytest.raises(KernelError) as raised:
+        kernel.run("newuidmap", "1", "0", "1000", "1")
+    assert raised.value.message == f"{missing}: no such file or directory"
+
+
+def test_run_times_out_and_shortens_long_arguments(tmp_path: Path, tools: dict[str, str]) -> None:
+    tools["fuse-overlayfs"] = fake = script(tmp_path, "fuse", "sleep 10")
+    long = "lowerdir=" + "l/abcdefabcdef:" * 20
+    with pytest.raises(KernelError) as raised:
+        kernel.run("fuse-overlayfs", "-o", long, "/t", timeout=0.2)
+    assert raised.value.message == f"{fake} -o {long[:117]}... /t: timed out after 0.2s"
+
+
+def test_importing_it_loads_nothing_heavy() -> None:
+    heavy = ("subprocess", "ctypes", "_ctypes", "struct", "shutil")
+    code = f"import sys, graftfs.mount.kernel\nprint(sorted(m for m in {heavy!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out == "[]\n"

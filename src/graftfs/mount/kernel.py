@@ -207,21 +207,10 @@ def _call_mount(source: bytes, target: str, fstype: bytes | None, flags: int, da
 
 def _mount_fuse(spec: OverlaySpec) -> None:
     """fuse-overlayfs is a program (it serves the mount from user space), so this one mount is a command."""
-    import subprocess
-
     try:
-        result = subprocess.run(
-            ["fuse-overlayfs", "-o", spec.options(absolute=True), spec.target],
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {os_reason(exc)}") from None
-    if result.returncode != 0:
-        detail = " ".join((result.stderr or result.stdout).split())
-        raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {detail or result.returncode}")
+        run("fuse-overlayfs", "-o", spec.options(absolute=True), spec.target, timeout=60)
+    except KernelError as exc:
+        raise KernelError(f"mounting fuse-overlayfs at {spec.target}: {exc.message}", exc.errno) from None
 
 
 def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
@@ -412,3 +401,73 @@ def _unescape(field: str) -> str:
             out.append(field[i])
             i += 1
     return "".join(out)
+
+
+# -- external tools ----------------------------------------------------------------------------------------------
+
+#: The binary to run for each tool :func:`run` and :func:`which` are asked for, by the tool's usual name
+#: (``newuidmap``, ``newgidmap``, ``mkfs.xfs``, ``mount``, ``xfs_quota``, ``btrfs``, ``fuse-overlayfs``); a tool
+#: not named here is looked up in ``PATH`` under that name. A front end sets it once, from its flags (the
+#: CLI's ``--newuidmap-bin`` and ``--newgidmap-bin``, and their config keys).
+tools: dict[str, str] = {}
+
+#: Arguments longer than this are shortened in a failure's description, which is one line.
+_ARG_SHOWN = 120
+
+
+def which(tool: str) -> str | None:
+    """The path of the binary :func:`run` would run for ``tool``, or ``None`` if there is no such program.
+    (Not ``shutil.which``: importing shutil costs milliseconds.)"""
+    binary = tools.get(tool, tool)
+    if "/" in binary:
+        candidates = [binary]
+    else:
+        candidates = [os.path.join(d or ".", binary) for d in os.environ.get("PATH", os.defpath).split(os.pathsep)]
+    for candidate in candidates:
+        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
+            return candidate
+    return None
+
+
+def run(tool: str, *args: str, timeout: float = 120) -> str:
+    """Run ``tool`` (the binary :data:`tools` names for it) with ``args``, and return its standard output.
+    Its failure is a :class:`KernelError` of one line: the command, then ``exit status N`` (or ``killed by
+    signal N``, ``timed out after Ns``) and the last line it wrote to stderr (stdout if none), or the reason
+    it could not be started (``<binary>: no such file or directory``)."""
+    import subprocess
+
+    binary = tools.get(tool, tool)
+    try:
+        result = subprocess.run(
+            [binary, *args], capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        raise KernelError(f"{_describe(binary, args)}: timed out after {timeout:g}s") from None
+    except OSError as exc:
+        raise KernelError(f"{binary}: {os_reason(exc)}", exc.errno or 0) from None
+    if result.returncode != 0:
+        raise KernelError(_failure(binary, args, result.returncode, result.stderr, result.stdout))
+    return result.stdout
+
+
+def _failure(binary: str, args: tuple[str, ...], status: int, stderr: str, stdout: str) -> str:
+    """:func:`run`'s description of a failed command: what ran, how it ended, and the last line it wrote."""
+    ended = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+    last = _last_line(stderr) or _last_line(stdout)
+    return f"{_describe(binary, args)}: {ended}" + (f": {last}" if last else "")
+
+
+def _last_line(output: str) -> str:
+    lines = [line for line in output.split("\n") if line.strip()]
+    return " ".join(lines[-1].split()) if lines else ""
+
+
+def _describe(binary: str, args: tuple[str, ...]) -> str:
+    """The command as a shell would take it, each argument cut to :data:`_ARG_SHOWN` characters."""
+    return " ".join(_quote(a if len(a) <= _ARG_SHOWN else a[: _ARG_SHOWN - 3] + "...") for a in (binary, *args))
+
+
+def _quote(arg: str) -> str:
+    if arg and not any(c in arg for c in " \t\n'\"\\$`;&|<>()*?[]{}~#!"):
+        return arg
+    return "'" + arg.replace("'", "'\\''") + "'"

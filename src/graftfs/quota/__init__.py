@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import time
 
-from ..errors import FailedPrecondition, KernelError, os_reason
+from ..errors import FailedPrecondition
 from ..store.fsutil import atomic_write, disk_usage, read_int
 
 TYPE_CHECKING = False
@@ -137,21 +137,6 @@ class Backend:
         if ttl > 0:
             atomic_write(cache, str(exclusive).encode(), 0o600, sync=False)
         return exclusive
-
-
-def run(*argv: str) -> str:
-    """A tool's standard output (quota tools, mkfs, mount); its failure as a KernelError naming it."""
-    # Not at the top: every create imports this module, and one in a store without quotas runs no tool.
-    import subprocess
-
-    try:
-        result = subprocess.run(list(argv), capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise KernelError(f"{' '.join(argv)}: {os_reason(exc)}") from None
-    if result.returncode != 0:
-        detail = " ".join((result.stderr or result.stdout).split())
-        raise KernelError(f"{' '.join(argv)}: {detail or f'exit status {result.returncode}'}")
-    return result.stdout
 
 
 STATS_CACHE_SECONDS = 5.0

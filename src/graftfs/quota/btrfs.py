@@ -12,7 +12,6 @@ import os
 from ..errors import KernelError
 from ..mount import kernel
 from . import Backend as Base
-from . import run
 
 
 class Backend(Base):
@@ -21,12 +20,10 @@ class Backend(Base):
 
     @classmethod
     def probe(cls, root: str) -> bool:
-        import shutil
-
-        if kernel.mount_of(root)[1] != "btrfs" or not shutil.which("btrfs"):
+        if kernel.mount_of(root)[1] != "btrfs" or kernel.which("btrfs") is None:
             return False
         try:
-            run("btrfs", "quota", "enable", root)
+            kernel.run("btrfs", "quota", "enable", root)
         except KernelError:
             return False
         return True
@@ -36,15 +33,15 @@ class Backend(Base):
         return "btrfs qgroups: each image's writable layer is a subvolume with its limit"
 
     def make_image_dir(self, path: str) -> None:
-        run("btrfs", "subvolume", "create", path)
+        kernel.run("btrfs", "subvolume", "create", path)
         os.chmod(path, 0o700)
 
     def limit(self, path: str, size: int) -> None:
-        run("btrfs", "qgroup", "limit", str(size), path)
+        kernel.run("btrfs", "qgroup", "limit", str(size), path)
 
     def exclusive_bytes(self, path: str) -> int:
         # Qgroupid Referenced Exclusive ...; -f: only this subvolume's own qgroup.
-        for line in run("btrfs", "qgroup", "show", "-f", "--raw", path).splitlines():
+        for line in kernel.run("btrfs", "qgroup", "show", "-f", "--raw", path).splitlines():
             fields = line.split()
             if len(fields) >= 3 and fields[0].startswith("0/") and fields[2].isdigit():
                 return int(fields[2])

@@ -13,7 +13,6 @@ from ..errors import FailedPrecondition
 from ..mount import kernel
 from ..store.fsutil import read_text
 from . import Backend as Base
-from . import run
 
 # struct fsxattr (linux/fs.h): xflags, extsize, nextents, projid, cowextsize (u32 each), 8 bytes of padding;
 # and its ioctls, _IOR('X', 31, struct fsxattr) and _IOW('X', 32, struct fsxattr).
@@ -29,13 +28,11 @@ class Backend(Base):
 
     @classmethod
     def probe(cls, root: str) -> bool:
-        import shutil
-
         _, fstype, options = kernel.mount_of(root)
         return (
             fstype == "xfs"
             and bool({"prjquota", "pquota"} & set(options.split(",")))
-            and bool(shutil.which("xfs_quota"))
+            and kernel.which("xfs_quota") is not None
         )
 
     @classmethod
@@ -92,7 +89,7 @@ class Backend(Base):
                     pass
 
     def _xfs(self, command: str) -> str:
-        return run("xfs_quota", "-x", "-c", command, kernel.mount_of(self.layout.root)[0])
+        return kernel.run("xfs_quota", "-x", "-c", command, kernel.mount_of(self.layout.root)[0])
 
     def _project(self, path: str) -> str:
         project = read_text(self.layout.quota_record(path), "").strip()

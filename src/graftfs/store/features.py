@@ -333,7 +333,7 @@ def _overlay(scratch: str, xattrs: str) -> bool:
 
 def _fuse_overlay(scratch: str) -> str:
     """``usable``, or why fuse-overlayfs is not (a ``fuse`` value)."""
-    import shutil
+    from ..mount import kernel
 
     # The device first: a container not given /dev/fuse is the common case, and its fix is the container's.
     try:
@@ -342,7 +342,7 @@ def _fuse_overlay(scratch: str) -> str:
         return "no-device"
     except OSError:  # EACCES (the node's mode), EPERM (a device cgroup), ENXIO (no fuse module)
         return "device-refused"
-    if shutil.which("fuse-overlayfs") is None:
+    if kernel.which("fuse-overlayfs") is None:
         return "no-program"
     return "usable" if _mounts(scratch, "fuse-overlayfs") else "mount-refused"
 
