@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import FailedPrecondition, os_reason
-from .idmap import Mapping
+from .errors import FailedPrecondition, KernelError
+from .idmap import Mapping, Namespace
 from .mount import kernel
 
 TYPE_CHECKING = False
@@ -62,86 +62,39 @@ def _subordinate(kind: str) -> tuple[int, int] | None:
 def enter(
     uid_mappings: Sequence[Mapping],
     gid_mappings: Sequence[Mapping],
-    newuidmap: str = "newuidmap",
-    newgidmap: str = "newgidmap",
+    newuidmap: str | None = None,
+    newgidmap: str | None = None,
 ) -> None:
-    """Unshare a user and mount namespace, map it, and become its root. ``newuidmap`` and ``newgidmap`` are
-    the helpers run (looked up in ``PATH`` unless they are paths) when the mappings need more than the
-    caller's own IDs."""
+    """Unshare a user and mount namespace, map it, and become its root. When the mappings need more than the
+    caller's own IDs, the helpers ``newuidmap`` and ``newgidmap`` map it (:func:`kernel.fork_userns`): the
+    binaries :data:`kernel.tools` names, which ``newuidmap``/``newgidmap`` given here set (the CLI's
+    ``--newuidmap-bin``/``--newgidmap-bin``)."""
+    for tool, binary in (("newuidmap", newuidmap), ("newgidmap", newgidmap)):
+        if binary:
+            kernel.tools[tool] = binary
+    flags = kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS
     if _own_only(uid_mappings, os.getuid()) and _own_only(gid_mappings, os.getgid()):
         uid, gid = os.getuid(), os.getgid()
-        kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS)
-        # A process may map its own IDs without help once setgroups is denied.
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"0 {uid} 1")
-        _write("/proc/self/gid_map", f"0 {gid} 1")
+        kernel.unshare(flags)
+        try:
+            # A process may map its own IDs without help once setgroups is denied.
+            kernel.write_maps("self", f"0 {uid} 1", f"0 {gid} 1", deny_setgroups=True)
+        except KernelError as exc:
+            raise FailedPrecondition(f"rootless: {exc.message}") from None
     else:
-        _enter_with_helpers(uid_mappings, gid_mappings, newuidmap, newgidmap)
+        uid_map, gid_map = Namespace(uid_mappings, gid_mappings).kernel_maps()
+        try:
+            kernel.fork_userns(uid_map, gid_map, enter=True, helpers=True, flags=flags)
+        except KernelError as exc:
+            if exc.errno:  # the unshare itself
+                raise
+            raise FailedPrecondition(
+                f"rootless: cannot map the store's IDs in a user namespace: {exc.message} "
+                "(the ranges must be yours in /etc/subuid and /etc/subgid; package uidmap provides the helpers)"
+            ) from None
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)
 
 
 def _own_only(mappings: Sequence[Mapping], own: int) -> bool:
     return len(mappings) == 1 and mappings[0].host_id == own and mappings[0].size == 1
-
-
-def _enter_with_helpers(
-    uid_mappings: Sequence[Mapping], gid_mappings: Sequence[Mapping], newuidmap: str, newgidmap: str
-) -> None:
-    """newuidmap must write the maps from outside the namespace: a forked child waits for this process to
-    unshare, runs both helpers on it, and reports their errors through a pipe."""
-    import subprocess
-
-    ready_r, ready_w = os.pipe()
-    done_r, done_w = os.pipe()
-    parent = os.getpid()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - runs in the forked child, reported through the pipe
-        status = 1
-        try:
-            os.close(ready_w)
-            os.close(done_r)
-            os.read(ready_r, 1)
-            errors = []
-            for tool, mappings in ((newuidmap, uid_mappings), (newgidmap, gid_mappings)):
-                args = [str(n) for m in mappings for n in (m.namespace_id, m.host_id, m.size)]
-                try:
-                    result = subprocess.run([tool, str(parent), *args], capture_output=True, text=True)
-                except OSError as exc:
-                    # A helper that is not there (a wrong --newuidmap-bin): say which one.
-                    errors.append(f"{tool}: {os_reason(exc)}")
-                    continue
-                if result.returncode != 0:
-                    detail = " ".join((result.stderr or result.stdout).split())
-                    errors.append(f"{tool} {' '.join(args)}: {detail or f'exit status {result.returncode}'}")
-            os.write(done_w, "; ".join(errors).encode())
-            status = 0
-        except BaseException as exc:
-            os.write(done_w, f"mapping the user namespace: {os_reason(exc)}".encode())
-        finally:
-            os._exit(status)
-    os.close(ready_r)
-    os.close(done_w)
-    try:
-        kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS)
-    finally:
-        os.write(ready_w, b"x")
-        os.close(ready_w)
-    report = b""
-    while chunk := os.read(done_r, 4096):
-        report += chunk
-    os.close(done_r)
-    os.waitpid(child, 0)
-    if report:
-        raise FailedPrecondition(
-            f"rootless: cannot map the store's IDs in a user namespace: {report.decode(errors='replace')} "
-            "(the ranges must be yours in /etc/subuid and /etc/subgid; package uidmap provides the helpers)"
-        )
-
-
-def _write(path: str, text: str) -> None:
-    try:
-        with open(path, "w", encoding="ascii") as f:
-            f.write(text)
-    except OSError as exc:
-        raise FailedPrecondition(f"rootless: writing {path}: {os_reason(exc)}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -170,3 +171,59 @@ def test_importing_it_loads_nothing_heavy() -> None:
     code = f"import sys, graftfs.mount.kernel\nprint(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True, text=True).stdout
     assert out == "[]\n"
+
+
+# -- fork_userns() ----------------------------------------------------------------------------------------------
+
+needs_userns = pytest.mark.skipif(
+    not os.path.exists("/proc/self/ns/user") or os.geteuid() != 0, reason="needs root and user namespaces"
+)
+
+
+@needs_userns
+def test_fork_userns_maps_a_namespace_and_hands_its_fd() -> None:
+    fd = kernel.fork_userns("0 100000 10\n", "0 200000 10\n")
+    try:
+        # The namespace outlives the helper that made it; its maps are readable through a process in it.
+        assert os.readlink(f"/proc/self/fd/{fd}").startswith("user:[")
+        assert os.readlink(f"/proc/self/fd/{fd}") != os.readlink("/proc/self/ns/user")
+    finally:
+        os.close(fd)
+
+
+@needs_userns
+def test_fork_userns_reports_both_helpers_failures(tmp_path: Path, tools: dict[str, str]) -> None:
+    tools["newuidmap"] = uid = script(
+        tmp_path, "uid", 'echo "newuidmap: uid range [0-1) -> [5-6) not allowed" >&2; exit 1'
+    )
+    tools["newgidmap"] = gid = script(tmp_path, "gid", "exit 1")
+    with pytest.raises(KernelError) as raised:
+        kernel.fork_userns("0 5 1\n", "0 5 1\n", helpers=True)
+    pid = raised.value.message.split()[1]
+    assert raised.value.message == (
+        f"{uid} {pid} 0 5 1: exit status 1: newuidmap: uid range [0-1) -> [5-6) not allowed; "
+        f"{gid} {pid} 0 5 1: exit status 1"
+    )
+
+
+@needs_userns
+def test_fork_userns_entering_reports_the_mapping_childs_failure(tmp_path: Path) -> None:
+    """With ``enter``, this process unshares and the forked child maps it; run in a process of its own."""
+    fail = script(tmp_path, "fail", 'echo "nope: $*" >&2; exit 1')
+    code = (
+        "import os, graftfs.mount.kernel as k\n"
+        f"k.tools.update(newuidmap={fail!r}, newgidmap={fail!r})\n"
+        "before = os.readlink('/proc/self/ns/user')\n"
+        "try:\n"
+        "    k.fork_userns('0 5 1\\n', '0 6 1\\n', enter=True, helpers=True)\n"
+        "except k.KernelError as e:\n"
+        "    print(os.getpid(), e.errno, e.message)\n"
+        "print(os.readlink('/proc/self/ns/user') != before)\n"
+    )
+    out = subprocess.run([sys.executable, "-I", "-c", code], check=True, capture_output=True, text=True).stdout
+    pid, errno, message = out.splitlines()[0].split(" ", 2)
+    assert errno == "0"
+    assert message == (
+        f"{fail} {pid} 0 5 1: exit status 1: nope: {pid} 0 5 1; {fail} {pid} 0 6 1: exit status 1: nope: {pid} 0 6 1"
+    )
+    assert out.splitlines()[1] == "True"  # it did unshare

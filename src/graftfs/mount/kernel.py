@@ -94,7 +94,7 @@ def mount_overlay(spec: OverlaySpec) -> None:
 def _bind_lowers(spec: OverlaySpec) -> None:
     assert spec.idmap is not None
     os.makedirs(spec.cwd, mode=0o700, exist_ok=True)
-    ns = userns_fd(*spec.idmap)
+    ns = fork_userns(*spec.idmap)
     try:
         for index, source in enumerate(spec.sources):
             target = os.path.join(spec.cwd, str(index))
@@ -237,6 +237,8 @@ def is_mountpoint(path: str) -> bool:
     return st.st_dev != parent.st_dev or st.st_ino == parent.st_ino
 
 
+# -- user namespaces ------------------------------------------------------------------------------------------
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 
@@ -246,6 +248,116 @@ def unshare(flags: int) -> None:
     if call(flags) != 0:
         err = get_errno()
         raise KernelError(f"unshare: {errno_reason(err)}", err)
+
+
+def fork_userns(
+    uid_map: str, gid_map: str, *, enter: bool = False, helpers: bool = False, flags: int = CLONE_NEWUSER
+) -> int:
+    """A new user namespace (``flags`` has CLONE_NEWUSER, and may add CLONE_NEWNS) with these maps
+    (``/proc/<pid>/uid_map`` lines, ``"0 1000 1\n1 100000 65536\n"``), which only a process outside it can
+    write: one process unshares, a forked one maps it from outside, and they wait for each other on two pipes.
+
+    * ``enter=False``: the forked child unshares and waits while this process maps its namespace and opens
+      it; returns that fd (the namespace lives as long as the fd; the child exits). For idmapped mounts.
+    * ``enter=True``: this process unshares, and the forked child maps it; returns -1, this process now in
+      the namespace (root there once it calls setresuid/setresgid). For rootless operation.
+
+    The maps are written directly, which needs privilege over the namespace's parent, or with ``helpers``
+    by the setuid tools ``newuidmap`` and ``newgidmap`` (:data:`tools`), which check them against
+    ``/etc/subuid`` and ``/etc/subgid``. A failed unshare raises its :class:`KernelError` (with its errno);
+    a failed mapping raises one naming what failed (``errno`` 0)."""
+    unshared_r, unshared_w = os.pipe()  # the unsharer to the mapper: "x", or why unshare failed
+    mapped_r, mapped_w = os.pipe()  # the mapper to the unsharer: closed once mapped, after why not if not
+    parent = os.getpid()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the forked child: it reports through the pipes
+        try:
+            if enter:
+                os.close(unshared_w)
+                os.close(mapped_r)
+                try:
+                    _map_from_outside(parent, unshared_r, uid_map, gid_map, helpers)
+                except BaseException as exc:
+                    why = exc.message if isinstance(exc, KernelError) else f"mapping the namespace: {os_reason(exc)}"
+                    os.write(mapped_w, why.encode(errors="replace") or b"?")
+            else:
+                os.close(unshared_r)
+                os.close(mapped_w)
+                _unshare_and_wait(flags, unshared_w, mapped_r)
+        finally:
+            os._exit(0)
+    if enter:
+        os.close(unshared_r)
+        os.close(mapped_w)
+        try:
+            _unshare_and_wait(flags, unshared_w, mapped_r)
+        finally:
+            os.waitpid(child, 0)
+        return -1
+    os.close(unshared_w)
+    os.close(mapped_r)
+    try:
+        _map_from_outside(child, unshared_r, uid_map, gid_map, helpers)
+        return os.open(f"/proc/{child}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(mapped_w)  # mapped (or given up): the child may exit
+        os.waitpid(child, 0)
+
+
+def _unshare_and_wait(flags: int, unshared_w: int, mapped_r: int) -> None:
+    """:func:`fork_userns`'s unsharing side: unshare, say so, and wait until the other side has mapped."""
+    report = b""
+    try:
+        try:
+            unshare(flags)
+        except KernelError as exc:
+            os.write(unshared_w, exc.message.encode())
+            raise
+        os.write(unshared_w, b"x")
+        os.close(unshared_w)
+        unshared_w = -1
+        while chunk := os.read(mapped_r, 4096):
+            report += chunk
+    finally:
+        if unshared_w >= 0:
+            os.close(unshared_w)
+        os.close(mapped_r)
+    if report:
+        raise KernelError(report.decode(errors="replace"))
+
+
+def _map_from_outside(pid: int, unshared_r: int, uid_map: str, gid_map: str, helpers: bool) -> None:
+    """:func:`fork_userns`'s mapping side: once process ``pid`` has unshared, write its maps."""
+    try:
+        said = os.read(unshared_r, 4096)
+    finally:
+        os.close(unshared_r)
+    if said != b"x":
+        raise KernelError(said.decode(errors="replace") or "making a user namespace: the other process exited")
+    if not helpers:
+        write_maps(str(pid), uid_map, gid_map)
+        return
+    failures = []
+    for tool, lines in (("newuidmap", uid_map), ("newgidmap", gid_map)):
+        try:
+            run(tool, str(pid), *lines.split())
+        except KernelError as exc:
+            failures.append(exc.message)
+    if failures:
+        raise KernelError("; ".join(failures))
+
+
+def write_maps(pid: str, uid_map: str, gid_map: str, deny_setgroups: bool = False) -> None:
+    """Write ``/proc/<pid>/uid_map`` and ``gid_map`` (``pid`` may be ``self``), after denying setgroups if
+    asked: a process may map its own IDs in its own namespace only so."""
+    files = [("setgroups", "deny")] if deny_setgroups else []
+    for name, text in (*files, ("uid_map", uid_map), ("gid_map", gid_map)):
+        path = f"/proc/{pid}/{name}"
+        try:
+            with open(path, "w", encoding="ascii") as f:
+                f.write(text)
+        except OSError as exc:
+            raise KernelError(f"writing {path}: {os_reason(exc)}", exc.errno or 0) from None
 
 
 # -- idmapped mounts (Linux 5.12+; on overlay layers 5.19+) --------------------------------------------------
@@ -265,38 +377,6 @@ def _syscall(name: str, number: int, *args: int | bytes) -> int:
         err = get_errno()
         raise KernelError(f"{name}: {errno_reason(err)}", err)
     return rc
-
-
-def userns_fd(uid_map: str, gid_map: str) -> int:
-    """An fd of a new user namespace with these maps (``/proc/<pid>/uid_map`` lines), for idmapped mounts.
-    A forked child unshares it and waits while this process writes its maps and opens it."""
-    ready_r, ready_w = os.pipe()
-    done_r, done_w = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the forked child
-        status = 1
-        try:
-            os.close(ready_r)
-            os.close(done_w)
-            unshare(CLONE_NEWUSER)
-            os.write(ready_w, b"x")
-            os.read(done_r, 1)
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(ready_w)
-    os.close(done_r)
-    try:
-        if os.read(ready_r, 1) != b"x":
-            raise KernelError("making a user namespace for an idmapped mount: the helper process failed")
-        for name, lines in (("uid_map", uid_map), ("gid_map", gid_map)):
-            with open(f"/proc/{child}/{name}", "w", encoding="ascii") as f:
-                f.write(lines)
-        return os.open(f"/proc/{child}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(ready_r)
-        os.close(done_w)
-        os.waitpid(child, 0)
 
 
 def bind_idmapped(source: str, target: str, ns_fd: int) -> None:
