@@ -1,1 +1,1 @@
-"""Mount specs are data; they are performed in exactly one place (:func:`graftfs.mount.kernel.mount`)."""
+"""Mount specs are data; they are performed in exactly one place (:func:`graftfs.mount.kernel.mount_overlay`)."""

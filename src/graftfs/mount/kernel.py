@@ -1,9 +1,15 @@
-"""The one module that makes raw mount system calls.
+"""graftfs's one module for the kernel and external tools: every raw system call (mount, umount2, unshare,
+the new mount API's calls), the one parser of ``/proc/self/mountinfo`` (:func:`mountinfo`), the one helper
+that forks to set up a user namespace (:func:`fork_userns`), and the one runner of external tools
+(:func:`run`: mkfs.xfs, mount, xfs_quota, btrfs, fuse-overlayfs, newuidmap, newgidmap), which names the binary
+configured for each in :data:`tools` and describes a failure in one line. Nothing else in graftfs calls
+``_ctypes``, forks, or imports ``subprocess`` (but the CLI's detached clean-on-create, which runs graftfs).
 
-They are called through ``_ctypes``, the C half of ctypes, loaded only by the commands that mount or
-unmount. Not ``import ctypes``: its ``__init__`` builds dozens of classes and loads ``struct``, which costs
-about 2 ms, a sixth of the interpreter's start-up, on every create and delete. The three types and the
-function class defined here are all that these two calls need.
+The API's callers import this module on every command, so it stays cheap: ``subprocess`` and ``struct`` are
+imported by the functions that need them, and the system calls are made through ``_ctypes``, the C half of
+ctypes, loaded only by the commands that make them. Not ``import ctypes``: its ``__init__`` builds dozens of
+classes and loads ``struct``, which costs about 2 ms, a sixth of the interpreter's start-up, on every create
+and delete. The types and the function classes defined in :func:`_c` are all that these calls need.
 """
 
 from __future__ import annotations
