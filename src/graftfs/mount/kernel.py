@@ -259,9 +259,10 @@ def unshare(flags: int) -> None:
 def fork_userns(
     uid_map: str, gid_map: str, *, enter: bool = False, helpers: bool = False, flags: int = CLONE_NEWUSER
 ) -> int:
-    """A new user namespace (``flags`` has CLONE_NEWUSER, and may add CLONE_NEWNS) with these maps
-    (``/proc/<pid>/uid_map`` lines, ``"0 1000 1\n1 100000 65536\n"``), which only a process outside it can
-    write: one process unshares, a forked one maps it from outside, and they wait for each other on two pipes.
+    """A new user namespace (``flags`` has CLONE_NEWUSER, and may add CLONE_NEWNS) with these maps (the
+    contents of ``/proc/<pid>/uid_map`` and ``gid_map``: lines such as ``1 100000 65536``), which only a process
+    outside it can write: one process unshares, a forked one maps it from outside, and they wait for each
+    other on two pipes.
 
     * ``enter=False``: the forked child unshares and waits while this process maps its namespace and opens
       it; returns that fd (the namespace lives as long as the fd; the child exits). For idmapped mounts.
@@ -270,8 +271,9 @@ def fork_userns(
 
     The maps are written directly, which needs privilege over the namespace's parent, or with ``helpers``
     by the setuid tools ``newuidmap`` and ``newgidmap`` (:data:`tools`), which check them against
-    ``/etc/subuid`` and ``/etc/subgid``. A failed unshare raises its :class:`KernelError` (with its errno);
-    a failed mapping raises one naming what failed (``errno`` 0)."""
+    ``/etc/subuid`` and ``/etc/subgid``. A failed unshare raises its :class:`KernelError` (with the errno);
+    a failed mapping raises one naming what failed, with errno 0 when the forked child reports it
+    (``enter``), so that a caller can tell the two apart."""
     unshared_r, unshared_w = os.pipe()  # the unsharer to the mapper: "x", or why unshare failed
     mapped_r, mapped_w = os.pipe()  # the mapper to the unsharer: closed once mapped, after why not if not
     parent = os.getpid()
