@@ -92,24 +92,9 @@ def cleared_umask() -> Iterator[None]:
         os.umask(old)
 
 
-def _unescape_mountinfo(field: bytes) -> str:
-    """A mountinfo path field (spaces, tabs, newlines and backslashes written as ``\\ooo``) as a path."""
-    out = bytearray()
-    i = 0
-    while i < len(field):
-        if field[i : i + 1] == b"\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(int(field[i + 1 : i + 4], 8))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
 def mount_points() -> list[str]:
     """Every mount point of this process's mount namespace, in mount order."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        return [_unescape_mountinfo(line.split(b" ")[4]) for line in f]
+    return [m.point for m in kernel.mountinfo()]
 
 
 def mounts_under(path: str) -> list[str]:
