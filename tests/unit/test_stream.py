@@ -87,7 +87,6 @@ def test_every_compression_gives_the_same_tar_bytes(kind: str) -> None:
     stream = LayerStream(io.BytesIO(blob), expect_for(blob))
     assert read_all(stream) == TAR
     assert stream.finish() == DIFF_ID
-    assert stream.compressed_bytes == len(blob)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -97,7 +96,6 @@ def test_finish_drains_what_the_reader_left(kind: str) -> None:
     stream = LayerStream(io.BytesIO(blob), expect_for(blob))
     assert stream.tar.read(1000) == TAR[:1000]
     assert stream.finish() == DIFF_ID
-    assert stream.compressed_bytes == len(blob)
 
 
 def test_compression_is_detected_by_magic_not_media_type() -> None:

@@ -149,7 +149,6 @@ def test_regular_file_keeps_content_mode_owner_and_mtime(dest: Path) -> None:
     assert (st.st_uid, st.st_gid) == (1234, 5678)
     assert st.st_mtime_ns == 1_600_000_000 * NS
     assert result.bytes_written == 6
-    assert result.entries == 1
 
 
 @pytest.mark.parametrize("mode", [0o4755, 0o2755, 0o1755, 0o6711, 0o4000, 0o7777])
@@ -194,7 +193,6 @@ def test_bytes_written_counts_regular_files_only(dest: Path) -> None:
     )
     result = run(dest, tb)
     assert result.bytes_written == 8
-    assert result.entries == 7
 
 
 # -- directories -----------------------------------------------------------------------------------------------
@@ -635,7 +633,7 @@ def test_truncated_member_is_an_invalid_image(dest: Path) -> None:
 def test_empty_archive_unpacks_nothing(dest: Path) -> None:
     result = run(dest, TarBuilder())
     assert os.listdir(dest) == []
-    assert result == UnpackResult(0, 0)
+    assert result == UnpackResult(0)
 
 
 # -- security: every refused archive leaves the outside world alone -------------------------------------------

@@ -263,10 +263,6 @@ class LayerStream:
             )
         return None
 
-    @property
-    def compressed_bytes(self) -> int:
-        return self._compressed.count
-
 
 def _size_error(expected: int, actual: int) -> VerificationError:
     return VerificationError(

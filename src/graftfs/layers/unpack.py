@@ -129,7 +129,6 @@ class UnpackOptions:
 @dataclass
 class UnpackResult:
     bytes_written: int = 0  # sum of regular file sizes: GrootFS's volume "Size"
-    entries: int = 0
 
 
 def _normalise(name: str, what: str, entry: str) -> list[str]:
@@ -271,7 +270,6 @@ class _Unpacker:
             except OSError as exc:
                 raise failure("/".join(self._base), self._doing, exc) from exc
         for member in tar:
-            self.result.entries += 1
             try:
                 self._entry(tar, member)
             except OSError as exc:
