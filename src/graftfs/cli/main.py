@@ -337,9 +337,13 @@ def cmd_generate_volume_size_metadata(settings: Settings, args: list[str]) -> in
 
 
 def cmd_serve_containerd_snapshotter(settings: Settings, args: list[str]) -> int:
+    from ..log import LEVELS
     from ..server.containerd import serve  # grpc and protobuf: only this command loads them
 
-    return serve(settings.store, settings.socket, _logger(settings))
+    log = _logger(settings)
+    # A server has no stdout line to fail with: what it cannot answer is logged, whatever --log-level says.
+    log.level = min(log.level, LEVELS["error"])
+    return serve(settings.store, settings.socket, log)
 
 
 COMMANDS: dict[str, Command] = {

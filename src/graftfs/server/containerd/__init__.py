@@ -266,10 +266,10 @@ def serve(root: str, socket_path: str, log: Logger, workers: int = 32, ready: Ca
         raise InvalidArgument(f"socket path {socket_path} is longer than a unix socket's 107 bytes")
     from concurrent import futures
 
-    snapshotter = Snapshotter(root)
-    service = Service(snapshotter, log)
     os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
     _claim_socket(socket_path)
+    snapshotter = Snapshotter(root)
+    service = Service(snapshotter, log)
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:
