@@ -308,3 +308,46 @@ def test_restart_of_containerd_and_of_the_snapshotter_with_a_running_container(
             _stop(server, containerd)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def test_a_store_shared_with_garden_keeps_its_images_through_containerds_gc(
+    busybox: tuple[Path, images.OCIImageInfo],
+) -> None:
+    """The snapshotter over a graftfs store that Garden also uses: the store's pulled layers are committed
+    snapshots that containerd never made, so its garbage collection asks to remove them; the core refuses
+    (FailedPrecondition, which containerd's collector logs and passes over), Garden's image still works, and
+    containerd's own snapshots are collected as usual."""
+    from tests.integration.conftest import Graftfs
+
+    archive, info = busybox
+    work = Path(tempfile.mkdtemp(prefix="gfs-ctrd-"))
+    namespace = "shared"
+    try:
+        garden = Graftfs(work / "store")
+        garden.run("init-store")
+        garden.create(info.url(), "garden-1")
+        volumes = garden.volumes()
+        assert volumes
+        server, containerd = _start(work, namespace)
+        try:
+            ref = _import(containerd, archive, "gfs.test/busybox")
+            out = containerd.ctr("run", "--rm", "--snapshotter", "graftfs", ref, "c", "/bin/busybox", "echo", "hi")
+            assert out.stdout == "hi\n"
+            containerd.ctr("images", "rm", "--sync", ref)
+            client = wire.WireSnapshotter(server.socket_path)
+            try:
+                names = [i.name for i in client.walk()]
+            finally:
+                client.close()
+            assert not [n for n in names if n.startswith(namespace + "/")], names
+            assert garden.volumes() == volumes
+            assert (garden.rootfs("garden-1") / "bin" / "busybox").exists()
+            assert _snapshots(containerd) == []
+            # containerd asked, and was told why not.
+            refused = [line for line in containerd.log_text().splitlines() if "failed to remove snapshot" in line]
+            assert refused and all("it is a layer pulled for images" in line for line in refused), refused
+        finally:
+            _stop(server, containerd)
+        garden.run("delete", "garden-1")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
