@@ -338,7 +338,14 @@ def cmd_generate_volume_size_metadata(settings: Settings, args: list[str]) -> in
 
 def cmd_serve_containerd_snapshotter(settings: Settings, args: list[str]) -> int:
     from ..log import LEVELS
-    from ..server.containerd import serve  # grpc and protobuf: only this command loads them
+
+    try:
+        from ..server.containerd import serve  # grpc and protobuf: only this command loads them
+    except ImportError as exc:
+        from ..errors import Unsupported
+
+        extra = "graftfs's containerd extra (grpcio, protobuf)"
+        raise Unsupported(f"serve containerd-snapshotter needs {extra}: {exc}") from None
 
     log = _logger(settings)
     # A server has no stdout line to fail with: what it cannot answer is logged, whatever --log-level says.
