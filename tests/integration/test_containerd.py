@@ -351,3 +351,35 @@ def test_a_store_shared_with_garden_keeps_its_images_through_containerds_gc(
         garden.run("delete", "garden-1")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_ctr_snapshots_verbs(env: Env, ctr: Containerd, busybox: tuple[Path, images.OCIImageInfo]) -> None:
+    """``ctr snapshots prepare|mounts|commit|view|rm``: Prepare, Mounts, Commit, View and Remove through
+    containerd, each seen in the store under containerd's namespaced key."""
+    archive, info = busybox
+    ref = _import(ctr, archive, "gfs.test/busybox")
+    chain = info.chain_ids[-1]
+    snap = ("snapshots", "--snapshotter", "graftfs")
+    root = "containerd.io/gc.root=test"  # else containerd's garbage collector may take them meanwhile
+    ctr.ctr(*snap, "prepare", "work-1", chain)
+    ctr.ctr(*snap, "label", "work-1", root)
+    mount = ctr.ctr(*snap, "mounts", "/target", "work-1").stdout
+    assert mount.startswith("mount -t overlay overlay /target -o "), mount
+    assert str(env.store) in mount and "upperdir=" in mount, mount
+    ctr.ctr(*snap, "commit", "layer-2", "work-1")
+    ctr.ctr(*snap, "label", "layer-2", root)
+    ctr.ctr(*snap, "view", "look", "layer-2")
+    ctr.ctr(*snap, "label", "look", root)
+    rows = sorted(_snapshots(ctr))
+    assert rows == sorted([[chain, "Committed"], ["layer-2", chain, "Committed"], ["look", "layer-2", "View"]]), rows
+    names = {n.rsplit("/", 1)[-1]: n for n in env.names() if n.startswith(ctr.namespace + "/")}
+    assert set(names) == {chain, "layer-2", "look"}, names
+    assert ctr.ctr(*snap, "rm", "layer-2", check=False).returncode != 0  # the view is on it
+    ctr.ctr(*snap, "rm", "look")
+    ctr.ctr(*snap, "rm", "layer-2")
+    assert _snapshots(ctr) == [[chain, "Committed"]]
+    # containerd removes a snapshot from its records at once, and from the snapshotter at its next garbage
+    # collection: a synchronous image removal (of a second tag) runs one now.
+    ctr.ctr("images", "tag", ref, "gfs.test/collect:now")
+    ctr.ctr("images", "rm", "--sync", "gfs.test/collect:now")
+    assert {n.rsplit("/", 1)[-1] for n in env.names() if n.startswith(ctr.namespace + "/")} == {chain}

@@ -15,7 +15,6 @@ Stopping: SIGTERM, then SIGKILL after a while, reaped; then the shims this conta
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -207,7 +206,3 @@ def start_containerd(work: Path, snapshotter_socket: str, namespace: str) -> Ite
     finally:
         left = teardown(ctrd)
         assert not left, f"left mounted: {left}"
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
