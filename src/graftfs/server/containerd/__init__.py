@@ -255,7 +255,7 @@ def _claim_socket(path: str) -> None:
     raise FailedPrecondition(f"cannot serve on {path}: another server is listening on it")
 
 
-def serve(root: str, socket_path: str, log: Logger, workers: int = 32, ready: Callable[[], None] | None = None) -> int:
+def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
     """Serve the snapshot service over the store (or bare directory) ``root`` on the unix socket
     ``socket_path`` (mode 0600) until SIGTERM or SIGINT, then stop gracefully: calls under way finish (for
     up to 30 s), new ones are refused, and the socket is removed."""
@@ -290,8 +290,6 @@ def serve(root: str, socket_path: str, log: Logger, workers: int = 32, ready: Ca
     try:
         os.chmod(socket_path, 0o600)
         log.info("serving", socket=socket_path, store=root)
-        if ready is not None:
-            ready()
         while not stopping.wait(1.0):
             pass
         log.info("stopping", socket=socket_path)
