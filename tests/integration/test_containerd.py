@@ -262,6 +262,18 @@ def test_128_layers(env: Env, ctr: Containerd) -> None:
     assert [r[0] for r in _snapshots(ctr) if r[0] == info.chain_ids[-1]] == [info.chain_ids[-1]]
 
 
+def _until_snapshotter_answers(containerd: Containerd, timeout: float = 30) -> None:
+    """Wait until containerd reaches the snapshotter again (its gRPC client reconnects with a backoff):
+    ``ctr snapshots usage`` asks the snapshotter itself, not containerd's records."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = containerd.ctr("snapshots", "--snapshotter", "graftfs", "usage", check=False)
+        if result.returncode == 0:
+            return
+        assert time.monotonic() < deadline, f"containerd did not reach the snapshotter again: {result.stderr}"
+        time.sleep(0.2)
+
+
 def test_restart_of_containerd_and_of_the_snapshotter_with_a_running_container(
     busybox: tuple[Path, images.OCIImageInfo],
 ) -> None:
@@ -282,20 +294,23 @@ def test_restart_of_containerd_and_of_the_snapshotter_with_a_running_container(
         # The snapshotter goes and comes back on the same socket; containerd reconnects.
         assert server.stop() == 0
         server = wire.start_server(str(work / "store"), str(work / "s.sock"), work / "server.log")
-        deadline = time.monotonic() + 30
-        while True:
-            result = containerd.ctr("snapshots", "--snapshotter", "graftfs", "ls", check=False)
-            if result.returncode == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert result.returncode == 0, result.stderr
-        rows = sorted(line.split() for line in result.stdout.splitlines()[1:] if line.strip())
+        _until_snapshotter_answers(containerd)
+        rows = sorted(_snapshots(containerd))
         assert rows == sorted([[info.chain_ids[-1], "Committed"], ["long", info.chain_ids[-1], "Active"]]), rows
 
         out = containerd.ctr(
             "run", "--rm", "--snapshotter", "graftfs", ref, "after", "/bin/busybox", "echo", "again"
         ).stdout
         assert out == "again\n"
+
+        # Killed (its socket left behind), and started again on it: the stale socket is replaced.
+        server.proc.kill()
+        server.proc.wait()
+        assert os.path.exists(server.socket_path)
+        server = wire.start_server(str(work / "store"), str(work / "s.sock"), work / "server.log")
+        _until_snapshotter_answers(containerd)
+        args = ("run", "--rm", "--snapshotter", "graftfs", ref, "after-kill", "/bin/busybox", "echo", "still")
+        assert containerd.ctr(*args).stdout == "still\n"
         containerd.ctr("tasks", "kill", "-s", "KILL", "long")
         deadline = time.monotonic() + 30
         while "STOPPED" not in containerd.ctr("tasks", "ls").stdout and time.monotonic() < deadline:
