@@ -65,9 +65,10 @@ GLOBAL_FLAGS = [
 
 class Command:
     """``flag_names``: the command's flags, from the settings table (``flag_help`` words some of them for this
-    command); ``nargs``: the number of arguments it takes, when it takes a fixed number."""
+    command); ``nargs``: the number of arguments it takes, when it takes a fixed number; ``subcommands``: the
+    commands that run in its place (``serve containerd-snapshotter``), by the name that follows it."""
 
-    __slots__ = ("flag_help", "flag_names", "help", "hidden", "name", "nargs", "run", "usage")
+    __slots__ = ("flag_help", "flag_names", "help", "hidden", "name", "nargs", "run", "subcommands", "usage")
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class Command:
         nargs: int | None = None,
         hidden: bool = False,
         flag_help: dict[str, str] | None = None,
+        subcommands: tuple[Command, ...] = (),
     ) -> None:
         self.name = name
         self.usage = usage
@@ -88,6 +90,7 @@ class Command:
         self.run = run
         self.nargs = nargs
         self.hidden = hidden
+        self.subcommands = {c.name.rpartition(" ")[2]: c for c in subcommands}
 
     @property
     def flags(self) -> tuple[Flag, ...]:
@@ -333,6 +336,23 @@ def cmd_generate_volume_size_metadata(settings: Settings, args: list[str]) -> in
     return 0
 
 
+def cmd_serve_containerd_snapshotter(settings: Settings, args: list[str]) -> int:
+    from ..log import LEVELS
+
+    try:
+        from ..server.containerd import serve  # grpc and protobuf: only this command loads them
+    except ImportError as exc:
+        from ..errors import Unsupported
+
+        extra = "graftfs's containerd extra (grpcio, protobuf)"
+        raise Unsupported(f"serve containerd-snapshotter needs {extra}: {exc}") from None
+
+    log = _logger(settings)
+    # A server has no stdout line to fail with: what it cannot answer is logged, whatever --log-level says.
+    log.level = min(log.level, LEVELS["error"])
+    return serve(settings.store, settings.socket, log)
+
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
@@ -396,6 +416,23 @@ COMMANDS: dict[str, Command] = {
             nargs=0,
             hidden=True,
         ),
+        Command(
+            "serve",
+            "serve <server> [options]",
+            "run a long-lived server over the store",
+            (),
+            lambda settings, args: 0,
+            subcommands=(
+                Command(
+                    "serve containerd-snapshotter",
+                    "serve containerd-snapshotter --socket PATH [--store DIR]",
+                    "serve containerd's snapshot service (a proxy plugin) over the store on a unix socket",
+                    ("store", "socket"),
+                    cmd_serve_containerd_snapshotter,
+                    nargs=0,
+                ),
+            ),
+        ),
     ]
 }
 
@@ -408,6 +445,9 @@ def _help(command: Command | None = None) -> str:
         lines = [f"NAME:\n   graftfs {command.name} - {command.help}", f"\nUSAGE:\n   graftfs {command.usage}"]
         if command.flag_names:
             lines.append("\nOPTIONS:\n" + "\n".join(flag_lines(command.flags)))
+        if command.subcommands:
+            subs = (f"   {n:<24} {c.help}" for n, c in command.subcommands.items())
+            lines.append("\nCOMMANDS:\n" + "\n".join(subs))
         return "\n".join(lines) + "\n"
     cmds = "\n".join(f"   {c.name:<16} {c.help}" for c in COMMANDS.values() if not c.hidden)
     return (
@@ -434,6 +474,15 @@ def run(argv: Sequence[str]) -> int:
     if command is None:
         sys.stdout.write(f"No help topic for '{rest[0]}'\n")
         return 3
+    if command.subcommands:
+        if len(rest) < 2 or rest[1] in ("-h", "--help", "-help"):
+            sys.stdout.write(_help(command))
+            return 0
+        sub = command.subcommands.get(rest[1])
+        if sub is None:
+            sys.stdout.write(f"No help topic for '{rest[1]}'\n")
+            return 3
+        command, rest = sub, rest[1:]
     try:
         flags, args = parse_flags(rest[1:], command.flags)
     except UsageError as exc:

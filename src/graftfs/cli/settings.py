@@ -237,6 +237,14 @@ class Settings:
         False, flag="with-direct-io", key="init.with_direct_io", help="accepted and ignored (GrootFS compatibility)"
     )
 
+    # -- serve flags (graftfs's own; no config key) --
+    socket: str = _setting(
+        "",
+        flag="socket",
+        check=lambda value: "" if value else "invalid argument: --socket is required",
+        help="unix socket to serve on (made 0600; a stale one is replaced)",
+    )
+
     def __init__(self, **values: Any) -> None:
         """The defaults, and ``values`` instead of some."""
         self.__dict__.update((setting.name, _default(setting)) for setting in TABLE)

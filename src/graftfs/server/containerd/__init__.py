@@ -1,0 +1,309 @@
+"""``graftfs serve containerd-snapshotter``: the snapshot core as containerd's snapshot service, a proxy plugin.
+
+containerd reaches a snapshotter outside its own binary over gRPC on a unix socket (its config's
+``[proxy_plugins.<name>] type = "snapshot" address = "<socket>"``); the service is
+``containerd.services.snapshots.v1.Snapshots`` (``proto/snapshots.proto``). Each method here is a thin mapping
+onto one :class:`graftfs.store.snapshots.Snapshotter` over the store:
+
+* keys and names as containerd sends them (its metadata store namespaces them, ``<ns>/<n>/<key>``): the core
+  takes any string. The request's ``snapshotter`` field (the plugin's name in containerd's config) is not
+  checked: one server serves one snapshotter under whatever name containerd gives it.
+* labels kept as they are; ``List`` takes containerd's filters (the core's ``walk``) and streams the
+  snapshots in batches; ``Mounts`` are ``containerd.types.Mount`` with an empty target; times are
+  ``google.protobuf.Timestamp``.
+* errors: a :class:`graftfs.errors.GraftfsError` becomes the gRPC status of its kind
+  (:func:`graftfs.errors.grpc_code`, the one table) with its one-line message; anything else becomes INTERNAL
+  with one line, and is logged with its traceback. A client never sees a traceback.
+
+Not here yet (issue 15): remote layers (``containerd.io/snapshot.ref`` answered with ALREADY_EXISTS when the
+layer is in the store's repository); that needs the layer repository.
+
+grpc and protobuf (the ``containerd`` extra) are imported by this module, which only ``serve`` imports.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
+from ...errors import FailedPrecondition, GraftfsError, InvalidArgument, grpc_code
+from ...store.snapshots import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW, Info, Snapshotter
+from .proto import mount_pb2
+from .proto import snapshots_pb2 as pb
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from ...log import Logger
+    from ...mount.spec import Mount
+
+SERVICE = "containerd.services.snapshots.v1.Snapshots"
+
+#: The service's methods: name -> (request type, response type, whether the response is a stream).
+METHODS: dict[str, tuple[type[Message], type[Message], bool]] = {
+    "Prepare": (pb.PrepareSnapshotRequest, pb.PrepareSnapshotResponse, False),
+    "View": (pb.ViewSnapshotRequest, pb.ViewSnapshotResponse, False),
+    "Mounts": (pb.MountsRequest, pb.MountsResponse, False),
+    "Commit": (pb.CommitSnapshotRequest, empty_pb2.Empty, False),
+    "Remove": (pb.RemoveSnapshotRequest, empty_pb2.Empty, False),
+    "Stat": (pb.StatSnapshotRequest, pb.StatSnapshotResponse, False),
+    "Update": (pb.UpdateSnapshotRequest, pb.UpdateSnapshotResponse, False),
+    "List": (pb.ListSnapshotsRequest, pb.ListSnapshotsResponse, True),
+    "Usage": (pb.UsageRequest, pb.UsageResponse, False),
+    "Cleanup": (pb.CleanupRequest, empty_pb2.Empty, False),
+}
+
+#: Snapshots per ``ListSnapshotsResponse`` (containerd's own server sends 100 at a time).
+LIST_BATCH = 100
+
+KINDS = {KIND_VIEW: pb.VIEW, KIND_ACTIVE: pb.ACTIVE, KIND_COMMITTED: pb.COMMITTED}
+KIND_NAMES = {number: name for name, number in KINDS.items()}
+#: grpc's status codes by number.
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+# -- messages <-> the core's values -----------------------------------------------------------------------------
+
+
+def timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    return timestamp_pb2.Timestamp(seconds=ns // 1_000_000_000, nanos=ns % 1_000_000_000)
+
+
+def nanoseconds(ts: timestamp_pb2.Timestamp) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+def info_message(info: Info) -> pb.Info:
+    return pb.Info(
+        name=info.name,
+        parent=info.parent,
+        kind=KINDS[info.kind],
+        created_at=timestamp(info.created),
+        updated_at=timestamp(info.updated),
+        labels=info.labels,
+    )
+
+
+def info_value(message: pb.Info) -> Info:
+    kind = KIND_NAMES.get(message.kind, "")
+    return Info(
+        message.name,
+        kind,
+        message.parent,
+        dict(message.labels),
+        nanoseconds(message.created_at),
+        nanoseconds(message.updated_at),
+    )
+
+
+def mount_messages(mounts: list[Mount]) -> list[mount_pb2.Mount]:
+    return [mount_pb2.Mount(type=m.type, source=m.source, target="", options=list(m.options)) for m in mounts]
+
+
+# -- the service ------------------------------------------------------------------------------------------------
+
+
+class Service:
+    """The snapshot service's methods over ``snapshotter``: each takes a request message and returns the
+    response (``List``: yields them). Errors are raised as they are; :meth:`handler` turns them into statuses."""
+
+    def __init__(self, snapshotter: Snapshotter, log: Logger) -> None:
+        self.sn = snapshotter
+        self.log = log
+
+    def Prepare(self, request: pb.PrepareSnapshotRequest) -> pb.PrepareSnapshotResponse:
+        mounts = self.sn.prepare(request.key, request.parent, dict(request.labels))
+        return pb.PrepareSnapshotResponse(mounts=mount_messages(mounts))
+
+    def View(self, request: pb.ViewSnapshotRequest) -> pb.ViewSnapshotResponse:
+        mounts = self.sn.view(request.key, request.parent, dict(request.labels))
+        return pb.ViewSnapshotResponse(mounts=mount_messages(mounts))
+
+    def Mounts(self, request: pb.MountsRequest) -> pb.MountsResponse:
+        return pb.MountsResponse(mounts=mount_messages(self.sn.mounts(request.key)))
+
+    def Commit(self, request: pb.CommitSnapshotRequest) -> empty_pb2.Empty:
+        self.sn.commit(request.name, request.key, dict(request.labels))
+        return empty_pb2.Empty()
+
+    def Remove(self, request: pb.RemoveSnapshotRequest) -> empty_pb2.Empty:
+        self.sn.remove(request.key)
+        return empty_pb2.Empty()
+
+    def Stat(self, request: pb.StatSnapshotRequest) -> pb.StatSnapshotResponse:
+        return pb.StatSnapshotResponse(info=info_message(self.sn.stat(request.key)))
+
+    def Update(self, request: pb.UpdateSnapshotRequest) -> pb.UpdateSnapshotResponse:
+        if not request.info.name:
+            raise InvalidArgument("update: the snapshot's name is empty")
+        info = self.sn.update(info_value(request.info), *request.update_mask.paths)
+        return pb.UpdateSnapshotResponse(info=info_message(info))
+
+    def List(self, request: pb.ListSnapshotsRequest) -> Iterator[pb.ListSnapshotsResponse]:
+        batch: list[pb.Info] = []
+        for info in self.sn.walk(*request.filters):
+            batch.append(info_message(info))
+            if len(batch) >= LIST_BATCH:
+                yield pb.ListSnapshotsResponse(info=batch)
+                batch = []
+        if batch:
+            yield pb.ListSnapshotsResponse(info=batch)
+
+    def Usage(self, request: pb.UsageRequest) -> pb.UsageResponse:
+        usage = self.sn.usage(request.key)
+        return pb.UsageResponse(size=usage.size, inodes=usage.inodes)
+
+    def Cleanup(self, request: pb.CleanupRequest) -> empty_pb2.Empty:
+        removed = self.sn.cleanup()
+        if removed:
+            self.log.info("cleanup", removed=removed)
+        return empty_pb2.Empty()
+
+    # -- the wire ------------------------------------------------------------------------------------------
+
+    def status(self, method: str, exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        """The status a failed call answers with: its kind's code and its one line; for an error that is no
+        GraftfsError, INTERNAL with one line (the traceback goes to the log, never to the client)."""
+        number, _ = grpc_code(exc)
+        if isinstance(exc, GraftfsError):
+            message = str(exc)
+        else:
+            from ...errors import os_reason
+
+            text = os_reason(exc) + (f": {exc.filename}" if isinstance(exc, OSError) and exc.filename else "")
+            message = " ".join(f"{method}: {type(exc).__name__}: {text}".splitlines())
+            self.log.error(
+                "unexpected-error", message, method=method, traceback="".join(traceback.format_exception(exc))
+            )
+        return STATUS_CODES.get(number, grpc.StatusCode.INTERNAL), message
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        handlers = {}
+        for method, (request_type, response_type, streams) in METHODS.items():
+            call = getattr(self, method)
+            if streams:
+                handlers[method] = grpc.unary_stream_rpc_method_handler(
+                    self._streaming(method, call),
+                    request_deserializer=request_type.FromString,
+                    response_serializer=response_type.SerializeToString,
+                )
+            else:
+                handlers[method] = grpc.unary_unary_rpc_method_handler(
+                    self._unary(method, call),
+                    request_deserializer=request_type.FromString,
+                    response_serializer=response_type.SerializeToString,
+                )
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def _unary(self, method: str, call: Callable[[Any], Message]) -> Callable[[Any, grpc.ServicerContext], Message]:
+        def unary(request: Any, context: grpc.ServicerContext) -> Message:
+            try:
+                return call(request)
+            except Exception as exc:
+                code, message = self.status(method, exc)
+            context.abort(code, message)
+            raise AssertionError("grpc's abort returned")  # it raises
+
+        return unary
+
+    def _streaming(
+        self, method: str, call: Callable[[Any], Iterator[Message]]
+    ) -> Callable[[Any, grpc.ServicerContext], Iterator[Message]]:
+        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Message]:
+            try:
+                yield from call(request)
+                return
+            except Exception as exc:
+                code, message = self.status(method, exc)
+            context.abort(code, message)
+
+        return streaming
+
+
+# -- serving ----------------------------------------------------------------------------------------------------
+
+
+def _claim_socket(path: str) -> None:
+    """Remove a socket left at ``path`` by a server that is gone; refuse one another server listens on, and
+    anything that is not a socket."""
+    import stat
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise FailedPrecondition(f"cannot serve on {path}: it exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # stale: nobody accepts on it
+        return
+    finally:
+        probe.close()
+    raise FailedPrecondition(f"cannot serve on {path}: another server is listening on it")
+
+
+def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
+    """Serve the snapshot service over the store (or bare directory) ``root`` on the unix socket
+    ``socket_path`` (mode 0600) until SIGTERM or SIGINT, then stop gracefully: calls under way finish (for
+    up to 30 s), new ones are refused, and the socket is removed."""
+    if not socket_path:
+        raise InvalidArgument("serve containerd-snapshotter: --socket is required")
+    socket_path = os.path.abspath(socket_path)
+    if len(socket_path.encode()) > 107:
+        raise InvalidArgument(f"socket path {socket_path} is longer than a unix socket's 107 bytes")
+    from concurrent import futures
+
+    os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
+    _claim_socket(socket_path)
+    snapshotter = Snapshotter(root)
+    service = Service(snapshotter, log)
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: object) -> None:
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="snapshots"),
+        handlers=(service.handler(),),
+    )
+    old_umask = os.umask(0o177)  # the socket is made 0600 from the start, not chmodded after a window
+    try:
+        server.add_insecure_port("unix:" + socket_path)
+    finally:
+        os.umask(old_umask)
+    server.start()
+    try:
+        os.chmod(socket_path, 0o600)
+        log.info("serving", socket=socket_path, store=root)
+        while not stopping.wait(1.0):
+            pass
+        log.info("stopping", socket=socket_path)
+        started = time.monotonic()
+        server.stop(grace=30).wait()
+        log.info("stopped", seconds=round(time.monotonic() - started, 3))
+    finally:
+        server.stop(grace=None)
+        snapshotter.close()
+        try:
+            os.unlink(socket_path)
+        except FileNotFoundError:
+            pass
+    return 0
+
+
+__all__ = ["METHODS", "SERVICE", "Service", "serve"]
