@@ -200,7 +200,9 @@ def cmd_init_store(settings: Settings, args: list[str]) -> int:
         gid_mappings = gid_mappings or userns.default_mappings("gid")
     store = _store(settings, (uid_mappings, gid_mappings))
     try:
-        store.init(uid_mappings, gid_mappings, settings.store_size_bytes, settings.shared_layers)
+        store.init(
+            uid_mappings, gid_mappings, settings.store_size_bytes, settings.shared_layers, settings.layer_repository
+        )
     except OSError as exc:
         import errno
 
@@ -340,7 +342,7 @@ COMMANDS: dict[str, Command] = {
             "init-store",
             "init-store [options]",
             "initialize a store directory",
-            ("uid-mapping", "gid-mapping", "store-size-bytes", "shared-layers", "with-direct-io"),
+            ("uid-mapping", "gid-mapping", "store-size-bytes", "shared-layers", "layer-repository", "with-direct-io"),
             cmd_init_store,
             nargs=0,
         ),

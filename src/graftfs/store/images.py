@@ -21,7 +21,7 @@ from .locks import FileLock, discard_orphans
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from ..mount.spec import OverlaySpec
     from ..quota import Backend
@@ -75,27 +75,52 @@ class Images:
         extra_options: Sequence[str] = (),
         driver: str = "kernel",
         idmap: tuple[str, str] | None = None,
+        in_place: Mapping[int, tuple[str, str]] | None = None,
+        unshifted_volumes: bool = True,
+        hide: str = "",
     ) -> OverlaySpec:
+        """The image's overlay over ``volume_ids`` (bottom first). ``in_place`` maps the index of a layer
+        used in place from the store's layer repository to ``(short link relative to the store, its
+        layerfs)``; ``hide`` (relative to the store) is a lower put on top of all. With ``idmap``, every
+        unshifted layer is bound idmapped at ``images/<id>/lowers/<index>``: the repository's, and the
+        volumes too when ``unshifted_volumes`` (shared layers); the others are named from there."""
         from ..mount.spec import OverlaySpec  # only creates build mounts
 
+        in_place = in_place or {}
         if idmap is not None:
-            # Each layer bound, idmapped, at images/<id>/lowers/<index>; short names keep the options small.
+            # Each unshifted layer bound, idmapped, at images/<id>/lowers/<index>; short names keep the options
+            # small, and the store's own (shifted) lowers are reached from there by ../../../.
+            up = os.path.join(os.pardir, os.pardir, os.pardir)
+            sources = []
+            for index, volume_id in enumerate(volume_ids):
+                if index in in_place:
+                    sources.append(in_place[index][1])
+                else:
+                    sources.append(self.layout.volume(volume_id) if unshifted_volumes else "")
+            bound = [
+                str(i) if sources[i] else os.path.join(up, "l", self.layout.short_id(volume_ids[i]))
+                for i in reversed(range(len(volume_ids)))
+            ]
             return OverlaySpec(
                 cwd=os.path.join(self.layout.image(image_id), "lowers"),
-                lowers=tuple(str(i) for i in reversed(range(len(volume_ids)))),
+                lowers=tuple([os.path.join(up, hide)] if hide else []) + tuple(bound),
                 upper=os.path.join("..", "diff"),
                 work=os.path.join("..", "workdir"),
                 target=os.path.join(self.layout.image(image_id), "rootfs"),
                 extra_options=tuple(extra_options),
                 driver=driver,
                 idmap=idmap,
-                sources=tuple(self.layout.volume(v) for v in volume_ids),
+                sources=tuple(sources),
             )
         rel = os.path.join("images", image_id)
+        # Overlay wants the top-most layer first; volumes are listed bottom-first.
+        lowers = tuple(
+            in_place[i][0] if i in in_place else os.path.join("l", self.layout.short_id(volume_ids[i]))
+            for i in reversed(range(len(volume_ids)))
+        )
         return OverlaySpec(
             cwd=self.layout.root,
-            # Overlay wants the top-most layer first; volumes are listed bottom-first.
-            lowers=tuple(os.path.join("l", self.layout.short_id(v)) for v in reversed(volume_ids)),
+            lowers=(hide, *lowers) if hide else lowers,
             upper=os.path.join(rel, "diff"),
             work=os.path.join(rel, "workdir"),
             target=os.path.join(self.layout.image(image_id), "rootfs"),
