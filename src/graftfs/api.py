@@ -36,7 +36,8 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .progress import Progress
     from .pull import LayerBuilder
-    from .sources.base import ImageSpec
+    from .quota import Backend
+    from .sources.base import ImageSpec, Source
     from .store.features import Features
     from .store.gc import CleanResult
     from .store.volumes import Volumes
@@ -443,6 +444,14 @@ class Store:
         backend = quota.load(quota.chosen(feats.quota, options.ephemeral), self.layout)
         self._check_possible(feats, options, backend.enforces)
 
+        # The store's layer repository, checked before anything is asked of the source (one failed open in a
+        # store without one: nothing else is paid there).
+        repository = read_text(self.layout.layer_repository_file)
+        if repository:
+            from .repository import layers
+
+            layers.check(layers.parse(repository)[0])  # every create: unmounted, or made writable, since init-store
+
         from .sources import open_source
 
         source = open_source(
@@ -453,6 +462,24 @@ class Store:
             remote_layer_certificates=options.remote_layer_certificates,
             plain_http_hosts=self.layout.plain_http_hosts,
         )
+        try:
+            return self._create_from(source, image_id, options, feats, backend, repository, log, start_ns)
+        finally:
+            close = getattr(source, "close", None)  # a registry's keep-alive connections
+            if close is not None:
+                close()
+
+    def _create_from(
+        self,
+        source: Source,
+        image_id: str,
+        options: CreateOptions,
+        feats: Features,
+        backend: Backend,
+        repository: str,
+        log: Logger,
+        start_ns: int,
+    ) -> Image:
         spec = source.resolve()
         limit = options.disk_limit_bytes
         # GrootFS stops a pull whose uncompressed layers exceed the limit, unless the image is excluded from it.
@@ -477,9 +504,7 @@ class Store:
                 "this store's layers are shared unshifted and mounted idmapped, which a runtime spec's mount "
                 "cannot express: create without --without-mount"
             )
-        # Layers found in the store's layer repository are used in place, not pulled (one failed open in a
-        # store without one: nothing else is paid there).
-        repository = read_text(self.layout.layer_repository_file)
+        # Layers found in the store's layer repository are used in place, not pulled.
         in_place: dict[int, tuple[str, str]] = {}
         hide = ""
         if repository:
@@ -576,7 +601,6 @@ class Store:
         from .repository import layers
 
         root, idmapped, why = layers.parse(record)
-        layers.check(root)  # every create: unmounted, or made writable, since init-store
         repository = layers.Repository(self.layout, root)
         found = [(i, layer.blob, repository.find(layer.blob)) for i, layer in enumerate(spec.layers)]
         present = [(i, digest, path) for i, digest, path in found if path is not None]
