@@ -311,6 +311,23 @@ class Store:
         mode = f"shared, unshifted, with every store using {shared}"
         return mode + ("; this store's ID mappings are applied by idmapped mounts" if mapped else ""), mapped
 
+    def layer_repository(self) -> str:
+        """The store's layer repository and how its creates use it, in words ("" when it has none)."""
+        record = read_text(self.layout.layer_repository_file)
+        if not record:
+            return ""
+        from .repository import layers
+
+        root, idmapped, why = layers.parse(record)
+        if self.rootless:
+            return f"{root}: not used (rootless: its files would show with IDs this namespace does not map)"
+        namespace = self.namespace()
+        if not (namespace.uid_mappings or namespace.gid_mappings):
+            return f"{root}: layers found there are used in place, not pulled"
+        if idmapped:
+            return f"{root}: layers found there are used in place, mounted idmapped with this store's mappings"
+        return f"{root}: not used, layers are pulled (this store has ID mappings, and {why})"
+
     def features(self) -> Features:
         """What this caller can do in this store (probed by ``init``, kept in ``meta/features.json``)."""
         if self._features is None:

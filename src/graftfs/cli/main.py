@@ -223,6 +223,9 @@ def cmd_features(settings: Settings, args: list[str]) -> int:
     mode, idmapped = store.layers_mode()
     lines = store.features().describe(store.path, idmapped)
     lines.insert(2, f"layers           {mode}")
+    repository = store.layer_repository()
+    if repository:
+        lines.insert(3, f"layer repository {repository}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
