@@ -104,6 +104,17 @@ def test_verdicts_are_kept_per_digest_and_links_made_once(tmp_path: Path) -> Non
     assert repository.link(DIGEST, path) == "r/" + DIGEST[7:19]
     assert os.readlink(os.path.join(layout.repository_links, DIGEST[7:19])) == path
     assert repository.link(DIGEST, path) == "r/" + DIGEST[7:19]
+    # A layer others can write fails the create, and is looked at again next time (once fixed, it is used).
+    other = "sha256:" + "ab" + "cd" * 31
+    layerfs = Path(layers.layer_dir(str(repo), other))
+    layerfs.mkdir(parents=True, mode=0o755)
+    layerfs.parent.chmod(0o755)
+    (layerfs / "tmp").mkdir(mode=0o1777)
+    (layerfs / "tmp").chmod(0o1777)
+    with pytest.raises(FailedPrecondition, match="layerfs/tmp is writable by users other than root"):
+        repository.verdict(other, str(layerfs))
+    (layerfs / "tmp").chmod(0o755)
+    assert repository.verdict(other, str(layerfs)) == layers.USABLE
 
 
 def test_lowers_of_an_image_with_layers_in_place() -> None:

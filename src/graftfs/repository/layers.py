@@ -185,8 +185,9 @@ class Repository:
         found = read_text(record, "\0")
         if found == "\0":
             found = scan(path)
-            os.makedirs(self.layout.repository_verdicts, mode=0o755, exist_ok=True)
-            atomic_write(record, found.encode(), sync=False)  # a lost record is only scanned again
+            if not found.startswith("writable:"):  # not kept: it holds until someone fixes the repository
+                os.makedirs(self.layout.repository_verdicts, mode=0o755, exist_ok=True)
+                atomic_write(record, found.encode(), sync=False)  # a lost record is only scanned again
         if found.startswith("writable:"):
             raise FailedPrecondition(
                 f"layer repository {self.root}: {os.path.join(path, found[len('writable:') :])} is writable by "
