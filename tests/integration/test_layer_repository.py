@@ -381,3 +381,70 @@ def test_a_store_without_a_repository_imports_nothing_of_it(gfs: Graftfs, regist
     assert not {name for name in imported if name.startswith("graftfs.repository")}
     for image_id in ("first", "second"):
         gfs.run("delete", image_id)
+
+
+# -- crash safety and concurrency (oci:// layouts: their layers are named by manifest digest too) ---------------
+
+
+def _local_image(workdir: Path) -> tuple[str, list[tuple[str, bytes]]]:
+    tars = [busybox_layer(), TarBuilder().file("top", b"t").build()]
+    info = write_oci_layout(workdir / "layout", tars)
+    return info.url(), list(zip(info.layer_digests, tars, strict=True))
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["plain", "mapped"])
+def test_create_killed_at_random_points_in_a_repository_store_is_either_whole_or_gone(
+    workdir: Path, repo_src: Path, mapped: bool
+) -> None:
+    """The store protocol's rule holds with repository layers (short links, verdicts, idmapped binds): a
+    create killed anywhere leaves the image whole or absent, the next create completes, clean leaves
+    nothing behind, and no mount is left."""
+    from tests.integration.test_nothing_lost import kill_fifty_times, leftovers
+
+    url, found = _local_image(workdir)
+    ducc.write_repository(repo_src, found[:1])  # the base in place, the top pulled
+    with ducc.erofs(repo_src, workdir / "repo.erofs", workdir / "repo") as repo:
+        g = Graftfs(workdir / "store")
+        flags = ["--uid-mapping", MAPPING, "--gid-mapping", MAPPING] if mapped else []
+        g.run("init-store", *flags, "--layer-repository", str(repo))
+        g.create(url, "warm")
+
+        def check(where: str) -> None:
+            if str(g.store / "images" / "v") in g.run("list").stdout.split():
+                assert (g.rootfs("v") / "top").read_bytes() == b"t", f"listed but not mounted ({where})"
+                assert (g.rootfs("v") / "bin/busybox").is_file(), where
+            else:
+                g.create(url, "v")
+            g.run("delete", "v")
+            assert not [p for p in mounts_under(g.store) if "/images/v/" in p + "/"], where
+
+        kill_fifty_times([*GRAFTFS, "--store", str(g.store), "create", url, "v"], lambda: None, check)
+        g.run("delete", "warm")
+        g.run("clean")
+        assert leftovers(g.store) == []
+        assert mounts_under(g.store) == []
+
+
+def test_concurrent_cold_creates_in_a_repository_store(workdir: Path, repo_src: Path) -> None:
+    url, found = _local_image(workdir)
+    ducc.write_repository(repo_src, found[:1])
+    with ducc.erofs(repo_src, workdir / "repo.erofs", workdir / "repo") as repo:
+        g = Graftfs(workdir / "store")
+        g.run("init-store", "--layer-repository", str(repo))
+        procs = [
+            subprocess.Popen(
+                [*GRAFTFS, "--store", str(g.store), "create", url, f"c{i}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(8)
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, (out, err)
+        assert len(g.volumes()) == 1  # the top layer, pulled once; the base in place for all
+        assert sorted(os.listdir(g.store / "r")) == [".hide", found[0][0][7:19]]
+        for i in range(8):
+            assert (g.rootfs(f"c{i}") / "top").read_bytes() == b"t"
+            g.run("delete", f"c{i}")
