@@ -522,7 +522,7 @@ class Store:
                 "cannot express: create without --without-mount"
             )
         # Layers found in the store's layer repository are used in place, not pulled.
-        in_place: dict[int, tuple[str, str]] = {}
+        in_place: dict[int, tuple[str, str, str]] = {}
         hide = ""
         if repository:
             in_place, hide = self._in_place(repository, spec, mapped, feats, options, log)
@@ -610,9 +610,10 @@ class Store:
 
     def _in_place(
         self, record: str, spec: ImageSpec, mapped: bool, feats: Features, options: CreateOptions, log: Logger
-    ) -> tuple[dict[int, tuple[str, str]], str]:
+    ) -> tuple[dict[int, tuple[str, str, str]], str]:
         """The layers of ``spec`` to use in place from the store's layer repository (index → short link
-        relative to the store, layerfs path), and the lower that hides DUCC's markers ("" if none is needed).
+        relative to the store, layerfs path, its shim relative to the store if it has whiteouts), and the lower
+        that hides DUCC's markers ("" if none is needed).
         A repository that is gone or writable by others fails the create; a layer that cannot be used in place
         is pulled, and the log says why (see :mod:`graftfs.repository.layers`)."""
         from .repository import layers
@@ -640,19 +641,32 @@ class Store:
         if reason:
             log.info("layer-repository-not-used", repository=root, layers=len(present), reason=reason)
             return {}, ""
-        in_place: dict[int, tuple[str, str]] = {}
+        in_place: dict[int, tuple[str, str, str]] = {}
         hide = ""
+        hide_ready = os.path.lexists(os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER))
         for index, digest, path in present:
-            verdict = repository.verdict(digest, path)
-            if verdict == layers.HIDE:
-                if not os.path.lexists(os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER)):
-                    verdict = "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
-                else:
-                    hide = os.path.relpath(self.layout.repository_hide, self.layout.root)
-            if verdict not in (layers.USABLE, layers.HIDE):
-                log.info("layer-repository-layer-pulled", repository=root, digest=digest, reason=verdict)
+            flags = repository.verdict(digest, path).split(",")
+            why_not = ""
+            if layers.HIDE in flags and not hide_ready:
+                why_not = "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
+            elif layers.SHIM in flags and feats.whiteouts != "device":
+                why_not = (
+                    "it holds OCI whiteouts as plain files, which overlayfs does not read as deletions, and this "
+                    "caller cannot make the overlay whiteouts (0:0 character devices) that would apply them"
+                )
+            if why_not:
+                log.info("layer-repository-layer-pulled", repository=root, digest=digest, reason=why_not)
                 continue
-            in_place[index] = (repository.link(digest, path) if not mapped else "", path)
+            if layers.HIDE in flags:
+                hide = os.path.relpath(self.layout.repository_hide, self.layout.root)
+            shim = ""
+            if layers.SHIM in flags:
+                from .idmap import IdMap
+
+                namespace = self.namespace()
+                uid, gid = IdMap(namespace.uid_mappings), IdMap(namespace.gid_mappings)
+                shim = repository.shim(digest, path, uid, gid, feats.xattrs)
+            in_place[index] = (repository.link(digest, path) if not mapped else "", path, shim)
         return in_place, hide
 
     def delete(self, image_id_or_path: str) -> str:

@@ -75,18 +75,51 @@ def app(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Pushed:
 
 @pytest.fixture(scope="module")
 def deleting(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Pushed:
-    """A base layer, and one on top that deletes a file (whiteout) and replaces a directory (opaque)."""
+    """A base layer; one on top that deletes files and a directory (whiteouts) and replaces a directory
+    (opaque); and a third that puts a deleted file back."""
     base = busybox_layer(
         TarBuilder()
         .file("etc/old.conf", b"deleted above\n")
+        .file("etc/again", b"deleted, then put back\n")
         .dir("opt")
         .dir("opt/dir")
         .file("opt/dir/a", b"a\n")
         .file("opt/dir/b", b"b\n")
+        .dir("srv")
+        .dir("srv/data")
+        .file("srv/data/x", b"x\n")
+        .file("srv/keep", b"kept\n")
     )
-    top = TarBuilder().dir("etc").whiteout("etc/old.conf").dir("opt").dir("opt/dir").opaque("opt/dir")
-    top.file("opt/dir/c", b"c\n")
-    return _push(registry, tmp_path_factory.mktemp("deleting"), "team/deleting", [base, top.build()])
+    middle = (
+        TarBuilder()
+        .dir("etc", mode=0o750, uid=5, gid=6)
+        .whiteout("etc/old.conf")
+        .whiteout("etc/again")
+        .dir("srv")
+        .whiteout("srv/data")
+        .dir("opt")
+        .dir("opt/dir")
+        .opaque("opt/dir")
+        .file("opt/dir/c", b"c\n")
+    )
+    top = TarBuilder().dir("etc", mode=0o750, uid=5, gid=6).file("etc/again", b"back\n")
+    tars = [base, middle.build(), top.build()]
+    return _push(registry, tmp_path_factory.mktemp("deleting"), "team/deleting", tars)
+
+
+def _check_deleting(rootfs: Path) -> None:
+    assert not (rootfs / "etc/old.conf").exists()
+    assert (rootfs / "etc/again").read_text() == "back\n"
+    assert not (rootfs / "srv/data").exists()
+    assert (rootfs / "srv/keep").read_text() == "kept\n"
+    assert sorted(os.listdir(rootfs / "opt/dir")) == ["c"]
+    assert sorted(os.listdir(rootfs / "srv")) == ["keep"]
+    found = [os.path.join(base, n) for base, dirs, files in os.walk(rootfs) for n in dirs + files]
+    assert not [p for p in found if os.path.basename(p).startswith(".wh.")]
+    assert not (rootfs / ".cvmfscatalog").exists()
+    st = os.stat(rootfs / "etc")  # the directory as the layers say, not as the shim's lowers made it
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (5, 6, 0o750)
+    assert (rootfs / "etc/passwd").is_file()  # the base layer, in place
 
 
 def _blobs_asked(registry: Registry, since: int) -> set[str]:
@@ -169,40 +202,69 @@ def test_a_repository_layer_with_whiteouts_and_opaque_directories_gives_the_righ
     workdir: Path, registry: Registry, deleting: Pushed, repo_src: Path
 ) -> None:
     """DUCC keeps ``.wh.`` entries as plain files, which overlayfs would show and not apply: such a layer is
-    pulled (its whiteouts become the kernel's in the store), the others are used in place."""
-    ducc.write_repository(repo_src, deleting.layers(0, 1))
-    top = ducc.layer_dir(repo_src, deleting.digests[1])
-    assert (top / "etc/.wh.old.conf").is_file() and (top / "opt/dir/.wh..wh..opq").is_file()  # as DUCC has them
+    stacked between the two lowers of a shim the store makes once (overlay whiteouts deleting below it,
+    hiding its markers above it), and nothing is downloaded."""
+    ducc.write_repository(repo_src, deleting.layers(0, 1, 2))
+    middle = ducc.layer_dir(repo_src, deleting.digests[1])
+    assert (middle / "etc/.wh.old.conf").is_file() and (middle / "opt/dir/.wh..wh..opq").is_file()  # as DUCC's
     with ducc.erofs(repo_src, workdir / "repo.erofs", workdir / "repo") as repo:
-        g = Graftfs(workdir / "store", log_level="info")
+        g = Graftfs(workdir / "store")
         g.run("init-store", "--layer-repository", str(repo))
         before = _log_size(registry)
-        result = g.run("create", "--insecure-registry", registry.host, deleting.url, "c1")
-        assert _blobs_asked(registry, before) == {deleting.config, deleting.digests[1]}
-        rootfs = g.rootfs("c1")
-        assert not (rootfs / "etc/old.conf").exists()
-        assert sorted(os.listdir(rootfs / "opt/dir")) == ["c"]
-        found = [os.path.join(base, n) for base, dirs, files in os.walk(rootfs) for n in dirs + files]
-        assert not [p for p in found if os.path.basename(p).startswith(".wh.")]
-        assert (rootfs / "etc/passwd").is_file()  # the base layer, in place
-        pulled = [json.loads(line) for line in result.stderr.splitlines() if "layer-repository-layer-pulled" in line]
-        assert len(pulled) == 1 and pulled[0]["data"]["digest"] == deleting.digests[1]
-        assert "whiteout" in pulled[0]["data"]["reason"]
+        _create(g, registry, deleting.url, "c1")
+        assert _blobs_asked(registry, before) == {deleting.config}
+        assert g.volumes() == set()
+        _check_deleting(g.rootfs("c1"))
         # The verdict is kept per layer: a warm create reads it, and walks no layer again.
         verdicts = g.store / "meta" / "repository-layers"
         assert sorted(os.listdir(verdicts)) == sorted(d.split(":")[1] for d in deleting.digests)
+        assert (verdicts / deleting.digests[1].split(":")[1]).read_text() == "shim,hide"
         stamps = {name: (verdicts / name).stat().st_mtime_ns for name in os.listdir(verdicts)}
-        before = _log_size(registry)
-        g.run("create", "--insecure-registry", registry.host, deleting.url, "c2")
-        assert _blobs_asked(registry, before) == {deleting.config}
+        shim = g.store / "r" / (deleting.digests[1][7:19] + ".shim")
+        shim_stamp = shim.stat().st_mtime_ns
+        _create(g, registry, deleting.url, "c2")
         assert {name: (verdicts / name).stat().st_mtime_ns for name in os.listdir(verdicts)} == stamps
-        assert not (g.rootfs("c2") / "etc/old.conf").exists()
-        assert sorted(os.listdir(g.rootfs("c2") / "opt/dir")) == ["c"]
+        assert shim.stat().st_mtime_ns == shim_stamp
+        _check_deleting(g.rootfs("c2"))
         if runc_binary() is not None:
-            out = run_in_rootfs(g.rootfs("c2"), ["/bin/sh", "-c", "ls -a /etc /opt/dir"]).stdout
-            assert "old.conf" not in out and ".wh." not in out and "c\n" in out
+            out = run_in_rootfs(g.rootfs("c2"), ["/bin/sh", "-c", "ls -a /etc /opt/dir /srv; cat /etc/again"]).stdout
+            assert "old.conf" not in out and ".wh." not in out and "data" not in out
+            assert out.endswith("back\n")
         for image_id in ("c1", "c2"):
             g.run("delete", image_id)
+    # The middle layer pulled (its whiteouts the kernel's, in the store), the others in place: the same rootfs.
+    src2 = workdir / "repo-src2"
+    ducc.write_repository(src2, deleting.layers(0, 2))
+    with ducc.erofs(src2, workdir / "repo2.erofs", workdir / "repo2") as repo2:
+        g2 = Graftfs(workdir / "store2")
+        g2.run("init-store", "--layer-repository", str(repo2))
+        before = _log_size(registry)
+        _create(g2, registry, deleting.url, "c3")
+        assert _blobs_asked(registry, before) == {deleting.config, deleting.digests[1]}
+        _check_deleting(g2.rootfs("c3"))
+        g2.run("delete", "c3")
+
+
+def test_a_mapped_store_stacks_shims_with_shifted_owners(registry: Registry, deleting: Pushed) -> None:
+    with traversable_tmpdir() as base:
+        src = base / "repo-src"
+        src.mkdir()
+        ducc.write_repository(src, deleting.layers(0, 1))
+        with ducc.erofs(src, base / "repo.erofs", base / "repo") as repo:
+            g = Graftfs(base / "store")
+            g.run("init-store", "--uid-mapping", MAPPING, "--gid-mapping", MAPPING, "--layer-repository", str(repo))
+            before = _log_size(registry)
+            _create(g, registry, deleting.url, "c1")
+            assert _blobs_asked(registry, before) == {deleting.config, deleting.digests[2]}
+            rootfs = g.rootfs("c1")
+            assert not (rootfs / "etc/old.conf").exists()
+            assert sorted(os.listdir(rootfs / "opt/dir")) == ["c"]
+            assert not [n for n in os.listdir(rootfs / "etc") if n.startswith(".wh.")]
+            st = os.stat(rootfs / "etc")
+            assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (100005, 100006, 0o750)
+            assert os.stat(rootfs / "opt/dir/c")[4:6] == (100000, 100000)
+            g.run("delete", "c1")
+            assert mounts_under(g.store) == []
 
 
 def test_clean_delete_and_delete_store_never_touch_the_repository(

@@ -77,15 +77,53 @@ def test_a_layer_s_verdict(tmp_path: Path) -> None:
     layerfs = Path(layers.layer_dir(str(repo), DIGEST))
     assert layers.scan(str(layerfs)) == layers.USABLE
     (layerfs / ".cvmfscatalog").write_bytes(b"")
-    assert layers.scan(str(layerfs)) == layers.HIDE
+    assert layers.scan(str(layerfs)) == "hide"
     (layerfs / "etc" / ".wh.motd").write_bytes(b"")
-    assert "whiteout etc/.wh.motd" in layers.scan(str(layerfs))
+    assert layers.scan(str(layerfs)) == "shim,hide"
+    (layerfs / ".cvmfscatalog").unlink()
     (layerfs / "etc" / ".wh.motd").unlink()
     (layerfs / "etc" / ".wh..wh..opq").write_bytes(b"")
-    assert "opaque directory marker etc/.wh..wh..opq" in layers.scan(str(layerfs))
+    assert layers.scan(str(layerfs)) == "shim"
     (layerfs / "etc" / ".wh..wh..opq").unlink()
     (layerfs / "etc").chmod(0o777)  # on a writable filesystem, a directory anyone can write
     assert layers.scan(str(layerfs)) == "writable:etc"
+
+
+@root_only
+def test_a_shim_deletes_below_and_hides_the_markers_above(tmp_path: Path) -> None:
+    layerfs = tmp_path / "layerfs"
+    (layerfs / "etc" / "deep").mkdir(parents=True)
+    (layerfs / "opt" / "dir").mkdir(parents=True)
+    (layerfs / "etc" / ".wh.old.conf").write_bytes(b"")
+    (layerfs / "etc" / "deep" / ".wh.gone").write_bytes(b"")
+    (layerfs / "opt" / "dir" / ".wh..wh..opq").write_bytes(b"")
+    (layerfs / "opt" / "dir" / "c").write_bytes(b"c")
+    (layerfs / ".wh.top").write_bytes(b"")
+    os.chown(layerfs / "etc", 33, 34)
+    (layerfs / "etc").chmod(0o750)
+    os.utime(layerfs / "etc", ns=(1, 1_000_000_000))
+    assert layers.markers(str(layerfs)) == [
+        ".wh.top",
+        "etc/.wh.old.conf",
+        "etc/deep/.wh.gone",
+        "opt/dir/.wh..wh..opq",
+    ]
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    layers.build_shim(str(layerfs), str(shim), lambda u: u + 1000, lambda g: g + 2000, "trusted")
+
+    def whiteout(path: Path) -> bool:
+        st = os.lstat(path)
+        return (st.st_mode & 0o170000) == 0o020000 and st.st_rdev == 0
+
+    for marker in layers.markers(str(layerfs)):
+        assert whiteout(shim / "above" / marker)
+    assert whiteout(shim / "below" / "etc/old.conf") and whiteout(shim / "below" / "etc/deep/gone")
+    assert whiteout(shim / "below" / "top")
+    assert os.getxattr(shim / "below" / "opt/dir", "trusted.overlay.opaque") == b"y"
+    assert not (shim / "below" / "opt/dir/c").exists()
+    st = os.lstat(shim / "above" / "etc")
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777, st.st_mtime_ns) == (1033, 2034, 0o750, 1_000_000_000)
 
 
 @root_only
@@ -101,6 +139,7 @@ def test_verdicts_are_kept_per_digest_and_links_made_once(tmp_path: Path) -> Non
     assert repository.verdict(DIGEST, path) == layers.USABLE
     (Path(path) / "etc" / ".wh.motd").write_bytes(b"")
     assert repository.verdict(DIGEST, path) == layers.USABLE  # kept: the repository's layers never change
+    (Path(path) / "etc" / ".wh.motd").unlink()
     assert repository.link(DIGEST, path) == "r/" + DIGEST[7:19]
     assert os.readlink(os.path.join(layout.repository_links, DIGEST[7:19])) == path
     assert repository.link(DIGEST, path) == "r/" + DIGEST[7:19]
@@ -120,7 +159,7 @@ def test_verdicts_are_kept_per_digest_and_links_made_once(tmp_path: Path) -> Non
 def test_lowers_of_an_image_with_layers_in_place() -> None:
     images = Images(Layout("/s"))
     ids = ["1" * 64, "2" * 64, "3" * 64]
-    in_place = {1: ("r/222222222222", "/repo/.layers/22/2/layerfs")}
+    in_place = {1: ("r/222222222222", "/repo/.layers/22/2/layerfs", "")}
     spec = images.overlay("img", ids, in_place=in_place, hide="r/.hide")
     assert spec.cwd == "/s"
     assert spec.lowers == ("r/.hide", "l/333333333333", "r/222222222222", "l/111111111111")
@@ -133,6 +172,12 @@ def test_lowers_of_an_image_with_layers_in_place() -> None:
     spec = images.overlay("img", ids, idmap=("0 1 1\n", "0 1 1\n"), in_place=in_place)
     assert spec.lowers == ("2", "1", "0")
     assert spec.sources == ("/s/volumes/" + "1" * 64, "/repo/.layers/22/2/layerfs", "/s/volumes/" + "3" * 64)
+    # A layer with whiteouts, between its shim's lowers.
+    shimmed = {1: ("r/222222222222", "/repo/.layers/22/2/layerfs", "r/222222222222.shim")}
+    spec = images.overlay("img", ids, in_place=shimmed)
+    assert spec.lowers[1:4] == ("r/222222222222.shim/above", "r/222222222222", "r/222222222222.shim/below")
+    spec = images.overlay("img", ids, idmap=("0 1 1\n", "0 1 1\n"), in_place=shimmed, unshifted_volumes=False)
+    assert spec.lowers[1:4] == ("../../../r/222222222222.shim/above", "1", "../../../r/222222222222.shim/below")
 
 
 def test_clean_sweeps_old_temporary_names_of_the_store_s_caches_only(tmp_path: Path) -> None:

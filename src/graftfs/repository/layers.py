@@ -17,11 +17,17 @@ tar engine):
 * OCI whiteouts (``.wh.<name>``) and opaque markers (``.wh..wh..opq``) are kept as *plain files*: nothing is
   deleted and no overlayfs whiteout (a 0:0 character device) or ``trusted.overlay.opaque`` xattr is made.
   Stacked as an overlay lower as it is, such a layer would neither delete what it deletes nor hide the
-  marker files. graftfs therefore uses a layer in place **only when it has no ``.wh.`` entry at all**; one
-  that has any is pulled into the store as today (and unpacked there, where whiteouts become the kernel's),
-  and the log says why. Whether a layer has any is found by one walk of its tree, the first time a store
-  meets it, and kept in ``meta/repository-layers/<hex>`` (the layer's verdict; a repository's layers never
-  change under their digest), so warm creates read one small file per layer instead of walking it.
+  marker files. graftfs therefore stacks such a layer **between the two lowers of a shim** the store makes
+  for it once (:func:`build_shim`, ``r/<12 hex>.shim/{above,below}``): ``below``, right under the layer,
+  holds an overlay whiteout for each name the layer deletes and marks opaque each directory it makes opaque,
+  so they apply to the layers below it and never to its own files (the OCI rule); ``above``, right over it,
+  holds an overlay whiteout over each marker file, so none shows, in directories that copy the layer's
+  (mode, owner through the store's mappings, times), since the top-most lower's directory is the one the
+  overlay shows. Whether a layer has any ``.wh.`` entry is found by one walk of its tree, the first time a
+  store meets it, and kept in ``meta/repository-layers/<hex>`` (the layer's verdict; a repository's layers
+  never change under their digest), so warm creates read one small file per layer instead of walking it.
+  Where this caller cannot make 0:0 character devices, such a layer is pulled into the store as today (its
+  whiteouts unpacked as the store's), and the log says why.
 * ``layerfs/.cvmfscatalog``, the empty file that marks a nested catalog, is visible in every layer DUCC
   ingests with ``--catalog``. Where a layer in place has one, the image gets one more lower on top,
   ``r/.hide`` in the store: a directory holding an overlay whiteout (0:0 character device) named
@@ -33,7 +39,8 @@ tar engine):
 
 **Names in the store**: a layer used in place is named in the overlay's options by a short link
 ``r/<first 12 hex>`` to its absolute ``layerfs`` path (the options must fit in a page), made once per store
-and layer (temp link and rename; a link that exists and points there is left alone). In a store with ID
+and layer (temp link and rename; a link that exists and points there is left alone); its shim, if it needs
+one, is ``r/<first 12 hex>.shim``, built under a temporary name and renamed into place. In a store with ID
 mappings, a layer in place is bound idmapped at ``images/<id>/lowers/<n>`` instead (the store's layers are
 shifted on disk, the repository's are not), where the repository's filesystem allows idmapped mounts (tried
 by ``init-store``, recorded); elsewhere such layers are pulled, and the log says why.
@@ -52,15 +59,20 @@ from ..store.fsutil import atomic_write, read_text, temp_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..store.layout import Layout
 
 LAYERS = ".layers"
 LAYERFS = "layerfs"
 WHITEOUT_PREFIX = ".wh."
 CATALOG_MARKER = ".cvmfscatalog"
-#: A layer's verdict (``meta/repository-layers/<hex>``): empty means usable in place; ``hide`` means usable,
-#: with ``/.cvmfscatalog`` hidden; anything else is why it is pulled instead.
+OPAQUE = ".wh..wh..opq"
+#: A layer's verdict (``meta/repository-layers/<hex>``): flags joined by ``,``, none meaning usable as it is;
+#: ``shim``: it has whiteout files, and is stacked between the lowers of its shim (see :func:`build_shim`);
+#: ``hide``: ``/.cvmfscatalog`` is to be hidden.
 USABLE = ""
+SHIM = "shim"
 HIDE = "hide"
 LINK_LEN = 12
 
@@ -135,29 +147,89 @@ def _check_layer_path(root: str, path: str) -> None:
 
 
 def scan(path: str) -> str:
-    """One layer's verdict: walk ``layerfs`` for OCI whiteout files (``.wh.*``), which overlayfs would not
-    read as deletions, and entries others could write (on a filesystem that is not read-only). Returns
-    :data:`USABLE`, :data:`HIDE` (usable, with a ``.cvmfscatalog`` to hide at its root), or why the layer
-    must be pulled instead."""
+    """One layer's verdict, from one walk of ``layerfs``: the flags :data:`SHIM` (it holds OCI whiteout files,
+    ``.wh.*``, which overlayfs would not read as deletions) and :data:`HIDE` (a ``.cvmfscatalog`` at its root)
+    joined by ``,`` (empty: usable as it is); or ``writable:<path>`` for an entry others could write, on a
+    filesystem that is not read-only."""
     read_only = _read_only(path)
+    flags = []
+    stack = [path]
+    while stack:
+        directory = stack.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.startswith(WHITEOUT_PREFIX) and SHIM not in flags:
+                    flags.append(SHIM)
+                st = entry.stat(follow_symlinks=False)
+                if not read_only and not stat.S_ISLNK(st.st_mode) and _writable_by_others(st):
+                    return f"writable:{os.path.relpath(entry.path, path)}"
+                if stat.S_ISDIR(st.st_mode) and not entry.name.startswith(WHITEOUT_PREFIX):
+                    stack.append(entry.path)
+    if os.path.isfile(os.path.join(path, CATALOG_MARKER)):
+        flags.append(HIDE)
+    return ",".join(flags)
+
+
+def markers(path: str) -> list[str]:
+    """The ``.wh.`` entries of ``layerfs`` (relative paths), found by a walk; not below one of them."""
+    found = []
     stack = [path]
     while stack:
         directory = stack.pop()
         with os.scandir(directory) as entries:
             for entry in entries:
                 if entry.name.startswith(WHITEOUT_PREFIX):
-                    shown = os.path.relpath(entry.path, path)
-                    kind = "opaque directory marker" if entry.name == ".wh..wh..opq" else "whiteout"
-                    return (
-                        f"it holds OCI whiteouts as plain files ({kind} {shown}), which overlayfs does not read as "
-                        "deletions"
-                    )
-                st = entry.stat(follow_symlinks=False)
-                if not read_only and not stat.S_ISLNK(st.st_mode) and _writable_by_others(st):
-                    return f"writable:{os.path.relpath(entry.path, path)}"
-                if stat.S_ISDIR(st.st_mode):
+                    found.append(os.path.relpath(entry.path, path))
+                elif entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-    return HIDE if os.path.isfile(os.path.join(path, CATALOG_MARKER)) else USABLE
+    return sorted(found)
+
+
+def build_shim(
+    layerfs: str, target: str, uid: Callable[[int], int], gid: Callable[[int], int], xattr_namespace: str
+) -> None:
+    """Make ``target`` (a new directory; the caller renames it into place) hold the two lowers that give a
+    layer of DUCC's, whose whiteouts are plain files, the overlay's semantics:
+
+    * ``below`` (stacked right under the layer): for each ``d/.wh.<name>``, an overlay whiteout (0:0
+      character device) ``d/<name>``, deleting ``name`` from the layers below, never from the layer itself
+      (the OCI rule: a whiteout applies to lower layers only); for each ``d/.wh..wh..opq``, ``d`` marked opaque
+      (``<xattr_namespace>.overlay.opaque``), so nothing below shows through ``d``;
+    * ``above`` (stacked right over it): an overlay whiteout over each marker file ``d/.wh.*``, so none shows.
+      Its directories copy the mode, owner (through ``uid``/``gid``, the store's mappings) and times of the
+      layer's: the top-most lower's directory is what the overlay shows, and it must be the layer's.
+
+    The directories of ``below`` show nothing: the layer above has each of them (each holds a marker)."""
+    above = os.path.join(target, "above")
+    below = os.path.join(target, "below")
+    os.mkdir(above, 0o755)
+    os.mkdir(below, 0o755)
+    dirs: set[str] = set()
+    for marker in markers(layerfs):
+        parent, name = os.path.split(marker)
+        for base in (above, below):
+            os.makedirs(os.path.join(base, parent), 0o755, exist_ok=True)
+        dirs.update(_ancestors(parent))
+        os.mknod(os.path.join(above, marker), stat.S_IFCHR, os.makedev(0, 0))
+        if name == OPAQUE:
+            os.setxattr(os.path.join(below, parent) if parent else below, f"{xattr_namespace}.overlay.opaque", b"y")
+        elif not name.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):  # .wh..wh.<other>: AUFS's, hidden only
+            os.mknod(os.path.join(below, parent, name[len(WHITEOUT_PREFIX) :]), stat.S_IFCHR, os.makedev(0, 0))
+    for directory in sorted(dirs, key=len, reverse=True):  # deepest first: a child's mknod changes mtimes
+        st = os.lstat(os.path.join(layerfs, directory))
+        mine = os.path.join(above, directory)
+        os.chown(mine, uid(st.st_uid), gid(st.st_gid))
+        os.chmod(mine, stat.S_IMODE(st.st_mode))
+        os.utime(mine, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _ancestors(parent: str) -> list[str]:
+    """``a/b/c`` → ``a/b/c``, ``a/b``, ``a`` (the layer's root is the image's, never shown: not listed)."""
+    out = []
+    while parent:
+        out.append(parent)
+        parent = os.path.dirname(parent)
+    return out
 
 
 class Repository:
@@ -195,6 +267,28 @@ class Repository:
                 "or root's only"
             )
         return found
+
+    def shim(
+        self, digest: str, path: str, uid: Callable[[int], int], gid: Callable[[int], int], xattr_namespace: str
+    ) -> str:
+        """The layer's shim (see :func:`build_shim`), relative to the store: ``r/<12 hex>.shim``, built once
+        (in a temporary directory renamed into place; a build that loses the race to another is dropped:
+        they are the same)."""
+        name = digest.partition(":")[2][:LINK_LEN] + ".shim"
+        final = os.path.join(self.layout.repository_links, name)
+        if not os.path.isdir(final):
+            from ..store.fsutil import remove_tree
+
+            tmp = temp_name(final, "tmp")
+            os.mkdir(tmp, 0o755)
+            try:
+                build_shim(path, tmp, uid, gid, xattr_namespace)
+                os.rename(tmp, final)
+            except OSError:
+                remove_tree(tmp)
+                if not os.path.isdir(final):
+                    raise
+        return os.path.join(os.path.basename(self.layout.repository_links), name)
 
     def link(self, digest: str, path: str) -> str:
         """The layer's short link in the store (``r/<12 hex>``, relative to the store), made if missing."""

@@ -14,10 +14,11 @@ the last use); clean reads those younger than the window and removes the older o
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from ..errors import FailedPrecondition, GraftfsError, os_reason
-from .fsutil import read_int
+from .fsutil import read_int, remove_tree
 from .images import Images, read_record
 from .layout import Layout
 from .locks import FileLock
@@ -111,9 +112,10 @@ REPOSITORY_TEMP_AGE = 60.0
 
 
 def sweep_repository_temps(layout: Layout, failures: list[str]) -> list[str]:
-    """Remove what a create killed while writing a repository layer's short link (``r/<hex>-tmp-…``) or
-    verdict (``meta/repository-layers/<hex>-tmp-…``) left: those are the store's (the links and verdicts
-    themselves are kept, caches that cost a few bytes). The repository itself is never looked at."""
+    """Remove what a create killed while writing a repository layer's short link or shim (``r/<hex>-tmp-…``,
+    ``r/<hex>.shim-tmp-…``) or verdict (``meta/repository-layers/<hex>-tmp-…``) left: those are the store's
+    (the links, shims and verdicts themselves are kept: caches of a few bytes each). The repository itself is
+    never looked at."""
     removed: list[str] = []
     horizon = time.time() - REPOSITORY_TEMP_AGE
     for directory in (layout.repository_links, layout.repository_verdicts):
@@ -126,8 +128,12 @@ def sweep_repository_temps(layout: Layout, failures: list[str]) -> list[str]:
                 continue
             path = os.path.join(directory, name)
             try:
-                if os.lstat(path).st_mtime < horizon:
-                    os.unlink(path)
+                st = os.lstat(path)
+                if st.st_mtime < horizon:
+                    if stat.S_ISDIR(st.st_mode):
+                        remove_tree(path)  # a shim being built
+                    else:
+                        os.unlink(path)
                     removed.append(name)
             except FileNotFoundError:
                 continue
