@@ -111,6 +111,40 @@ class CreateOptions:
         return f"CreateOptions({fields})"
 
 
+class DiskLimit:
+    """GrootFS's disk-limit arithmetic, decided here and nowhere else: an image may use ``bytes`` (0: no
+    limit), its layers counting against them unless ``excluded`` (``--exclude-image-from-quota``)."""
+
+    __slots__ = ("bytes", "excluded")
+
+    def __init__(self, limit: int, excluded: bool) -> None:
+        if limit < 0:
+            raise InvalidArgument("invalid argument: disk limit cannot be negative")
+        self.bytes = limit
+        self.excluded = excluded
+
+    @property
+    def pull_budget(self) -> int:
+        """Uncompressed bytes a pull may unpack before it is stopped (0: unbounded), as GrootFS stops one."""
+        return 0 if self.excluded else self.bytes
+
+    def check_layers(self, compressed: int) -> None:
+        """Refuse, before pulling, an image whose compressed layers alone exceed the limit."""
+        if self.bytes > 0 and not self.excluded and compressed > self.bytes:
+            raise InvalidArgument(f"layers exceed disk quota {compressed}/{self.bytes} bytes")
+
+    def writable_bytes(self, layers: int) -> int:
+        """The writable layer's quota once the layers (``layers`` bytes) are there: what is left of the limit,
+        or all of it when the image is excluded; 0 for no limit."""
+        if self.bytes == 0:
+            return 0
+        if self.excluded:
+            return self.bytes
+        if self.bytes < layers:
+            raise InvalidArgument("disk limit is smaller than volume size")
+        return self.bytes - layers
+
+
 class Image:
     """A created image. ``mount`` is set when the caller must perform the mount (``mount=False``)."""
 
@@ -448,8 +482,7 @@ class Store:
             raise
 
     def _create(self, url: str, image_id: str, options: CreateOptions, log: Logger, start_ns: int) -> Image:
-        if options.disk_limit_bytes < 0:
-            raise InvalidArgument("invalid argument: disk limit cannot be negative")
+        limit = DiskLimit(options.disk_limit_bytes, options.exclude_image_from_quota)
         if self.images.is_committed(image_id):
             raise AlreadyExists(f"image for id `{image_id}` already exists")
         from . import reference
@@ -459,7 +492,12 @@ class Store:
         from . import quota
 
         backend = quota.load(quota.chosen(feats.quota, options.ephemeral), self.layout)
-        self._check_possible(feats, options, backend.enforces)
+        if limit.bytes > 0 and not backend.enforces and options.unenforceable_disk_limit == "refuse":
+            raise Unsupported(
+                f"a disk limit was asked for, and {self.path} ({feats.filesystem}) has no quota support to enforce "
+                "it (create.unenforceable_disk_limit is refuse)"
+            )
+        self._check_possible(feats, options)
 
         # The store's layer repository, checked before anything is asked of the source (one failed open in a
         # store without one: nothing else is paid there).
@@ -480,7 +518,7 @@ class Store:
             plain_http_hosts=self.layout.plain_http_hosts,
         )
         try:
-            return self._create_from(source, image_id, options, feats, backend, repository, log, start_ns)
+            return self._create_from(source, image_id, options, limit, feats, backend, repository, log, start_ns)
         finally:
             close = getattr(source, "close", None)  # a registry's keep-alive connections
             if close is not None:
@@ -491,6 +529,7 @@ class Store:
         source: Source,
         image_id: str,
         options: CreateOptions,
+        limit: DiskLimit,
         feats: Features,
         backend: Backend,
         repository: str,
@@ -498,11 +537,7 @@ class Store:
         start_ns: int,
     ) -> Image:
         spec = source.resolve()
-        limit = options.disk_limit_bytes
-        # GrootFS stops a pull whose uncompressed layers exceed the limit, unless the image is excluded from it.
-        pull_quota = 0 if options.exclude_image_from_quota else limit
-        if limit > 0 and not options.exclude_image_from_quota and spec.compressed_size > limit:
-            raise InvalidArgument(f"layers exceed disk quota {spec.compressed_size}/{limit} bytes")
+        limit.check_layers(spec.compressed_size)
         volume_ids = [layer.volume_id for layer in spec.layers]
         mapping = self.namespace()
         owner = (0, 0) if self.rootless else mapping.owner
@@ -546,7 +581,15 @@ class Store:
                 from .pull import LayerBuilder
 
                 builder = LayerBuilder(
-                    self.layout, source, spec, translation, feats, log, options.progress, self.metrics, pull_quota
+                    self.layout,
+                    source,
+                    spec,
+                    translation,
+                    feats,
+                    log,
+                    options.progress,
+                    self.metrics,
+                    limit.pull_budget,
                 )
             return builder.build(own[index], directory)
 
@@ -558,14 +601,9 @@ class Store:
                 lease = self.volumes.lease(own_ids, build, workers, parents)
                 try:
                     base_size = sum(self.volumes.size(v) for v in own_ids)
-                    quota_bytes = 0
-                    if limit > 0:
-                        if not options.exclude_image_from_quota and limit < base_size:
-                            raise InvalidArgument("disk limit is smaller than volume size")
-                        # GrootFS's semantics: the image's own size counts against the limit unless excluded.
-                        quota_bytes = limit if options.exclude_image_from_quota else limit - base_size
-                        if not backend.enforces:
-                            log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit)
+                    quota_bytes = limit.writable_bytes(base_size)
+                    if limit.bytes > 0 and not backend.enforces:
+                        log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit.bytes)
                     making = log.session("making-image", storePath=self.path, id=image_id)
                     making.info("starting")
                     path = self.images.create(image_id, own_ids, base_size, owner, backend, quota_bytes)
@@ -696,13 +734,8 @@ class Store:
             self._emit_store_metrics(self.metrics)
         return image_id
 
-    def _check_possible(self, feats: Features, options: CreateOptions, enforced: bool) -> None:
-        """Refuse, before anything is pulled, what this caller cannot do in this store."""
-        if options.disk_limit_bytes > 0 and not enforced and options.unenforceable_disk_limit == "refuse":
-            raise Unsupported(
-                f"a disk limit was asked for, and {self.path} ({feats.filesystem}) has no quota support to enforce "
-                "it (create.unenforceable_disk_limit is refuse)"
-            )
+    def _check_possible(self, feats: Features, options: CreateOptions) -> None:
+        """Refuse, before anything is pulled, what this caller cannot mount in this store."""
         if options.mount and self.rootless:
             # --without-mount is advised only where the runtime's own overlay mount would be accepted.
             raise Unsupported(

@@ -323,7 +323,7 @@ class Snapshotter:
                 base = self._get(parent, what="parent snapshot")
                 if base.info.kind != KIND_COMMITTED:
                     raise InvalidArgument(f"parent snapshot `{parent}` is not committed")
-                lowers = ["volume:" + base.volume if base.id is None else base.id, *base.lowers]
+                lowers = self._volume_chain(base.volume) if base.id is None else [base.id, *base.lowers]
             now = time.time_ns()
             info = Info(key, kind, parent, labels, now, now)
             snapshot_id = self._new_dir(kind)
@@ -454,7 +454,9 @@ class Snapshotter:
         return _Found(snapshot_id, info, list(record["lowers"]))
 
     def _volume(self, key: str) -> _Found | None:
-        """A layer pulled for images, as the committed snapshot ``sha256:<chain id>``."""
+        """A layer pulled for images, as the committed snapshot ``sha256:<chain id>``. Its ``lowers`` are
+        left empty: only a prepare on it needs them (:meth:`_volume_chain`), and a walk of a store of deep
+        images would otherwise read every layer's chain."""
         volume_id = key[len(_CHAIN_PREFIX) :]
         if not key.startswith(_CHAIN_PREFIX) or not _is_hex(volume_id):
             return None
@@ -462,27 +464,29 @@ class Snapshotter:
             st = os.stat(self.layout.volume(volume_id))
         except FileNotFoundError:
             return None
-        parents = self._volume_parents(volume_id)
-        parent = _CHAIN_PREFIX + parents[0] if parents else ""
+        below = self._volume_parent(volume_id)
+        parent = _CHAIN_PREFIX + below if below else ""
         info = Info(key, KIND_COMMITTED, parent, None, st.st_mtime_ns, st.st_mtime_ns)
-        return _Found(None, info, ["volume:" + p for p in parents], volume_id)
+        return _Found(None, info, [], volume_id)
 
-    def _volume_parents(self, volume_id: str) -> list[str]:
-        """The layers below a pulled layer, nearest first, from the size records (which name their parent
-        since this version; an older layer reports none)."""
+    def _volume_parent(self, volume_id: str) -> str:
+        """The layer below a pulled layer, from its size record (which names it since this version: an older
+        layer reports none)."""
         from .fsutil import read_text
 
-        chain: list[str] = []
-        current = volume_id
-        while True:
-            try:
-                record = jsonc.loads(read_text(self.layout.volume_meta(current), "{}"))
-            except ValueError:
-                return chain
-            current = str(record.get("Parent", "")) if isinstance(record, dict) else ""
-            if not current:
-                return chain
-            chain.append(current)
+        try:
+            record = jsonc.loads(read_text(self.layout.volume_meta(volume_id), "{}"))
+        except ValueError:
+            return ""
+        return str(record.get("Parent", "")) if isinstance(record, dict) else ""
+
+    def _volume_chain(self, volume_id: str) -> list[str]:
+        """A pulled layer and the layers below it, nearest first, as ``lowers`` entries."""
+        chain = []
+        while volume_id:
+            chain.append("volume:" + volume_id)
+            volume_id = self._volume_parent(volume_id)
+        return chain
 
     def _all(self) -> list[_Found]:
         found = []
