@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from .metrics import Metrics
     from .progress import Progress
     from .pull import LayerBuilder
+    from .quota import Backend
+    from .sources.base import ImageSpec, Source
     from .store.features import Features
     from .store.gc import CleanResult
     from .store.volumes import Volumes
@@ -227,16 +229,21 @@ class Store:
         gid_mappings: Sequence[Mapping] = (),
         size_bytes: int = 0,
         shared_layers: str = "",
+        layer_repository: str = "",
     ) -> None:
         """Create the store (idempotent). Mappings are a property of the store and cannot change later.
         ``size_bytes`` > 0 puts the store on an XFS filesystem with project quotas, in a loop-mounted
         ``<store>.backing-store`` file of that size, as GrootFS does (unless the store is a mount already).
         ``shared_layers`` (a directory) keeps one unshifted copy of the layers there for every store that
-        names it, whatever their mappings: a store with mappings then mounts its layers idmapped."""
+        names it, whatever their mappings: a store with mappings then mounts its layers idmapped.
+        ``layer_repository`` (a read-only directory in DUCC's layout, see :mod:`graftfs.repository.layers`)
+        is where creates find layers to use in place instead of pulling them; it is checked before anything
+        is written, and cannot change later either."""
         from .idmap import Namespace
 
         log = self.log.session("store-manager-init-store", storePath=self.path)
         log.debug("starting")
+        repository = self._check_repository(layer_repository) if layer_repository else ""
         if size_bytes > 0:
             self._backing_store(size_bytes)
         wanted = Namespace(list(uid_mappings), list(gid_mappings))
@@ -264,8 +271,37 @@ class Store:
 
         self._features = features.probe(self.layout)
         features.save(self.layout, self._features)
+        if repository:
+            self._record_repository(repository, wanted, log)
         log.debug("store-initialized", **self._features.as_dict())
         log.debug("ending")
+
+    def _check_repository(self, directory: str) -> str:
+        """The repository's real path: there, in DUCC's layout, root's only, and the one this store records
+        if it records one (a store's repository cannot change: its images' mounts name it)."""
+        from .repository import layers
+
+        real = layers.check(directory)
+        recorded = read_text(self.layout.layer_repository_file)
+        if recorded and layers.parse(recorded)[0] != real:
+            raise InvalidArgument(
+                f"store {self.path} already uses the layer repository {layers.parse(recorded)[0]}; a store's "
+                "repository cannot change"
+            )
+        return real
+
+    def _record_repository(self, repository: str, namespace: Namespace, log: Logger) -> None:
+        from .repository import layers
+
+        why = ""
+        if self.rootless:
+            why = "rootless: the repository's files would show with IDs this store's namespace does not map"
+        elif namespace.uid_mappings or namespace.gid_mappings:
+            why = layers.probe_idmapped(self.layout, repository, namespace.kernel_maps())
+        os.makedirs(self.layout.repository_links, mode=0o755, exist_ok=True)
+        hide = not self.rootless and layers.make_hide(self.layout)
+        atomic_write(self.layout.layer_repository_file, layers.record(repository, not why, why), 0o644)
+        log.debug("layer-repository", path=repository, idmapped=not why, why=why, hide_markers=hide)
 
     def _share_layers(self, directory: str, mapped: bool) -> None:
         current = self.layout.shared_layers()
@@ -308,6 +344,23 @@ class Store:
             return "this store's own" + (", unpacked with its ID mappings applied" if mapped else ""), False
         mode = f"shared, unshifted, with every store using {shared}"
         return mode + ("; this store's ID mappings are applied by idmapped mounts" if mapped else ""), mapped
+
+    def layer_repository(self) -> str:
+        """The store's layer repository and how its creates use it, in words ("" when it has none)."""
+        record = read_text(self.layout.layer_repository_file)
+        if not record:
+            return ""
+        from .repository import layers
+
+        root, idmapped, why = layers.parse(record)
+        if self.rootless:
+            return f"{root}: not used (rootless: its files would show with IDs this namespace does not map)"
+        namespace = self.namespace()
+        if not (namespace.uid_mappings or namespace.gid_mappings):
+            return f"{root}: layers found there are used in place, not pulled"
+        if idmapped:
+            return f"{root}: layers found there are used in place, mounted idmapped with this store's mappings"
+        return f"{root}: not used, layers are pulled (this store has ID mappings, and {why})"
 
     def features(self) -> Features:
         """What this caller can do in this store (probed by ``init``, kept in ``meta/features.json``)."""
@@ -446,6 +499,14 @@ class Store:
             )
         self._check_possible(feats, options)
 
+        # The store's layer repository, checked before anything is asked of the source (one failed open in a
+        # store without one: nothing else is paid there).
+        repository = read_text(self.layout.layer_repository_file)
+        if repository:
+            from .repository import layers
+
+            layers.check(layers.parse(repository)[0])  # every create: unmounted, or made writable, since init-store
+
         from .sources import open_source
 
         source = open_source(
@@ -456,6 +517,25 @@ class Store:
             remote_layer_certificates=options.remote_layer_certificates,
             plain_http_hosts=self.layout.plain_http_hosts,
         )
+        try:
+            return self._create_from(source, image_id, options, limit, feats, backend, repository, log, start_ns)
+        finally:
+            close = getattr(source, "close", None)  # a registry's keep-alive connections
+            if close is not None:
+                close()
+
+    def _create_from(
+        self,
+        source: Source,
+        image_id: str,
+        options: CreateOptions,
+        limit: DiskLimit,
+        feats: Features,
+        backend: Backend,
+        repository: str,
+        log: Logger,
+        start_ns: int,
+    ) -> Image:
         spec = source.resolve()
         limit.check_layers(spec.compressed_size)
         volume_ids = [layer.volume_id for layer in spec.layers]
@@ -469,15 +549,28 @@ class Store:
             from .idmap import Namespace
 
             translation = Namespace([], [])
-        idmap = mapping.kernel_maps() if shared and (mapping.uid_mappings or mapping.gid_mappings) else None
+        mapped = bool(mapping.uid_mappings or mapping.gid_mappings)
+        idmap = mapping.kernel_maps() if shared and mapped else None
         if idmap is not None and not options.mount:
             raise Unsupported(
                 "this store's layers are shared unshifted and mounted idmapped, which a runtime spec's mount "
                 "cannot express: create without --without-mount"
             )
+        # Layers found in the store's layer repository are used in place, not pulled.
+        in_place: dict[int, tuple[str, str, str]] = {}
+        hide = ""
+        if repository:
+            in_place, hide = self._in_place(repository, spec, mapped, feats, options, log)
+            if in_place and mapped:
+                idmap = mapping.kernel_maps()  # repository layers are unshifted: bound idmapped
+        # The layers this store holds (pulls, if missing), bottom first, and the chain ID below each.
+        own = [i for i in range(len(volume_ids)) if i not in in_place]
+        own_ids = [volume_ids[i] for i in own]
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
         driver = "fuse-overlayfs" if feats.overlay == "fuse-overlayfs" else "kernel"
-        overlay = self.images.overlay(image_id, volume_ids, feats.overlay_options(), driver, idmap)
+        overlay = self.images.overlay(
+            image_id, volume_ids, feats.overlay_options(), driver, idmap, in_place, unshifted_volumes=shared, hide=hide
+        )
         overlay.check()
         builder: LayerBuilder | None = None
 
@@ -498,28 +591,30 @@ class Store:
                     self.metrics,
                     limit.pull_budget,
                 )
-            return builder.build(index, directory)
+            return builder.build(own[index], directory)
 
         with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT) as image_lock:
             try:
                 # A base-directory layer takes owners from the layers below it, so it needs them built first.
                 workers = 1 if any(layer.base_directory for layer in spec.layers) else PULL_WORKERS
-                lease = self.volumes.lease(volume_ids, build, workers)
+                parents = [volume_ids[i - 1] if i > 0 else "" for i in own] if in_place else None
+                lease = self.volumes.lease(own_ids, build, workers, parents)
                 try:
-                    base_size = sum(self.volumes.size(v) for v in volume_ids)
+                    base_size = sum(self.volumes.size(v) for v in own_ids)
                     quota_bytes = limit.writable_bytes(base_size)
                     if limit.bytes > 0 and not backend.enforces:
                         log.error("disk-limit-not-enforced", "this store has no quota support", limit=limit.bytes)
                     making = log.session("making-image", storePath=self.path, id=image_id)
                     making.info("starting")
-                    path = self.images.create(image_id, volume_ids, base_size, owner, backend, quota_bytes)
+                    path = self.images.create(image_id, own_ids, base_size, owner, backend, quota_bytes)
                     try:
                         # Mounted before the commit record, while the lease still protects the layers: a
                         # create killed in between leaves an uncommitted directory that the next create of
                         # this ID (or clean) unmounts and removes, never a listed image without its mount.
                         if options.mount:
                             self.images.mount(overlay)
-                        self.images.commit(image_id, volume_ids)
+                        # The record names the store's volumes only: clean never looks at the repository.
+                        self.images.commit(image_id, own_ids)
                         making.info("ending")
                     except BaseException:
                         self.images.remove_uncommitted(image_id)
@@ -532,7 +627,10 @@ class Store:
                     image_lock.discard()  # a failed create leaves no lock file behind either
                 raise
             lease.release()
-        log.info("ending", layers=len(volume_ids), built=len(lease.built))
+        if in_place:
+            log.info("ending", layers=len(volume_ids), built=len(lease.built), in_repository=len(in_place))
+        else:
+            log.info("ending", layers=len(volume_ids), built=len(lease.built))
         if self.metrics is not None:
             self.metrics.since("ImageCreationTime", start_ns)
             downloaded = sum(layer.expect.size for layer in spec.layers if layer.volume_id in lease.built)
@@ -547,6 +645,67 @@ class Store:
             config=spec.config,
             layers_built=len(lease.built),
         )
+
+    def _in_place(
+        self, record: str, spec: ImageSpec, mapped: bool, feats: Features, options: CreateOptions, log: Logger
+    ) -> tuple[dict[int, tuple[str, str, str]], str]:
+        """The layers of ``spec`` to use in place from the store's layer repository (index → short link
+        relative to the store, layerfs path, its shim relative to the store if it has whiteouts), and the lower
+        that hides DUCC's markers ("" if none is needed).
+        A repository that is gone or writable by others fails the create; a layer that cannot be used in place
+        is pulled, and the log says why (see :mod:`graftfs.repository.layers`)."""
+        from .repository import layers
+
+        root, idmapped, why = layers.parse(record)
+        repository = layers.Repository(self.layout, root)
+        found = [(i, layer.blob, repository.find(layer.blob)) for i, layer in enumerate(spec.layers)]
+        present = [(i, digest, path) for i, digest, path in found if path is not None]
+        if not present:
+            return {}, ""
+        reason = ""
+        if self.rootless:
+            reason = "rootless: the repository's files would show with IDs this store's namespace does not map"
+        elif any(layer.base_directory for layer in spec.layers):
+            reason = "the image has a base-directory layer, which takes its owners from the layers below it"
+        elif mapped and not idmapped:
+            reason = f"this store has ID mappings, and the repository's layers cannot be idmapped: {why}"
+        elif mapped and not options.mount:
+            reason = (
+                "this store has ID mappings: the repository's layers are mounted idmapped, which a runtime spec's "
+                "mount cannot express (create without --without-mount to use them)"
+            )
+        elif feats.overlay != "kernel":
+            reason = f"this store's overlay is {feats.overlay}, not the kernel's"
+        if reason:
+            log.info("layer-repository-not-used", repository=root, layers=len(present), reason=reason)
+            return {}, ""
+        in_place: dict[int, tuple[str, str, str]] = {}
+        hide = ""
+        hide_ready = os.path.lexists(os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER))
+        for index, digest, path in present:
+            flags = repository.verdict(digest, path).split(",")
+            why_not = ""
+            if layers.HIDE in flags and not hide_ready:
+                why_not = "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
+            elif layers.SHIM in flags and feats.whiteouts != "device":
+                why_not = (
+                    "it holds OCI whiteouts as plain files, which overlayfs does not read as deletions, and this "
+                    "caller cannot make the overlay whiteouts (0:0 character devices) that would apply them"
+                )
+            if why_not:
+                log.info("layer-repository-layer-pulled", repository=root, digest=digest, reason=why_not)
+                continue
+            if layers.HIDE in flags:
+                hide = os.path.relpath(self.layout.repository_hide, self.layout.root)
+            shim = ""
+            if layers.SHIM in flags:
+                from .idmap import IdMap
+
+                namespace = self.namespace()
+                uid, gid = IdMap(namespace.uid_mappings), IdMap(namespace.gid_mappings)
+                shim = repository.shim(digest, path, uid, gid, feats.xattrs)
+            in_place[index] = (repository.link(digest, path) if not mapped else "", path, shim)
+        return in_place, hide
 
     def delete(self, image_id_or_path: str) -> str:
         """Delete an image by ID or by its path. Returns the ID. Raises NotFound if there is none."""

@@ -203,7 +203,9 @@ def cmd_init_store(settings: Settings, args: list[str]) -> int:
         gid_mappings = gid_mappings or userns.default_mappings("gid")
     store = _store(settings, (uid_mappings, gid_mappings))
     try:
-        store.init(uid_mappings, gid_mappings, settings.store_size_bytes, settings.shared_layers)
+        store.init(
+            uid_mappings, gid_mappings, settings.store_size_bytes, settings.shared_layers, settings.layer_repository
+        )
     except OSError as exc:
         import errno
 
@@ -224,6 +226,9 @@ def cmd_features(settings: Settings, args: list[str]) -> int:
     mode, idmapped = store.layers_mode()
     lines = store.features().describe(store.path, idmapped)
     lines.insert(2, f"layers           {mode}")
+    repository = store.layer_repository()
+    if repository:
+        lines.insert(3, f"layer repository {repository}")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
@@ -360,7 +365,7 @@ COMMANDS: dict[str, Command] = {
             "init-store",
             "init-store [options]",
             "initialize a store directory",
-            ("uid-mapping", "gid-mapping", "store-size-bytes", "shared-layers", "with-direct-io"),
+            ("uid-mapping", "gid-mapping", "store-size-bytes", "shared-layers", "layer-repository", "with-direct-io"),
             cmd_init_store,
             nargs=0,
         ),

@@ -231,6 +231,14 @@ class Settings:
         "mappings mounts them idmapped (Linux 5.19+). Without it the store's layers are its own, "
         "unpacked with its mappings applied",
     )
+    layer_repository: str = _setting(  # graftfs's own
+        "",
+        flag="layer-repository",
+        key="init.layer_repository",
+        empty="unset",
+        help="use layers found in this read-only directory (DUCC's layout: DIR/.layers/<hh>/<hex>/layerfs, as "
+        "on /cvmfs/unpacked.cern.ch) in place instead of pulling them; it must be root's only or read-only",
+    )
     # GrootFS's loop-device option has no use here (graftfs makes no loop devices), but GrootFS refuses a
     # value in the file that is not a boolean, and so does graftfs.
     with_direct_io: bool = _setting(

@@ -103,6 +103,8 @@ def _bind_lowers(spec: OverlaySpec) -> None:
     ns = fork_userns(*spec.idmap)
     try:
         for index, source in enumerate(spec.sources):
+            if not source:
+                continue  # a lower named by its path (already shifted on disk): not bound
             target = os.path.join(spec.cwd, str(index))
             os.makedirs(target, exist_ok=True)
             bind_idmapped(source, target, ns)

@@ -42,7 +42,8 @@ class OverlaySpec:
         self.cwd = cwd
         self.driver = driver
         # With ``idmap`` (uid_map and gid_map lines), lower ``i`` is ``sources[i]`` bound into ``cwd/i`` by an
-        # idmapped mount first: the layers stay unshifted on disk, shared by stores of any mapping.
+        # idmapped mount first: the layers stay unshifted on disk, shared by stores of any mapping (or read-only
+        # in a layer repository). An empty source is a lower named by its path, not bound.
         self.idmap = idmap
         self.sources = sources
         self.lowers = lowers

@@ -14,10 +14,11 @@ the last use); clean reads those younger than the window and removes the older o
 from __future__ import annotations
 
 import os
+import stat
 import time
 
 from ..errors import FailedPrecondition, GraftfsError, os_reason
-from .fsutil import read_int
+from .fsutil import read_int, remove_tree
 from .images import Images, read_record
 from .layout import Layout
 from .locks import FileLock
@@ -106,6 +107,41 @@ def recently_released(layout: Layout, keep_seconds: float) -> set[str]:
     return kept
 
 
+#: A temporary name in the store's layer-repository caches older than this is a killed create's.
+REPOSITORY_TEMP_AGE = 60.0
+
+
+def sweep_repository_temps(layout: Layout, failures: list[str]) -> list[str]:
+    """Remove what a create killed while writing a repository layer's short link or shim (``r/<hex>-tmp-…``,
+    ``r/<hex>.shim-tmp-…``) or verdict (``meta/repository-layers/<hex>-tmp-…``) left: those are the store's
+    (the links, shims and verdicts themselves are kept: caches of a few bytes each). The repository itself is
+    never looked at."""
+    removed: list[str] = []
+    horizon = time.time() - REPOSITORY_TEMP_AGE
+    for directory in (layout.repository_links, layout.repository_verdicts):
+        try:
+            names = os.listdir(directory)
+        except FileNotFoundError:
+            continue  # a store without a repository
+        for name in names:
+            if "-tmp-" not in name:
+                continue
+            path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+                if st.st_mtime < horizon:
+                    if stat.S_ISDIR(st.st_mode):
+                        remove_tree(path)  # a shim being built
+                    else:
+                        os.unlink(path)
+                    removed.append(name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                failures.append(f"removing {name}: {os_reason(exc)}")
+    return removed
+
+
 def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanResult:
     """Collect unused volumes and sweep leftovers. Every step that fails is noted and the rest still
     run (a clean killed half way, or a mount found in a leftover, must not keep later cleans from the
@@ -153,6 +189,7 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
             for lock in held.values():
                 lock.release()
         result.leftovers.extend(volumes.sweep(failures))
+        result.leftovers.extend(sweep_repository_temps(layout, failures))
         if failures:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise FailedPrecondition(f"clean: {failures[0]}{more}")

@@ -21,7 +21,7 @@ from .locks import FileLock, discard_orphans
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from ..mount.spec import OverlaySpec
     from ..quota import Backend
@@ -75,27 +75,52 @@ class Images:
         extra_options: Sequence[str] = (),
         driver: str = "kernel",
         idmap: tuple[str, str] | None = None,
+        in_place: Mapping[int, tuple[str, str, str]] | None = None,
+        unshifted_volumes: bool = True,
+        hide: str = "",
     ) -> OverlaySpec:
+        """The image's overlay over ``volume_ids`` (bottom first). ``in_place`` maps the index of a layer
+        used in place from the store's layer repository to ``(short link relative to the store, its layerfs,
+        its shim)``: a shim (relative to the store, or "") is a directory whose ``above`` and ``below`` are
+        stacked right over and under the layer (graftfs.repository.layers.build_shim). ``hide`` (relative to
+        the store) is a lower put on top of all. With ``idmap``, every unshifted layer is bound idmapped at
+        ``images/<id>/lowers/<index>``: the repository's, and the volumes too when ``unshifted_volumes``
+        (shared layers); the others are named from there."""
         from ..mount.spec import OverlaySpec  # only creates build mounts
 
+        in_place = in_place or {}
+        # From the binds' directory, the store is three levels up.
+        up = os.path.join(os.pardir, os.pardir, os.pardir) if idmap is not None else ""
+        sources = []
+        lowers: list[str] = [os.path.join(up, hide)] if hide else []
+        for index in reversed(range(len(volume_ids))):  # overlay wants the top-most layer first
+            link, layerfs, shim = in_place.get(index, ("", "", ""))
+            if idmap is not None and (layerfs or unshifted_volumes):
+                lower = str(index)  # bound at lowers/<index>
+            elif layerfs:
+                lower = link
+            else:
+                lower = os.path.join(up, "l", self.layout.short_id(volume_ids[index]))
+            lowers += [os.path.join(up, shim, "above"), lower, os.path.join(up, shim, "below")] if shim else [lower]
         if idmap is not None:
-            # Each layer bound, idmapped, at images/<id>/lowers/<index>; short names keep the options small.
+            for index, volume_id in enumerate(volume_ids):
+                layerfs = in_place.get(index, ("", "", ""))[1]
+                sources.append(layerfs or (self.layout.volume(volume_id) if unshifted_volumes else ""))
             return OverlaySpec(
                 cwd=os.path.join(self.layout.image(image_id), "lowers"),
-                lowers=tuple(str(i) for i in reversed(range(len(volume_ids)))),
+                lowers=tuple(lowers),
                 upper=os.path.join("..", "diff"),
                 work=os.path.join("..", "workdir"),
                 target=os.path.join(self.layout.image(image_id), "rootfs"),
                 extra_options=tuple(extra_options),
                 driver=driver,
                 idmap=idmap,
-                sources=tuple(self.layout.volume(v) for v in volume_ids),
+                sources=tuple(sources),
             )
         rel = os.path.join("images", image_id)
         return OverlaySpec(
             cwd=self.layout.root,
-            # Overlay wants the top-most layer first; volumes are listed bottom-first.
-            lowers=tuple(os.path.join("l", self.layout.short_id(v)) for v in reversed(volume_ids)),
+            lowers=tuple(lowers),
             upper=os.path.join(rel, "diff"),
             work=os.path.join(rel, "workdir"),
             target=os.path.join(self.layout.image(image_id), "rootfs"),

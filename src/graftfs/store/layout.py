@@ -7,6 +7,10 @@
 <store>/meta/dependencies/image:<id>.json              the volumes an image uses; its commit record
 <store>/meta/namespace.json                            the store's UID/GID mappings
 <store>/meta/plain-http/<host>                         insecure registries that speak plain HTTP
+<store>/meta/layer-repository.json                     the store's layer repository, if it has one
+<store>/meta/repository-layers/<hex>                   a repository layer's verdict (usable in place, or why not)
+<store>/r/<short-hex> -> <repository>/.layers/…/layerfs  short lowerdir names of repository layers
+<store>/r/.hide/                                       a lower hiding DUCC's .cvmfscatalog markers
 <store>/locks/*.lock                                   flock files
 <store>/tmp/                                           TMPDIR for graftfs processes
 """
@@ -104,6 +108,25 @@ class Layout:
     @property
     def features_file(self) -> str:
         return os.path.join(self.meta, "features.json")
+
+    # -- layer repository (graftfs.repository.layers) -----------------------------------------------------
+
+    @property
+    def layer_repository_file(self) -> str:
+        return os.path.join(self.meta, "layer-repository.json")
+
+    @property
+    def repository_verdicts(self) -> str:
+        return os.path.join(self.meta, "repository-layers")
+
+    @property
+    def repository_links(self) -> str:
+        """Short links to the repository's layers: the store's own (never shared: a repository is a store's)."""
+        return os.path.join(self.root, "r")
+
+    @property
+    def repository_hide(self) -> str:
+        return os.path.join(self.repository_links, ".hide")
 
     def directories(self) -> list[str]:
         return [self.images, self.volumes, self.links, self.meta, self.dependencies, self.locks, self.tmp]

@@ -76,18 +76,22 @@ class Volumes:
             return []
         return [n for n in names if not n.startswith(GC_PREFIX) and f"-{INCOMPLETE}-" not in n]
 
-    def lease(self, volume_ids: Sequence[str], build: Builder, workers: int = 1) -> Lease:
+    def lease(
+        self, volume_ids: Sequence[str], build: Builder, workers: int = 1, parents: Sequence[str] | None = None
+    ) -> Lease:
         """Make sure every volume exists and hold it shared. Missing volumes are built by up to ``workers``
         threads at once (each volume is unpacked on its own, so the order does not matter; downloads and
-        decompression overlap), bottom-up with one."""
+        decompression overlap), bottom-up with one. ``parents`` are the chain IDs below each volume, when
+        they are not the volumes listed below it (layers used in place from a repository are not volumes)."""
         lease = Lease()
+        below = list(parents) if parents is not None else [_below(volume_ids, i) for i in range(len(volume_ids))]
         try:
             missing = sum(not self.exists(v) for v in volume_ids)
             if workers <= 1 or missing <= 1:
                 for index, volume_id in enumerate(volume_ids):
-                    lease.locks.append(self._hold(index, volume_id, build, lease, _below(volume_ids, index)))
+                    lease.locks.append(self._hold(index, volume_id, build, lease, below[index]))
             else:
-                self._hold_parallel(volume_ids, build, lease, min(workers, missing))
+                self._hold_parallel(volume_ids, build, lease, min(workers, missing), below)
         except BaseException:
             self.abandon(lease)
             raise
@@ -109,13 +113,13 @@ class Volumes:
             finally:
                 lock.release()
 
-    def _hold_parallel(self, volume_ids: Sequence[str], build: Builder, lease: Lease, workers: int) -> None:
+    def _hold_parallel(
+        self, volume_ids: Sequence[str], build: Builder, lease: Lease, workers: int, below: Sequence[str]
+    ) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers, thread_name_prefix="layer") as pool:
-            futures = [
-                pool.submit(self._hold, i, v, build, lease, _below(volume_ids, i)) for i, v in enumerate(volume_ids)
-            ]
+            futures = [pool.submit(self._hold, i, v, build, lease, below[i]) for i, v in enumerate(volume_ids)]
             failed: BaseException | None = None
             for future in futures:
                 try:
