@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 
 import graftfs
+from graftfs.errors import FailedPrecondition
+from graftfs.store.snapshots import Snapshotter
 from tests.integration.conftest import GRAFTFS, Graftfs, mounts_under, snapshot
 from tests.support import ducc
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
@@ -510,3 +512,21 @@ def test_concurrent_cold_creates_in_a_repository_store(workdir: Path, repo_src: 
         for i in range(8):
             assert (g.rootfs(f"c{i}") / "top").read_bytes() == b"t"
             g.run("delete", f"c{i}")
+
+
+def test_the_snapshot_core_refuses_by_name_a_layer_standing_on_a_repository_layer(
+    workdir: Path, repo_src: Path
+) -> None:
+    url, layers = _local_image(workdir)
+    ducc.write_repository(repo_src, layers[:1])  # the bottom layer in place, the top one pulled
+    with ducc.erofs(repo_src, workdir / "repo.erofs", workdir / "repo") as repo:
+        g = Graftfs(workdir / "store")
+        g.run("init-store", "--layer-repository", str(repo))
+        g.create(url, "c1")
+        (top,) = g.volumes()
+        sn = Snapshotter(str(g.store))
+        assert sn.stat(f"sha256:{top}").parent != ""  # it knows what it stands on
+        with pytest.raises(FailedPrecondition, match=r"is not in the store \(a layer of its layer repository\)"):
+            sn.prepare("k", f"sha256:{top}")
+        assert [i.name for i in sn.walk("kind==active")] == []
+        g.run("delete", "c1")

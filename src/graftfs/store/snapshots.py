@@ -482,8 +482,16 @@ class Snapshotter:
 
     def _volume_chain(self, volume_id: str) -> list[str]:
         """A pulled layer and the layers below it, nearest first, as ``lowers`` entries."""
+        top = volume_id
         chain = []
         while volume_id:
+            if not os.path.isdir(self.layout.volume(volume_id)):
+                # Pulled above a layer used in place from the store's layer repository (store.repository),
+                # which snapshots do not stack (yet): refused by name rather than mounted with a hole in it.
+                raise FailedPrecondition(
+                    f"layer `{_CHAIN_PREFIX}{top}` stands on `{_CHAIN_PREFIX}{volume_id}`, which is not in the store "
+                    "(a layer of its layer repository): snapshots cannot be prepared on it"
+                )
             chain.append("volume:" + volume_id)
             volume_id = self._volume_parent(volume_id)
         return chain
