@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .progress import Progress
     from .pull import LayerBuilder
     from .quota import Backend
+    from .repository.thin import ThinImage
     from .sources.base import ImageSpec, Source
     from .store.features import Features
     from .store.gc import CleanResult
@@ -537,6 +538,14 @@ class Store:
         start_ns: int,
     ) -> Image:
         spec = source.resolve()
+        thin_image = None
+        if len(spec.layers) == 1 and self._may_be_thin(spec):
+            from .repository import thin
+
+            thin_image = thin.read_layer(source, spec.layers[0])
+            if thin_image is not None:
+                self._check_thin(thin_image, repository)
+                spec = thin.image_spec(thin_image, spec.config)
         limit.check_layers(spec.compressed_size)
         volume_ids = [layer.volume_id for layer in spec.layers]
         mapping = self.namespace()
@@ -561,6 +570,11 @@ class Store:
         hide = ""
         if repository:
             in_place, hide = self._in_place(repository, spec, mapped, feats, options, log)
+            if thin_image is not None and len(in_place) != len(spec.layers):
+                raise Unsupported(
+                    f"thin image: {len(spec.layers) - len(in_place)} of its layers cannot be used in place from "
+                    "the store's layer repository (the log says why), and a thin image has no layers to pull"
+                )
             if in_place and mapped:
                 idmap = mapping.kernel_maps()  # repository layers are unshifted: bound idmapped
         # The layers this store holds (pulls, if missing), bottom first, and the chain ID below each.
@@ -608,6 +622,16 @@ class Store:
                     making.info("starting")
                     path = self.images.create(image_id, own_ids, base_size, owner, backend, quota_bytes)
                     try:
+                        if thin_image is not None:
+                            # What publish stacks a new layer on: the descriptor this image was made from.
+                            from . import jsonc
+
+                            for name, data in (
+                                ("thin.json", thin_image.to_json()),
+                                ("thin-config.json", jsonc.dumps(spec.config).encode()),
+                            ):
+                                atomic_write(os.path.join(path, name), data, 0o600, sync=False)
+                                backend.leave_out(os.path.join(path, name))
                         # Mounted before the commit record, while the lease still protects the layers: a
                         # create killed in between leaves an uncommitted directory that the next create of
                         # this ID (or clean) unmounts and removes, never a listed image without its mount.
@@ -645,6 +669,40 @@ class Store:
             config=spec.config,
             layers_built=len(lease.built),
         )
+
+    def _may_be_thin(self, spec: ImageSpec) -> bool:
+        """Whether a one-layer image could be thin (its layer holding ``/thin.json`` only), found without
+        reading it: a small blob that this store has not pulled as a layer already (a warm ordinary image)."""
+        layer = spec.layers[0]
+        size = layer.expect.size
+        if size < 0 and not layer.blob.startswith("sha256:"):
+            try:
+                size = os.stat(layer.blob).st_size  # a rootfs tarball
+            except OSError:
+                return False
+        if not 0 <= size <= 64 << 10:
+            return False
+        return not os.path.isdir(self.layout.volume(layer.volume_id))
+
+    def _check_thin(self, image: ThinImage, record: str) -> None:
+        """A thin image's layers must all be in the store's layer repository: refused, in one line naming the
+        missing ones, when they are not, or when the store has no repository."""
+        from .repository import layers
+
+        if not record:
+            raise FailedPrecondition(
+                f"thin image ({len(image.layers)} layers named by /thin.json): store {self.path} has no layer "
+                "repository to stack them from (init-store --layer-repository DIR)"
+            )
+        root = layers.parse(record)[0]
+        missing = [
+            lay.digest for lay in image.layers if not os.path.isdir(layers.layer_dir(root, "sha256:" + lay.digest))
+        ]
+        if missing:
+            raise NotFound(
+                f"thin image: {len(missing)} of its {len(image.layers)} layers not in the layer repository {root}: "
+                + ", ".join(missing)
+            )
 
     def _in_place(
         self, record: str, spec: ImageSpec, mapped: bool, feats: Features, options: CreateOptions, log: Logger

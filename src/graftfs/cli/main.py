@@ -358,6 +358,22 @@ def cmd_serve_containerd_snapshotter(settings: Settings, args: list[str]) -> int
     return serve(settings.store, settings.socket, log)
 
 
+def _thin(name: str) -> Callable[[Settings, list[str]], int]:
+    """``thin <name>``'s function, from graftfs.cli.thin (imported only when a thin command runs)."""
+
+    def run(settings: Settings, args: list[str]) -> int:
+        from . import thin
+
+        command: Callable[[Settings, list[str]], int] = getattr(thin, f"cmd_thin_{name}")
+        return command(settings, args)
+
+    return run
+
+
+_REGISTRY_FLAGS = ("insecure-registry", "skip-layer-validation", "username", "password")
+_S3_FLAGS = ("s3-endpoint", "s3-bucket", "s3-region")
+
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
@@ -420,6 +436,44 @@ COMMANDS: dict[str, Command] = {
             cmd_generate_volume_size_metadata,
             nargs=0,
             hidden=True,
+        ),
+        Command(
+            "thin",
+            "thin <command> [options]",
+            "thin images and a shared layer repository (CernVM-FS, DUCC's layout)",
+            (),
+            lambda settings, args: 0,
+            subcommands=(
+                Command(
+                    "thin convert",
+                    "thin convert [options] SOURCE --repository DIR --output oci:///PATH[:TAG]",
+                    "ingest an image's layers into a layer repository and write the thin image naming them",
+                    ("repository", "repository-name", "output", *_REGISTRY_FLAGS),
+                    _thin("convert"),
+                ),
+                Command(
+                    "thin publish",
+                    "thin publish [options] ID --output oci:///PATH[:TAG] --s3-bucket BUCKET",
+                    "upload an image's changes to S3 as a layer, and write the thin image with it on top",
+                    (
+                        "output",
+                        *_S3_FLAGS,
+                        "compression",
+                        "repository-name",
+                        "wait",
+                        "repository",
+                        "wait-timeout-seconds",
+                    ),
+                    _thin("publish"),
+                ),
+                Command(
+                    "thin publisher",
+                    "thin publisher [options] --repository DIR --s3-bucket BUCKET [--once]",
+                    "ingest the layers published to S3 into a layer repository, verified (long-running)",
+                    ("repository", *_S3_FLAGS, "once", "poll-interval-seconds"),
+                    _thin("publisher"),
+                ),
+            ),
         ),
         Command(
             "serve",
@@ -490,6 +544,10 @@ def run(argv: Sequence[str]) -> int:
         command, rest = sub, rest[1:]
     try:
         flags, args = parse_flags(rest[1:], command.flags)
+        if command.name.startswith("thin ") and len(args) > 1:
+            # thin's documented form names its SOURCE or ID first, its flags after.
+            more, tail = parse_flags(args[1:], command.flags)
+            flags, args = {**flags, **more}, [args[0], *tail]
     except UsageError as exc:
         sys.stdout.write(f"Incorrect Usage: {exc}\n\n{_help(command)}")
         return 1

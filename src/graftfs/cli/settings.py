@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from ..progress import Progress
 
 DEFAULT_STORE = "/var/lib/graftfs"
+#: Settings never shown (repr, logs).
+SECRETS = ("password", "s3_secret_access_key")
 
 
 class Setting:
@@ -253,6 +255,73 @@ class Settings:
         help="unix socket to serve on (made 0600; a stale one is replaced)",
     )
 
+    # -- thin flags, the `thin` section (graftfs's own: thin images, graftfs.repository) --
+    repository: str = _setting(
+        "",
+        flag="repository",
+        key="thin.repository",
+        empty="unset",
+        help="layer repository directory to ingest layers into (DUCC's layout: DIR/.layers/<hh>/<hex>/layerfs)",
+    )
+    repository_name: str = _setting(
+        "",
+        flag="repository-name",
+        key="thin.repository_name",
+        empty="unset",
+        help="the repository's name in thin images' cvmfs://<name>/ urls (default: the directory's name)",
+    )
+    output: str = _setting(
+        "",
+        flag="output",
+        check=lambda value: "" if value else "invalid argument: --output oci:///PATH[:TAG] is required",
+        help="where the thin image is written: oci:///PATH[:TAG]",
+    )
+    s3_endpoint: str = _setting(
+        "",
+        flag="s3-endpoint",
+        key="thin.s3_endpoint",
+        empty="unset",
+        help="S3 endpoint URL (default AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL)",
+    )
+    s3_bucket: str = _setting(
+        "",
+        flag="s3-bucket",
+        key="thin.s3_bucket",
+        empty="unset",
+        check=lambda value: "" if value else "invalid argument: --s3-bucket (thin.s3_bucket) is required",
+        help="S3 bucket layers are published to (under layers/<hex>)",
+    )
+    s3_region: str = _setting(
+        "", flag="s3-region", key="thin.s3_region", empty="unset", help="S3 region (default AWS_REGION or us-east-1)"
+    )
+    # Credentials only from the file or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY: never a flag (ps shows flags).
+    s3_access_key_id: str = _setting("", key="thin.s3_access_key_id")
+    s3_secret_access_key: str = _setting("", key="thin.s3_secret_access_key")
+    publish_compression: str = _setting(
+        "gzip",
+        flag="compression",
+        key="thin.compression",
+        choices=("gzip", "zstd"),
+        check=lambda value: "" if value in ("gzip", "zstd") else "invalid argument: --compression is gzip or zstd",
+        help="compression of the published layer: gzip (default) or zstd",
+    )
+    wait: bool = _setting(False, flag="wait", help="return once the publisher has put the layer in --repository")
+    wait_timeout_seconds: int = _setting(
+        600,
+        flag="wait-timeout-seconds",
+        key="thin.wait_timeout_seconds",
+        check=_not_negative("wait timeout"),
+        help="how long publish --wait waits (default 600)",
+    )
+    once: bool = _setting(False, flag="once", help="one pass over the bucket, then exit")
+    poll_interval_seconds: int = _setting(
+        5,
+        flag="poll-interval-seconds",
+        key="thin.poll_interval_seconds",
+        check=_not_negative("poll interval"),
+        help="seconds between two listings of the bucket (default 5)",
+    )
+
     def __init__(self, **values: Any) -> None:
         """The defaults, and ``values`` instead of some."""
         self.__dict__.update((setting.name, _default(setting)) for setting in TABLE)
@@ -267,7 +336,8 @@ class Settings:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Settings({', '.join(f'{k}={v!r}' for k, v in vars(self).items() if k != 'password')})"
+        shown = (f"{k}={v!r}" for k, v in vars(self).items() if k not in SECRETS)
+        return f"Settings({', '.join(shown)})"
 
 
 TABLE: tuple[Setting, ...] = tuple(v for v in vars(Settings).values() if isinstance(v, Setting))

@@ -21,6 +21,9 @@ from ..errors import InvalidImage
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from typing import Any
+
+    from ..sources.base import ImageSpec, LayerInfo, Source
 
 #: The file a thin image's only layer holds.
 DESCRIPTOR = "thin.json"
@@ -97,6 +100,56 @@ class ThinImage:
         if self.comment:
             doc["comment"] = self.comment
         return jsonc.dumps(doc).encode() + b"\n"
+
+
+#: A thin image's only layer is one small file: a one-layer image whose blob is larger is not looked into.
+DETECT_MAX = 64 << 10
+
+
+def read_layer(source: Source, layer: LayerInfo) -> ThinImage | None:
+    """The descriptor in ``layer`` if its tar holds exactly one entry, a regular file ``thin.json`` (the rule:
+    such a layer is a thin image's), else None. The blob is verified as any layer's while it is read."""
+    from ..layers.stream import LayerStream
+    from ..layers.tarreader import REG, TarReader
+
+    with source.open_blob(layer) as blob:
+        stream = LayerStream(blob, layer.expect)
+        try:
+            tar = TarReader(stream.tar)
+            first = tar.next()
+            if (
+                first is None
+                or first.type != REG
+                or first.name not in (DESCRIPTOR, "./" + DESCRIPTOR, "/" + DESCRIPTOR)
+            ):
+                return None
+            if first.size > DETECT_MAX:
+                return None
+            data = bytearray(first.size)
+            view = memoryview(data)
+            got = 0
+            while got < first.size:
+                n = tar.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            if tar.next() is not None:
+                return None
+            stream.finish()
+        finally:
+            stream.close()
+    return parse(bytes(data), f"thin image {DESCRIPTOR}")
+
+
+def image_spec(image: ThinImage, config: dict[str, Any]) -> ImageSpec:
+    """The layers a thin image stacks, base first, as a create sees them: each named by its digest (the
+    repository's key); their volume IDs are the digests too (never pulled: they are in place or refused)."""
+    from ..sources.base import ImageSpec, LayerInfo
+
+    return ImageSpec(
+        layers=tuple(LayerInfo(volume_id=lay.digest, blob="sha256:" + lay.digest) for lay in image.layers),
+        config=config,
+    )
 
 
 def parse(data: bytes, where: str = DESCRIPTOR) -> ThinImage:

@@ -1,0 +1,218 @@
+"""``graftfs thin convert``: a regular image's layers into a layer repository, and the thin image that names
+them, written as an OCI image layout.
+
+Each layer of the source (any source graftfs reads: ``docker://``, ``oci://``, a rootfs tarball) is ingested
+into the repository directory (:mod:`.ingest`: DUCC's layout, verified while it streams, built under a
+temporary name and renamed; a layer already there is not fetched). The thin image is then written: one
+layer whose only file is ``thin.json`` (:mod:`.thin`), base-first layers with DUCC's urls
+(``cvmfs://<repository name>/.layers/<hh>/<hex>/layerfs``), and a config that keeps the source's env,
+entrypoint, cmd, user and working directory, plus ``CVMFS_IMAGE=true`` as DUCC's thin images have.
+
+The layout is written deterministically (sorted keys, no timestamps, the thin layer's tar and gzip headers
+with time zero): the same source and repository name give the same manifest digest. An existing layout at
+the path gets the image added, replacing the entry of the same tag; ``index.json`` is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import InvalidArgument
+from . import thin
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import IO, Any
+
+    from ..layers.expect import Expect
+    from ..log import Logger
+    from ..reference import ImageRef
+    from ..sources.base import LayerInfo, Source
+
+MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+REF_NAME = "org.opencontainers.image.ref.name"
+#: What the thin image's config keeps of the source's (``config`` object keys).
+KEPT = ("Env", "Entrypoint", "Cmd", "User", "WorkingDir", "ExposedPorts", "Volumes", "Labels", "StopSignal")
+MARKER_ENV = "CVMFS_IMAGE=true"
+
+
+def _canonical(doc: object) -> bytes:
+    import json
+
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def descriptor_tar(descriptor: bytes) -> bytes:
+    """An uncompressed tar whose only entry is ``thin.json`` (mode 0644, root's, time zero)."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(thin.DESCRIPTOR)
+        info.size = len(descriptor)
+        info.mode = 0o644
+        info.mtime = 0
+        tar.addfile(info, io.BytesIO(descriptor))
+    return out.getvalue()
+
+
+def thin_blobs(image: thin.ThinImage, source_config: dict[str, Any]) -> tuple[bytes, bytes, str]:
+    """The thin image's layer blob (gzip), its config, and the layer's diffID."""
+    import gzip
+
+    tar = descriptor_tar(image.to_json())
+    blob = gzip.compress(tar, compresslevel=9, mtime=0)
+    diff_id = _sha256(tar)
+    found = source_config.get("config")
+    kept: dict[str, Any] = found if isinstance(found, dict) else {}
+    container = {k: kept[k] for k in KEPT if k in kept}
+    env = [e for e in container.get("Env") or [] if isinstance(e, str) and not e.startswith("CVMFS_IMAGE=")]
+    container["Env"] = [*env, MARKER_ENV]
+    config: dict[str, Any] = {
+        "architecture": source_config.get("architecture") or _host_arch(),
+        "os": source_config.get("os") or "linux",
+        "config": container,
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created_by": f"graftfs thin convert {image.origin}".rstrip(), "comment": "thin image"}],
+    }
+    if source_config.get("variant"):
+        config["variant"] = source_config["variant"]
+    return blob, _canonical(config), diff_id
+
+
+def _host_arch() -> str:
+    from ..sources import platform
+
+    return platform.host()[1]
+
+
+def write_layout(path: str, tag: str, blobs: list[bytes], config: bytes, layers: list[bytes]) -> str:
+    """Add one image (``config`` and ``layers``, which ``blobs`` lists with them) to the OCI layout at
+    ``path``, tagged ``tag`` (untagged when empty); returns the manifest's digest."""
+    from ..store.fsutil import atomic_write
+
+    blob_dir = os.path.join(path, "blobs", "sha256")
+    os.makedirs(blob_dir, mode=0o755, exist_ok=True)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, "digest": _sha256(config), "size": len(config)},
+        "layers": [{"mediaType": MEDIA_LAYER, "digest": _sha256(layer), "size": len(layer)} for layer in layers],
+    }
+    manifest_bytes = _canonical(manifest)
+    for data in [*blobs, config, *layers, manifest_bytes]:
+        target = os.path.join(blob_dir, _sha256(data).partition(":")[2])
+        if not os.path.exists(target):
+            atomic_write(target, data, 0o644, sync=False)
+    layout_file = os.path.join(path, "oci-layout")
+    if not os.path.exists(layout_file):
+        atomic_write(layout_file, _canonical({"imageLayoutVersion": "1.0.0"}), 0o644, sync=False)
+    entry: dict[str, Any] = {
+        "mediaType": MEDIA_MANIFEST,
+        "digest": _sha256(manifest_bytes),
+        "size": len(manifest_bytes),
+    }
+    if tag:
+        entry["annotations"] = {REF_NAME: tag}
+    index_path = os.path.join(path, "index.json")
+    manifests: list[Any] = []
+    try:
+        with open(index_path, "rb") as f:
+            import json
+
+            old = json.loads(f.read())
+        manifests = [
+            m
+            for m in (old.get("manifests") or [])
+            if isinstance(m, dict) and ((m.get("annotations") or {}).get(REF_NAME) != tag if tag else m != entry)
+        ]
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        raise InvalidArgument(f"output {path}: index.json is not JSON: not an OCI layout to add to") from None
+    index = {"schemaVersion": 2, "manifests": [*manifests, entry]}
+    atomic_write(index_path, _canonical(index), 0o644, sync=True)
+    return str(entry["digest"])
+
+
+def parse_output(url: str) -> ImageRef:
+    """``oci:///PATH[:TAG]``, the only output a thin image is written to."""
+    from .. import reference
+
+    ref = reference.parse(url)
+    if ref.kind != "oci":
+        raise InvalidArgument(f"--output `{url}`: a thin image is written as an OCI layout: oci:///PATH[:TAG]")
+    return ref
+
+
+def write_thin(output: str, image: thin.ThinImage, source_config: dict[str, Any]) -> str:
+    """Write ``image`` as a thin image to ``output`` (``oci:///PATH[:TAG]``); returns the manifest digest."""
+    ref = parse_output(output)
+    blob, config, _ = thin_blobs(image, source_config)
+    return write_layout(ref.path, ref.tag, [], config, [blob])
+
+
+def thin_url(repository_name: str, digest: str) -> str:
+    hexd = digest.partition(":")[2]
+    return f"{thin.SCHEME}{repository_name}/.layers/{hexd[:2]}/{hexd}/layerfs"
+
+
+def convert(
+    source_url: str,
+    source: Source,
+    repository: str,
+    repository_name: str,
+    output: str,
+    log: Logger,
+) -> tuple[thin.ThinImage, str]:
+    """Ingest the layers of ``source`` into the repository at ``repository`` and write the thin image to
+    ``output``; returns it and its manifest digest."""
+    from ..layers.expect import Expect
+    from . import ingest
+
+    parse_output(output)  # refused before anything is fetched
+    if not repository_name or "/" in repository_name:
+        raise InvalidArgument(f"repository name `{repository_name}` must be one path component")
+    spec = source.resolve()
+    layers: list[thin.ThinLayer] = []
+    for layer in spec.layers:
+        expect = layer.expect
+        if not layer.blob.startswith("sha256:"):
+            expect = _digest_of(source, layer)  # a rootfs tarball: its digest is its name in the repository
+        elif not expect.digest:
+            expect = Expect(layer.blob, expect.size, expect.diff_id)  # --skip-layer-validation: still its name
+        built = ingest.ingest(repository, expect, _opener(source, layer))
+        log.info("layer-ingested" if built else "layer-already-there", digest=expect.digest)
+        layers.append(thin.ThinLayer(expect.digest.partition(":")[2], thin_url(repository_name, expect.digest)))
+    image = thin.ThinImage(layers, origin=source_url)
+    return image, write_thin(output, image, spec.config)
+
+
+def _opener(source: Source, layer: LayerInfo) -> Callable[[], IO[bytes]]:
+    return lambda: source.open_blob(layer)
+
+
+def _digest_of(source: Source, layer: LayerInfo) -> Expect:
+    """A blob without a digest (a rootfs tarball) read once to find it."""
+    import hashlib
+
+    from ..layers.expect import Expect
+
+    digest = hashlib.sha256()
+    size = 0
+    blob: IO[bytes]
+    with source.open_blob(layer) as blob:
+        while chunk := blob.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return Expect("sha256:" + digest.hexdigest(), size)

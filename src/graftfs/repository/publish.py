@@ -1,0 +1,240 @@
+"""Publishing a container's changes as a layer of a thin image, through S3, and the publisher that puts
+published layers into a layer repository.
+
+``graftfs thin publish ID``: the image's writable layer (``<store>/images/<ID>/diff``, its overlay's upper
+dir) is written as an OCI layer (:func:`graftfs.layers.diff.write_layer`: overlay whiteouts and opaque
+directories as ``.wh.`` entries, deterministic, gzip or zstd), uploaded to S3 as ``layers/<hex>`` (its
+compressed digest) with ``If-None-Match: *`` (the same changes published twice upload nothing the second
+time), and a new thin image is written: the descriptor the image was created from (recorded by the create,
+``images/<ID>/thin.json``) with the new layer appended on top, and its config. The output layout is written
+only once the upload has succeeded: an unreachable S3, or one refusing the credentials, leaves nothing.
+
+``graftfs thin publisher``: lists ``layers/`` in the bucket; each object whose layer is not in the
+repository yet is downloaded (to an unnamed file in the repository's ``.layers``, so a killed publisher
+leaves nothing), its digest checked against its key, and ingested (:mod:`.ingest`). An object whose bytes do
+not match its key is reported in one line and not ingested. ``publish --wait`` polls the repository until
+the layer is there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from ..errors import FailedPrecondition, GraftfsError, InvalidArgument, Unavailable, VerificationError, os_reason
+from . import thin
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import IO, Any
+
+    from ..api import Store
+    from ..idmap import Mapping
+    from ..log import Logger
+    from .s3 import S3Client
+
+PREFIX = "layers/"
+RECORD = "thin.json"
+CONFIG_RECORD = "thin-config.json"
+
+
+class Published:
+    """What a publish did: the new layer, its S3 key, whether it was uploaded (False: it was there), and the
+    new thin image's manifest digest."""
+
+    __slots__ = ("key", "layer", "manifest", "uploaded")
+
+    def __init__(self, layer: thin.ThinLayer, key: str, uploaded: bool, manifest: str) -> None:
+        self.layer = layer
+        self.key = key
+        self.uploaded = uploaded
+        self.manifest = manifest
+
+
+def _to_image(mappings: Sequence[Mapping]) -> Any:
+    """host ID → the image's ID, through a store's mappings (IDs outside them stay as they are)."""
+
+    def back(host: int) -> int:
+        for m in mappings:
+            if m.host_id <= host < m.host_id + m.size:
+                return m.namespace_id + host - m.host_id
+        return host
+
+    return back
+
+
+def parent_of(store: Store, image_id: str) -> tuple[thin.ThinImage, dict[str, Any]]:
+    """The thin descriptor and config an image was created from (its create recorded them)."""
+    from ..store.fsutil import read_text
+
+    directory = store.layout.image(image_id)
+    if not store.images.is_committed(image_id):
+        raise FailedPrecondition(f"image `{image_id}` not found in store {store.path}")
+    text = read_text(os.path.join(directory, RECORD))
+    if not text:
+        raise FailedPrecondition(
+            f"image `{image_id}` was not created from a thin image: only a thin image's changes are published "
+            "as a thin image (thin convert makes one)"
+        )
+    from .. import jsonc
+
+    config = jsonc.loads(read_text(os.path.join(directory, CONFIG_RECORD), "{}"))
+    return thin.parse(text.encode(), f"images/{image_id}/{RECORD}"), config if isinstance(config, dict) else {}
+
+
+def publish(
+    store: Store,
+    image_id: str,
+    client: S3Client,
+    output: str,
+    compression: str = "gzip",
+    repository_name: str = "",
+    log: Logger | None = None,
+) -> Published:
+    """Upload the changes of image ``image_id`` and write the thin image that has them on top to ``output``."""
+    from ..layers.diff import write_layer
+    from ..store.fsutil import temp_name
+    from .convert import parse_output, thin_url, write_thin
+
+    parse_output(output)
+    parent, config = parent_of(store, image_id)
+    name = repository_name or _repository_name(parent, store)
+    upper = os.path.join(store.layout.image(image_id), "diff")
+    namespace = store.namespace()
+    feats = store.features()
+    os.makedirs(store.layout.tmp, mode=0o700, exist_ok=True)
+    tmp = temp_name(os.path.join(store.layout.tmp, "publish"), "layer")
+    try:
+        with open(tmp, "xb") as f:
+            written = write_layer(
+                upper,
+                f,
+                compression,
+                feats.xattrs,
+                _to_image(namespace.uid_mappings),
+                _to_image(namespace.gid_mappings),
+            )
+        hexd = written.digest.partition(":")[2]
+        key = PREFIX + hexd
+        uploaded = client.put_file(key, tmp, if_none_match=True)
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    if log is not None:
+        log.info("layer-published", key=key, digest=written.digest, size=written.size, uploaded=uploaded)
+    layer = thin.ThinLayer(hexd, thin_url(name, written.digest))
+    manifest = write_thin(output, parent.with_layer(layer), config)
+    return Published(layer, key, uploaded, manifest)
+
+
+def _repository_name(parent: thin.ThinImage, store: Store) -> str:
+    """The repository the parent's layers name (its top layer's url), else the store repository's name."""
+    for layer in reversed(parent.layers):
+        if layer.url:
+            return layer.location()[0]
+    from ..store.fsutil import read_text
+    from .layers import parse
+
+    record = read_text(store.layout.layer_repository_file)
+    if record:
+        return os.path.basename(parse(record)[0])
+    raise InvalidArgument("thin publish: give --repository-name: the thin image names no repository")
+
+
+def wait_for(repository: str, digest: str, timeout: float, interval: float = 0.2) -> None:
+    """Return once the layer is in the repository (a publisher ingested it), else Unavailable after
+    ``timeout`` seconds."""
+    from .ingest import present
+
+    deadline = time.monotonic() + timeout
+    while not present(repository, "sha256:" + digest.removeprefix("sha256:")):
+        if time.monotonic() >= deadline:
+            raise Unavailable(
+                f"layer {digest} is not in the layer repository {repository} after {timeout:g}s: is a publisher "
+                "(graftfs thin publisher) running for this bucket?"
+            )
+        time.sleep(interval)
+
+
+# -- the publisher -------------------------------------------------------------------------------------------
+
+
+def _unnamed_file(directory: str) -> IO[bytes]:
+    """A file with no name in ``directory`` (O_TMPFILE), gone when closed or when the process dies."""
+    try:
+        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError:
+        from ..store.fsutil import temp_name
+
+        path = temp_name(os.path.join(directory, ".incoming"), "tmp")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+    return open(fd, "w+b")
+
+
+def _file_digest(f: IO[bytes]) -> str:
+    import hashlib
+
+    f.seek(0)
+    h = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def publisher_pass(client: S3Client, repository: str, log: Logger) -> list[str]:
+    """One pass over the bucket: ingest every published layer not in the repository yet. Returns one line
+    per layer that could not be ingested (and ingests nothing of it); S3 errors on the listing raise."""
+    from .ingest import ingest, present
+    from .layers import LAYERS
+
+    failures = []
+    hexchars = set("0123456789abcdef")
+    for obj in client.list_objects(PREFIX):
+        hexd = obj.key[len(PREFIX) :]
+        if len(hexd) != 64 or not set(hexd) <= hexchars:
+            log.info("publisher-skipped", key=obj.key, reason="not layers/<sha256 hex>")
+            continue
+        digest = "sha256:" + hexd
+        if present(repository, digest):
+            continue
+        where = f"s3://{client.bucket}/{obj.key}"
+        try:
+            with _unnamed_file(os.path.join(repository, LAYERS)) as f:
+                client.get_object(obj.key, f)
+                actual = _file_digest(f)
+                if actual != digest:
+                    raise VerificationError(f"layerID digest mismatch: expected: {digest}, actual: {actual}")
+                from ..layers.expect import Expect
+
+                def reopen(f: IO[bytes] = f) -> IO[bytes]:
+                    f.seek(0)
+                    return os.fdopen(os.dup(f.fileno()), "rb")
+
+                ingest(repository, Expect(digest, obj.size), reopen)
+        except GraftfsError as exc:
+            line = f"{where}: {exc}"
+            log.error("publisher-layer-failed", line, key=obj.key)
+            failures.append(line)
+            continue
+        except OSError as exc:
+            line = f"{where}: {os_reason(exc)}"
+            log.error("publisher-layer-failed", line, key=obj.key)
+            failures.append(line)
+            continue
+        log.info("publisher-layer-ingested", key=obj.key, digest=digest)
+    return failures
+
+
+def run_publisher(client: S3Client, repository: str, log: Logger, interval: float) -> None:
+    """Pass after pass, ``interval`` seconds apart, until interrupted; a pass that fails (S3 unreachable) is
+    logged and the next one tried."""
+    while True:
+        try:
+            publisher_pass(client, repository, log)
+        except GraftfsError as exc:
+            log.error("publisher-pass-failed", exc)
+        time.sleep(max(interval, 0.1))
