@@ -499,6 +499,7 @@ def test_s3_unreachable_or_refusing_the_credentials_is_one_line_and_writes_nothi
         assert "127.0.0.1" in line
         assert not out.exists()
         assert os.listdir(g.store / "tmp") == []
+        before = _repo_tree(repo_src)
         line = g.fails(
             "thin",
             "publisher",
@@ -510,4 +511,6 @@ def test_s3_unreachable_or_refusing_the_credentials_is_one_line_and_writes_nothi
             "--s3-bucket",
             bucket,
         )
+        assert "127.0.0.1" in line
+        assert _repo_tree(repo_src) == before
         g.run("delete", "c1")
