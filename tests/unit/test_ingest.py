@@ -109,3 +109,53 @@ def test_only_sha256_digests_name_layers(tmp_path: Path) -> None:
 
     with pytest.raises(InvalidArgument):
         ingest.ingest(str(tmp_path), Expect("sha512:00"), _opener(BLOB))
+
+
+class _Stalling(io.RawIOBase):
+    """A blob that gives its first half, says so on ``ready``, then blocks forever (until killed)."""
+
+    def __init__(self, data: bytes, ready: int) -> None:
+        self.data = data[: len(data) // 2]
+        self.ready = ready
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if not self.data:
+            os.write(self.ready, b"x")
+            import time
+
+            time.sleep(3600)
+        n = min(len(buffer), len(self.data))
+        buffer[:n] = self.data[:n]
+        self.data = self.data[n:]
+        return n
+
+
+def test_an_ingest_killed_mid_build_leaves_what_the_next_removes(tmp_path: Path) -> None:
+    big = TarBuilder().file("big", os.urandom(4 << 20)).build()
+    blob = compress(big, "gzip")
+    expect = Expect(sha256_digest(blob), len(blob), sha256_digest(big))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child is killed
+        os.close(read)
+        try:
+            ingest.ingest(str(tmp_path), expect, lambda: io.BufferedReader(_Stalling(blob, write)))
+        finally:
+            os._exit(1)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"x"  # the child is half-way through the blob
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        os.close(read)
+    hexd = expect.digest[7:]
+    hh = tmp_path / ".layers" / hexd[:2]
+    left = sorted(os.listdir(hh))
+    assert [n for n in left if n.startswith(f".{hexd}-tmp-")], left  # its build, recognisable by name
+    assert not ingest.present(str(tmp_path), expect.digest)
+    assert ingest.ingest(str(tmp_path), expect, _opener(blob)) is True
+    assert sorted(os.listdir(hh)) == [hexd]
