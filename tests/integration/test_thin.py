@@ -190,6 +190,11 @@ def test_convert_then_create_the_thin_image_and_run_it(workdir: Path, registry: 
         if runc_binary() is not None:
             result = run_in_rootfs(rootfs, ["/bin/sh", "-c", "cat /etc/motd; /app/run.sh; ls /opt/dir"])
             assert result.stdout == "from the base\nrunning\nc\n"
+        # The same thin image from a registry.
+        registry.push(out, "1", "team/app-thin")
+        g.create(registry.url("team/app-thin", "1"), "c3", "--insecure-registry", registry.host)
+        _check_app(g.rootfs("c3"))
+        g.run("delete", "c3")
         # The Python API too.
         store = graftfs.Store(str(g.store))
         image = store.create(f"oci://{out}:1", "c2", graftfs.CreateOptions())
@@ -514,3 +519,17 @@ def test_s3_unreachable_or_refusing_the_credentials_is_one_line_and_writes_nothi
         assert "127.0.0.1" in line
         assert _repo_tree(repo_src) == before
         g.run("delete", "c1")
+
+
+def test_a_warm_create_of_a_small_one_layer_ordinary_image_imports_nothing_of_thin_images(gfs: Graftfs) -> None:
+    import sys
+
+    info = write_oci_layout(gfs.store.parent / "small", [TarBuilder().file("thin.json", b"{}").file("x", b"").build()])
+    gfs.create(info.url(), "first")  # cold: its small blob is looked into once (two files: not thin)
+    assert len(gfs.volumes()) == 1
+    argv = [sys.executable, "-X", "importtime", *GRAFTFS, "--store", str(gfs.store), "create", info.url(), "second"]
+    result = subprocess.run(argv, capture_output=True, text=True, check=True)
+    imported = {line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import")}
+    assert not {name for name in imported if name.startswith("graftfs.repository")}
+    for image_id in ("first", "second"):
+        gfs.run("delete", image_id)
