@@ -264,7 +264,7 @@ def test_five_concurrent_converts_of_overlapping_images_keep_one_copy_of_each_la
                 "--repository",
                 str(repo_src),
                 "--output",
-                f"oci://{workdir}/out{i}:1",
+                f"oci://{workdir}/out:{i}",
                 "--insecure-registry",
                 registry.host,
             ],
@@ -285,6 +285,10 @@ def test_five_concurrent_converts_of_overlapping_images_keep_one_copy_of_each_la
     assert found == wanted  # one directory each: no temporary build, no lock file left
     for digest in wanted:
         assert (repo_src / ".layers" / digest[7:9] / digest[7:] / ".metadata/layers.json").is_file()
+    # One output layout, written by all five: each tag is there.
+    index = json.loads((workdir / "out/index.json").read_text())
+    tags = sorted(m["annotations"]["org.opencontainers.image.ref.name"] for m in index["manifests"])
+    assert tags == [str(i) for i in range(5)]
 
 
 # -- publishing through S3 (a real RADOS Gateway) ---------------------------------------------------------------

@@ -125,6 +125,21 @@ def write_layout(path: str, tag: str, blobs: list[bytes], config: bytes, layers:
     if tag:
         entry["annotations"] = {REF_NAME: tag}
     index_path = os.path.join(path, "index.json")
+    # Writers of one layout take turns (a flock on its directory): index.json is read, changed and replaced.
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _add_to_index(index_path, entry, tag)
+    finally:
+        os.close(fd)
+
+
+def _add_to_index(index_path: str, entry: dict[str, Any], tag: str) -> str:
+    from ..store.fsutil import atomic_write
+
+    path = os.path.dirname(index_path)
     manifests: list[Any] = []
     try:
         with open(index_path, "rb") as f:
