@@ -523,6 +523,12 @@ def test_s3_unreachable_or_refusing_the_credentials_is_one_line_and_writes_nothi
         assert "127.0.0.1" in line
         assert _repo_tree(repo_src) == before
         g.run("delete", "c1")
+        # Only a thin image's changes are published as a thin image.
+        g.create(app.url, "plain", "--insecure-registry", registry.host)
+        line = g.fails("thin", "publish", "plain", "--output", f"oci://{out}:2", "--s3-bucket", bucket)
+        assert "not created from a thin image" in line
+        assert "not found" in g.fails("thin", "publish", "nosuch", "--output", f"oci://{out}:2", "--s3-bucket", bucket)
+        g.run("delete", "plain")
 
 
 def test_a_warm_create_of_a_small_one_layer_ordinary_image_imports_nothing_of_thin_images(gfs: Graftfs) -> None:
