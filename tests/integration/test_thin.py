@@ -543,3 +543,34 @@ def test_a_warm_create_of_a_small_one_layer_ordinary_image_imports_nothing_of_th
     assert not {name for name in imported if name.startswith("graftfs.repository")}
     for image_id in ("first", "second"):
         gfs.run("delete", image_id)
+
+
+def test_the_publisher_can_ingest_through_a_command(workdir: Path, rgw: RGW, bucket: str) -> None:
+    """As on a real Stratum 0 with ``--ingest-command 'cvmfs_server ingest --catalog -t - -b {path} REPO'``;
+    GNU tar stands in for cvmfs_server here (both extract the tar as it is, ``.wh.`` files kept)."""
+    from graftfs.repository.s3 import S3Client
+    from tests.support.images import compress
+
+    repo = workdir / "repo"
+    (repo / ".layers").mkdir(parents=True)
+    tar = TarBuilder().dir("etc").file("etc/hello", b"hi\n").whiteout("etc/gone").build()
+    blob = compress(tar, "gzip")
+    digest = sha256_digest(blob)
+    endpoint, access_key, secret_key = rgw
+    with S3Client(bucket, endpoint=endpoint, access_key=access_key, secret_key=secret_key, environ={}) as c:
+        c.put_object(f"layers/{digest[7:]}", blob)
+    g = Graftfs(workdir / "store", env=_s3_env(rgw))
+    s3 = ("--s3-endpoint", rgw.endpoint, "--s3-bucket", bucket)
+    command = f'sh -c \'mkdir -p "$0/{{path}}" && tar -x --numeric-owner -C "$0/{{path}}"\' {repo}'
+    line = g.fails("thin", "publisher", "--once", "--repository", str(repo), *s3, "--ingest-command", "false {hex}")
+    assert f"layers/{digest[7:]}" in line and "ingest command false" in line and "exit status 1" in line
+    assert (
+        g.run("thin", "publisher", "--once", "--repository", str(repo), *s3, "--ingest-command", command).stdout == ""
+    )
+    layerfs = ducc.layer_dir(repo, digest)
+    assert (layerfs / "etc/hello").read_text() == "hi\n"
+    assert (layerfs / "etc/.wh.gone").is_file()
+    # Already there (its layerfs): the next pass runs no command.
+    assert (
+        g.run("thin", "publisher", "--once", "--repository", str(repo), *s3, "--ingest-command", "false").stdout == ""
+    )

@@ -470,7 +470,7 @@ COMMANDS: dict[str, Command] = {
                     "thin publisher",
                     "thin publisher [options] --repository DIR --s3-bucket BUCKET [--once]",
                     "ingest the layers published to S3 into a layer repository, verified (long-running)",
-                    ("repository", *_S3_FLAGS, "once", "poll-interval-seconds"),
+                    ("repository", *_S3_FLAGS, "once", "poll-interval-seconds", "ingest-command"),
                     _thin("publisher"),
                 ),
             ),

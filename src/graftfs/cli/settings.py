@@ -314,6 +314,14 @@ class Settings:
         help="how long publish --wait waits (default 600)",
     )
     once: bool = _setting(False, flag="once", help="one pass over the bucket, then exit")
+    ingest_command: str = _setting(
+        "",
+        flag="ingest-command",
+        key="thin.ingest_command",
+        empty="unset",
+        help="ingest each layer with this command, its uncompressed tar on stdin ({hex}, {hh}, {digest}, {path} "
+        "replaced; e.g. 'cvmfs_server ingest --catalog -t - -b {path} REPO'), instead of writing DIR",
+    )
     poll_interval_seconds: int = _setting(
         5,
         flag="poll-interval-seconds",

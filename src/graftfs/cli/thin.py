@@ -120,17 +120,20 @@ def cmd_thin_publish(settings: Settings, args: list[str]) -> int:
 def cmd_thin_publisher(settings: Settings, args: list[str]) -> int:
     if args:
         raise InvalidArgument(f"invalid arguments - usage: {PUBLISHER_USAGE}")
+    import shlex
+
     from ..repository.publish import publisher_pass, run_publisher
 
     repository = repository_dir(settings, "thin publisher")
+    command = shlex.split(settings.ingest_command)
     log = _logger(settings)
     with s3_client(settings, log) as client:
         if settings.once:
-            failures = publisher_pass(client, repository, log)
+            failures = publisher_pass(client, repository, log, command)
             for line in failures:
                 print(line)
             return 1 if failures else 0
-        run_publisher(client, repository, log, settings.poll_interval_seconds)
+        run_publisher(client, repository, log, settings.poll_interval_seconds, command)
     return 0
 
 

@@ -147,10 +147,12 @@ def _repository_name(parent: thin.ThinImage, store: Store) -> str:
 def wait_for(repository: str, digest: str, timeout: float, interval: float = 0.2) -> None:
     """Return once the layer is in the repository (a publisher ingested it), else Unavailable after
     ``timeout`` seconds."""
-    from .ingest import present
+    from .layers import layer_dir
 
     deadline = time.monotonic() + timeout
-    while not present(repository, "sha256:" + digest.removeprefix("sha256:")):
+    # The snapshotter's rule, and a create's: a layerfs that is there is whole (graftfs's ingest renames it
+    # into place with its metadata; CernVM-FS publishes an ingest whole).
+    while not os.path.isdir(layer_dir(repository, "sha256:" + digest.removeprefix("sha256:"))):
         if time.monotonic() >= deadline:
             raise Unavailable(
                 f"layer {digest} is not in the layer repository {repository} after {timeout:g}s: is a publisher "
@@ -185,10 +187,81 @@ def _file_digest(f: IO[bytes]) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def publisher_pass(client: S3Client, repository: str, log: Logger) -> list[str]:
-    """One pass over the bucket: ingest every published layer not in the repository yet. Returns one line
-    per layer that could not be ingested (and ingests nothing of it); S3 errors on the listing raise."""
-    from .ingest import ingest, present
+def _there(repository: str, digest: str, command: Sequence[str]) -> bool:
+    """Whether the layer is in the repository: its metadata written (graftfs's own ingest), or, where a
+    command ingests (``cvmfs_server ingest`` publishes a layer whole), its ``layerfs`` there."""
+    from .ingest import present
+    from .layers import layer_dir
+
+    return os.path.isdir(layer_dir(repository, digest)) if command else present(repository, digest)
+
+
+def command_for(template: Sequence[str], digest: str) -> list[str]:
+    """The ingest command for one layer: ``{hex}``, ``{hh}``, ``{digest}`` and ``{path}`` (the layer's
+    ``layerfs`` relative to the repository, DUCC's ``.layers/<hh>/<hex>/layerfs``) replaced in each word."""
+    hexd = digest.partition(":")[2]
+    values = {
+        "{hex}": hexd,
+        "{hh}": hexd[:2],
+        "{digest}": digest,
+        "{path}": f".layers/{hexd[:2]}/{hexd}/layerfs",
+    }
+    out = []
+    for word in template:
+        for key, value in values.items():
+            word = word.replace(key, value)
+        out.append(word)
+    return out
+
+
+def ingest_with_command(template: Sequence[str], expect: Any, blob: IO[bytes]) -> None:
+    """Pipe the layer's uncompressed tar, verified while it streams, into the ingest command (as DUCC feeds
+    ``cvmfs_server ingest -t -``). Its failure, or a blob that is not what it claims, is one line."""
+    import subprocess
+
+    from ..errors import KernelError
+    from ..layers.stream import CHUNK, LayerStream
+
+    argv = command_for(template, expect.digest)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise KernelError(f"ingest command {argv[0]}: {os_reason(exc)}", exc.errno or 0) from None
+    assert proc.stdin is not None and proc.stderr is not None
+    stream = LayerStream(blob, expect)
+    try:
+        try:
+            while chunk := stream.tar.read(CHUNK):
+                proc.stdin.write(chunk)
+            stream.finish()
+        except BrokenPipeError:
+            pass  # the command stopped reading: its status says why
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        err = proc.stderr.read().decode(errors="replace")
+        status = proc.wait()
+    finally:
+        stream.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if status != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        last = f": {' '.join(lines[-1].split())}" if lines else ""
+        raise KernelError(f"ingest command {' '.join(argv)}: exit status {status}{last}")
+
+
+def publisher_pass(client: S3Client, repository: str, log: Logger, command: Sequence[str] = ()) -> list[str]:
+    """One pass over the bucket: ingest every published layer not in the repository yet (by graftfs's own
+    ingest, or by ``command``, see :func:`command_for`). Returns one line per layer that could not be
+    ingested (and ingests nothing of it); S3 errors on the listing raise."""
+    from .ingest import ingest
     from .layers import LAYERS
 
     failures = []
@@ -199,11 +272,12 @@ def publisher_pass(client: S3Client, repository: str, log: Logger) -> list[str]:
             log.info("publisher-skipped", key=obj.key, reason="not layers/<sha256 hex>")
             continue
         digest = "sha256:" + hexd
-        if present(repository, digest):
+        if _there(repository, digest, command):
             continue
         where = f"s3://{client.bucket}/{obj.key}"
+        incoming = os.path.join(repository, LAYERS) if not command else _spool()
         try:
-            with _unnamed_file(os.path.join(repository, LAYERS)) as f:
+            with _unnamed_file(incoming) as f:
                 client.get_object(obj.key, f)
                 actual = _file_digest(f)
                 if actual != digest:
@@ -214,7 +288,10 @@ def publisher_pass(client: S3Client, repository: str, log: Logger) -> list[str]:
                     f.seek(0)
                     return os.fdopen(os.dup(f.fileno()), "rb")
 
-                ingest(repository, Expect(digest, obj.size), reopen)
+                if command:
+                    ingest_with_command(command, Expect(digest, obj.size), reopen())
+                else:
+                    ingest(repository, Expect(digest, obj.size), reopen)
         except GraftfsError as exc:
             line = f"{where}: {exc}"
             log.error("publisher-layer-failed", line, key=obj.key)
@@ -229,12 +306,18 @@ def publisher_pass(client: S3Client, repository: str, log: Logger) -> list[str]:
     return failures
 
 
-def run_publisher(client: S3Client, repository: str, log: Logger, interval: float) -> None:
+def _spool() -> str:
+    """Where a download waits for an ingest command (the repository is the command's to write): an unnamed
+    file in /tmp (not $TMPDIR, which graftfs points into the store, and a publisher has none)."""
+    return "/tmp"
+
+
+def run_publisher(client: S3Client, repository: str, log: Logger, interval: float, command: Sequence[str] = ()) -> None:
     """Pass after pass, ``interval`` seconds apart, until interrupted; a pass that fails (S3 unreachable) is
     logged and the next one tried."""
     while True:
         try:
-            publisher_pass(client, repository, log)
+            publisher_pass(client, repository, log, command)
         except GraftfsError as exc:
             log.error("publisher-pass-failed", exc)
         time.sleep(max(interval, 0.1))
