@@ -574,3 +574,31 @@ def test_the_publisher_can_ingest_through_a_command(workdir: Path, rgw: RGW, buc
     assert (
         g.run("thin", "publisher", "--once", "--repository", str(repo), *s3, "--ingest-command", "false").stdout == ""
     )
+
+
+def test_a_store_with_id_mappings_stacks_a_thin_image_s_layers_idmapped(registry: Registry, app: Pushed) -> None:
+    from tests.support.runc import traversable_tmpdir
+
+    mapping = "0:100000:65536"
+    with traversable_tmpdir() as base:
+        src = base / "repo-src"
+        src.mkdir()
+        g = Graftfs(base / "store")
+        _convert(g, registry, app.url, src, f"oci://{base}/thin:1")
+        with ducc.erofs(src, base / "repo.erofs", base / "repo") as repo:
+            g.run("init-store", "--uid-mapping", mapping, "--gid-mapping", mapping, "--layer-repository", str(repo))
+            g.create(f"oci://{base}/thin:1", "c1")
+            rootfs = g.rootfs("c1")
+            _check_app(rootfs)
+            assert os.stat(rootfs / "etc/motd")[4:6] == (100000, 100000)
+            if runc_binary() is not None:
+                mapped = [(0, 100000, 65536)]
+                out = run_in_rootfs(
+                    rootfs, ["/bin/sh", "-c", "stat -c '%u' /etc/motd"], uid_mappings=mapped, gid_mappings=mapped
+                ).stdout
+                assert out == "0\n"
+            # Idmapped binds cannot be handed to a runtime, and a thin image has nothing to pull instead.
+            line = g.fails("create", "--without-mount", f"oci://{base}/thin:1", "c2")
+            assert "thin image" in line and "cannot be used in place" in line
+            g.run("delete", "c1")
+            assert mounts_under(g.store) == []
