@@ -184,7 +184,9 @@ class Snapshotter:
     def usage(self, key: str) -> Usage:
         """Disk used by the snapshot's own tree: an active snapshot's writes so far, a layer's contents."""
         found = self._get(key)
-        return _usage(self._tree(found))
+        from .fsutil import usage
+
+        return Usage(*usage(self._tree(found)))
 
     def walk(self, *filters: str) -> Iterator[Info]:
         """Every snapshot, or those matching any of ``filters`` (containerd's syntax: comma-separated
@@ -625,32 +627,6 @@ def _check_key(key: str) -> None:
 
 def _is_hex(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
-
-
-def _usage(path: str) -> Usage:
-    """Bytes allocated and inodes under ``path``, hard links counted once (containerd's fs.DiskUsage)."""
-    usage = Usage()
-    seen: set[tuple[int, int]] = set()
-    stack = [path]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-                usage.inodes += 1
-                usage.size += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-    return usage
 
 
 # -- containerd's filter syntax ---------------------------------------------------------------------------
