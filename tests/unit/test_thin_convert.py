@@ -98,3 +98,16 @@ def test_a_thin_json_that_is_not_a_descriptor_is_one_line() -> None:
     with pytest.raises(InvalidImage, match="not a thin image descriptor") as err:
         thin.read_layer(_Blob(tar), LayerInfo("v", "sha256:" + HEX))  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
+
+
+def test_publish_maps_a_store_s_ids_back_and_fills_the_ingest_command() -> None:
+    from graftfs.idmap import Mapping
+    from graftfs.repository import publish
+
+    back = publish._to_image([Mapping(0, 100000, 65536)])
+    assert (back(100000), back(100005), back(42)) == (0, 5, 42)
+    argv = publish.command_for(
+        ["cvmfs_server", "ingest", "-t", "-", "-b", "{path}", "repo", "{digest}"], "sha256:" + HEX
+    )
+    assert argv[5] == f".layers/ab/{HEX}/layerfs"
+    assert argv[7] == "sha256:" + HEX
