@@ -186,6 +186,13 @@ class Snapshotter:
         found = self._get(key)
         return _usage(self._tree(found))
 
+    def tree(self, key: str) -> str:
+        """The directory holding the snapshot's own tree: an active snapshot's overlay upperdir, a committed
+        snapshot's contents, a view's (empty) directory. For a front end that reads or fills a snapshot in
+        place (a graphdriver's ``Diff`` and ``ApplyDiff``), as containerd's differs read the upperdir out of
+        a snapshot's mounts; nothing else may write a committed snapshot's tree."""
+        return self._tree(self._get(key))
+
     def walk(self, *filters: str) -> Iterator[Info]:
         """Every snapshot, or those matching any of ``filters`` (containerd's syntax: comma-separated
         ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` conditions that must all hold;

@@ -1,0 +1,193 @@
+"""``graftfs serve docker-graphdriver`` under a real dockerd (Debian's ``docker.io``, 20.10): load, run, exec,
+cp, diff, ps -s, commit, save (the layers byte for byte), rmi, push and pull through a local registry, a legacy
+build, restarts of dockerd and of the plugin with a running container, parallel runs, and our errors as the
+docker CLI shows them. One dockerd for the module (:mod:`tests.support.dockerd`: its own mount namespace)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.support import dockerd as dk
+from tests.support.images import TarBuilder, busybox_layer
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="dockerd runs as root"),
+    pytest.mark.skipif(not os.path.exists(dk.DOCKERD), reason="Debian's docker.io is not installed"),
+]
+
+EXTRA = TarBuilder()
+EXTRA.dir("data")
+EXTRA.file("data/hello", b"hello from the second layer\n")
+EXTRA.file("etc/motd", b"graftfs\n")
+
+
+@pytest.fixture(scope="module")
+def docker() -> Iterator[dk.Dockerd]:
+    work = Path(tempfile.mkdtemp(prefix="gfs-dk-"))
+    try:
+        with dk.start_dockerd(work) as d:
+            yield d
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def busybox(docker: dk.Dockerd) -> list[bytes]:
+    """busybox:latest loaded (two layers: busybox, then a few files); its layer tars."""
+    layers = [busybox_layer(), EXTRA.build()]
+    out = docker.out("load", input=dk.docker_archive(layers, "busybox:latest"))
+    assert "Loaded image: busybox:latest" in out
+    return layers
+
+
+def test_info_names_the_plugin(docker: dk.Dockerd) -> None:
+    info = json.loads(docker.out("info", "--format", "{{json .}}"))
+    assert info["Driver"] == "graftfs"
+    status = dict(info["DriverStatus"])
+    assert status["Store"] == str(docker.store)
+
+
+def test_run(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    assert docker.out("run", "--rm", "--network", "none", "busybox", "echo", "hi") == "hi\n"
+    assert docker.out("run", "--rm", "busybox", "cat", "/data/hello") == "hello from the second layer\n"
+    assert not os.listdir(docker.store / "graphdriver" / "refs"), "a finished container left a mount"
+
+
+def test_diff_commit_and_run_the_new_image(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    script = "echo new > /new && rm /etc/motd && mkdir -p /var/x && echo y > /var/x/y && echo more >> /data/hello"
+    docker.docker("run", "--name", "changer", "busybox", "sh", "-c", script)
+    changes = set(docker.out("diff", "changer").split("\n")) - {""}
+    assert {"A /new", "D /etc/motd", "C /etc", "A /var/x", "A /var/x/y", "C /data/hello"} <= changes, changes
+    docker.docker("commit", "changer", "committed:1")
+    out = docker.out(
+        "run", "--rm", "committed:1", "sh", "-c", "cat /new /var/x/y /data/hello; test -e /etc/motd || echo gone"
+    )
+    assert out == "new\ny\nhello from the second layer\nmore\ngone\n"
+    docker.docker("rm", "changer")
+    # the committed image's new layer is one layer more
+    history = json.loads(docker.out("image", "inspect", "committed:1"))[0]["RootFS"]["Layers"]
+    assert len(history) == 3
+
+
+def test_save_gives_back_the_loaded_layers(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    saved = dk.archive_layers(docker.docker("save", "busybox:latest").stdout)
+    loaded = {"sha256:" + hashlib.sha256(layer).hexdigest(): layer for layer in busybox}
+    assert saved.keys() == loaded.keys()
+    for digest, data in loaded.items():
+        assert saved[digest] == data
+
+
+def test_exec_cp_and_ps_size(docker: dk.Dockerd, busybox: list[bytes], tmp_path: Path) -> None:
+    docker.docker("run", "-d", "--name", "sleeper1", "busybox", "sleep", "1000")
+    try:
+        assert docker.out("exec", "sleeper1", "cat", "/etc/motd") == "graftfs\n"
+        docker.docker("exec", "sleeper1", "sh", "-c", "head -c 100000 /dev/zero > /big")
+        (tmp_path / "in.txt").write_text("copied in\n")
+        docker.docker("cp", str(tmp_path / "in.txt"), "sleeper1:/in.txt")
+        assert docker.out("exec", "sleeper1", "cat", "/in.txt") == "copied in\n"
+        docker.docker("cp", "sleeper1:/data/hello", str(tmp_path / "out.txt"))
+        assert (tmp_path / "out.txt").read_text() == "hello from the second layer\n"
+        sizes = docker.out("ps", "-s", "--filter", "name=sleeper1", "--format", "{{.Size}}")
+        assert sizes.startswith("100kB") or sizes.startswith("1"), sizes  # "100kB (virtual ...)"
+        inspect = json.loads(docker.out("inspect", "sleeper1"))[0]
+        assert inspect["GraphDriver"]["Name"] == "graftfs"
+        assert inspect["GraphDriver"]["Data"]["UpperDir"].startswith(str(docker.store))
+    finally:
+        docker.docker("rm", "-f", "sleeper1")
+
+
+def test_rmi_removes_the_layers(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    before = _layers(docker)
+    docker.docker("load", input=dk.docker_archive([busybox[0], b"\0" * 1024], "empty-top:1"))
+    assert _layers(docker) == before + 1  # the busybox layer is shared; the empty one is new
+    docker.docker("rmi", "empty-top:1")
+    assert _layers(docker) == before
+
+
+def test_a_plugin_error_reaches_the_cli(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    result = docker.docker("run", "--rm", "--storage-opt", "size=1G", "busybox", "true", check=False)
+    err = result.stderr.decode()
+    assert result.returncode != 0
+    assert "Error response from daemon:" in err
+    assert "no quota backend that limits a layer" in err, err
+
+
+def test_legacy_build(docker: dk.Dockerd, busybox: list[bytes], tmp_path: Path) -> None:
+    (tmp_path / "added.txt").write_text("added by COPY\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox\n"
+        "RUN echo built > /built && rm /etc/motd && rm -r /data\n"
+        "COPY added.txt /added.txt\n"
+        "RUN mkdir /data && echo again > /data/new\n"
+    )
+    docker.docker("build", "-t", "built:1", str(tmp_path), env={"DOCKER_BUILDKIT": "0"})
+    out = docker.out(
+        "run", "--rm", "built:1", "sh", "-c", "cat /built /added.txt; ls /data; test -e /etc/motd || echo gone"
+    )
+    assert out == "built\nadded by COPY\nnew\ngone\n"
+
+
+def test_push_and_pull(docker: dk.Dockerd, busybox: list[bytes], tmp_path: Path) -> None:
+    from tests.support.registry import start_registry
+
+    with start_registry(tmp_path / "registry") as registry:
+        ref = f"{registry.host}/gfs/busybox:1"
+        docker.docker("tag", "busybox:latest", ref)
+        docker.docker("push", ref)
+        docker.docker("rmi", ref)
+        docker.docker("rmi", "committed:1", check=False)  # frees nothing the pull needs, but may share layers
+        docker.docker("pull", ref)
+        assert docker.out("run", "--rm", ref, "cat", "/data/hello") == "hello from the second layer\n"
+        docker.docker("rmi", ref)
+
+
+def test_parallel_runs(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    def run(i: int) -> str:
+        return docker.out("run", "--rm", "busybox", "sh", "-c", f"echo {i} > /n && cat /n")
+
+    with ThreadPoolExecutor(10) as pool:
+        outs = list(pool.map(run, range(10)))
+    assert outs == [f"{i}\n" for i in range(10)]
+    assert not os.listdir(docker.store / "graphdriver" / "refs")
+
+
+def test_plugin_restart_with_a_running_container(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    docker.docker("run", "-d", "--name", "sleeper2", "busybox", "sh", "-c", "echo kept > /kept; sleep 1000")
+    try:
+        assert docker.stop_plugin(signal.SIGKILL) == -signal.SIGKILL
+        docker.start_plugin()
+        assert docker.out("exec", "sleeper2", "cat", "/kept") == "kept\n"
+        assert "A /kept" in docker.out("diff", "sleeper2")
+        docker.docker("stop", "-t", "1", "sleeper2")  # Put, with the count the killed plugin left on disk
+        assert docker.out("start", "sleeper2") == "sleeper2\n"
+        assert docker.out("exec", "sleeper2", "cat", "/kept") == "kept\n"
+    finally:
+        docker.docker("rm", "-f", "sleeper2")
+    assert not os.listdir(docker.store / "graphdriver" / "refs")
+
+
+def test_dockerd_restart_with_a_running_container(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    docker.docker("run", "-d", "--name", "sleeper3", "busybox", "sh", "-c", "echo kept > /kept; sleep 1000")
+    try:
+        docker.stop_dockerd()  # stops its containers: Put, then Cleanup
+        assert not os.listdir(docker.store / "graphdriver" / "refs")
+        docker.start_dockerd()
+        docker.docker("start", "sleeper3")
+        assert docker.out("exec", "sleeper3", "cat", "/kept") == "kept\n"
+    finally:
+        docker.docker("rm", "-f", "sleeper3")
+
+
+def _layers(docker: dk.Dockerd) -> int:
+    status = dict(json.loads(docker.out("info", "--format", "{{json .DriverStatus}}")))
+    return int(status["Layers"])
