@@ -255,29 +255,20 @@ def launch(work: Path, extra_args: Sequence[str] = ()) -> Dockerd:
     """The namespace, the plugin, then dockerd (see the module's text)."""
     for sub in ("run", "tmp", "client", "data", "exec"):
         (work / sub).mkdir(parents=True, exist_ok=True)
-    holder = subprocess.Popen(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            HOLD,
-            "sh",
-            str(work / "run"),
-            str(work / "gd.sock"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    with open(work / "holder.log", "wb") as err:
+        holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", HOLD, "sh", str(work / "run"), d_sock(work)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
     assert holder.stdout is not None
-    line = holder.stdout.readline()
+    with holder.stdout:
+        line = holder.stdout.readline()
     if line.strip() != b"ready":
         holder.kill()
-        _, err = holder.communicate()
-        raise AssertionError(f"the namespace holder failed: {err.decode(errors='replace')}")
+        holder.wait()
+        raise AssertionError(f"the namespace holder failed: {(work / 'holder.log').read_text(errors='replace')}")
     d = Dockerd(work, holder, extra_args=list(extra_args))
     try:
         d.start_plugin()
