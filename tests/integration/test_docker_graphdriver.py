@@ -192,3 +192,29 @@ def test_dockerd_restart_with_a_running_container(docker: dk.Dockerd, busybox: l
 def _layers(docker: dk.Dockerd) -> int:
     status = dict(json.loads(docker.out("info", "--format", "{{json .DriverStatus}}")))
     return int(status["Layers"])
+
+
+def test_userns_remap(tmp_path: Path) -> None:
+    """A dockerd of its own with ``--userns-remap``: the layers are unpacked with the IDs shifted (Init's
+    UIDMaps), containers run on them, and ``docker save`` shifts them back."""
+    work = Path(tempfile.mkdtemp(prefix="gfs-dk-"))
+    os.chmod(work, 0o711)  # the remapped root walks to the layers' mount points
+    try:
+        subids = "nobody:200000:65536\nnogroup:200000:65536\n"
+        with dk.start_dockerd(work, ["--userns-remap=nobody:nogroup"], subids=subids) as d:
+            layers = [busybox_layer(), EXTRA.build()]
+            d.docker("load", input=dk.docker_archive(layers, "busybox:latest"))
+            assert d.out("run", "--rm", "busybox", "sh", "-c", "id -u; echo x > /y; cat /y /etc/motd") == (
+                "0\nx\ngraftfs\n"
+            )
+            on_disk = [p for p in (d.store / "snapshots").glob("*/fs/etc/motd")]
+            assert on_disk and all(p.stat().st_uid == 200000 for p in on_disk)
+            saved = dk.archive_layers(d.docker("save", "busybox:latest").stdout)
+            assert sorted(saved.values()) == sorted(layers)
+            d.docker("run", "--name", "remapped", "busybox", "sh", "-c", "echo z > /z")
+            d.docker("commit", "remapped", "remapped:1")
+            assert d.out("run", "--rm", "remapped:1", "stat", "-c", "%u %n", "/z") == "0 /z\n"
+            d.docker("rm", "remapped")
+            assert "unexpected-error" not in d.plugin_log.read_text(errors="replace")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -45,6 +45,7 @@ mount -t tmpfs -o mode=0755 graftfs-test-etc-docker /etc/docker
 mkdir /etc/docker/plugins
 printf 'unix://%s\n' "$2" > /etc/docker/plugins/graftfs.spec
 mount --bind "$1" /run
+if [ -n "$3" ]; then mount --bind "$3" /etc/subuid && mount --bind "$3" /etc/subgid; fi
 echo ready
 exec sleep infinity
 """
@@ -251,13 +252,19 @@ def d_sock(work: Path) -> str:
     return str(work / "gd.sock")
 
 
-def launch(work: Path, extra_args: Sequence[str] = ()) -> Dockerd:
-    """The namespace, the plugin, then dockerd (see the module's text)."""
+def launch(work: Path, extra_args: Sequence[str] = (), subids: str = "") -> Dockerd:
+    """The namespace, the plugin, then dockerd (see the module's text). ``subids``: the lines of the
+    ``/etc/subuid`` and ``/etc/subgid`` the namespace sees (for ``--userns-remap``), the machine's untouched."""
     for sub in ("run", "tmp", "client", "data", "exec"):
         (work / sub).mkdir(parents=True, exist_ok=True)
+    subid_file = ""
+    if subids:
+        (work / "subids").write_text(subids)
+        subid_file = str(work / "subids")
+    holder_args = [str(work / "run"), d_sock(work), subid_file]
     with open(work / "holder.log", "wb") as err:
         holder = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", HOLD, "sh", str(work / "run"), d_sock(work)],
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", HOLD, "sh", *holder_args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=err,
@@ -304,8 +311,8 @@ def teardown(d: Dockerd) -> list[str]:
 
 
 @contextmanager
-def start_dockerd(work: Path, extra_args: Sequence[str] = ()) -> Iterator[Dockerd]:
-    d = launch(work, extra_args)
+def start_dockerd(work: Path, extra_args: Sequence[str] = (), subids: str = "") -> Iterator[Dockerd]:
+    d = launch(work, extra_args, subids)
     try:
         yield d
     finally:
