@@ -218,3 +218,24 @@ def test_userns_remap(tmp_path: Path) -> None:
             assert "unexpected-error" not in d.plugin_log.read_text(errors="replace")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_live_restore_keeps_a_container_across_a_dockerd_restart() -> None:
+    """With ``--live-restore`` dockerd leaves its containers running when it stops (no Put, no Cleanup); the
+    dockerd started again finds their layers mounted, and the container's stop is the one Put that unmounts."""
+    work = Path(tempfile.mkdtemp(prefix="gfs-dk-"))
+    try:
+        with dk.start_dockerd(work, ["--live-restore"]) as d:
+            d.docker("load", input=dk.docker_archive([busybox_layer()], "busybox:latest"))
+            d.docker("run", "-d", "--name", "kept", "busybox", "sh", "-c", "echo kept > /kept; sleep 1000")
+            refs = d.store / "graphdriver" / "refs"
+            assert len(os.listdir(refs)) == 1
+            d.stop_dockerd()
+            assert len(os.listdir(refs)) == 1  # still mounted, still counted
+            d.start_dockerd()
+            assert d.out("inspect", "--format", "{{.State.Running}}", "kept") == "true\n"
+            assert d.out("exec", "kept", "cat", "/kept") == "kept\n"
+            d.docker("rm", "-f", "kept")
+            assert not os.listdir(refs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -58,6 +58,7 @@ class Dockerd:
     plugin: subprocess.Popen[bytes] | None = None
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    driver: str = "graftfs"  # or one of dockerd's own (overlay2), for comparisons: then no plugin
 
     @property
     def host(self) -> str:
@@ -172,7 +173,7 @@ class Dockerd:
             "--bridge=none",
             "--userland-proxy=false",
             "--storage-driver",
-            "graftfs",
+            self.driver,
             "--config-file",
             str(w / "daemon.json"),
             *self.extra_args,
@@ -252,7 +253,7 @@ def d_sock(work: Path) -> str:
     return str(work / "gd.sock")
 
 
-def launch(work: Path, extra_args: Sequence[str] = (), subids: str = "") -> Dockerd:
+def launch(work: Path, extra_args: Sequence[str] = (), subids: str = "", driver: str = "graftfs") -> Dockerd:
     """The namespace, the plugin, then dockerd (see the module's text). ``subids``: the lines of the
     ``/etc/subuid`` and ``/etc/subgid`` the namespace sees (for ``--userns-remap``), the machine's untouched."""
     for sub in ("run", "tmp", "client", "data", "exec"):
@@ -276,9 +277,10 @@ def launch(work: Path, extra_args: Sequence[str] = (), subids: str = "") -> Dock
         holder.kill()
         holder.wait()
         raise AssertionError(f"the namespace holder failed: {(work / 'holder.log').read_text(errors='replace')}")
-    d = Dockerd(work, holder, extra_args=list(extra_args))
+    d = Dockerd(work, holder, extra_args=list(extra_args), driver=driver)
     try:
-        d.start_plugin()
+        if driver == "graftfs":
+            d.start_plugin()
         d.start_dockerd()
     except BaseException:
         teardown(d)

@@ -246,7 +246,7 @@ class Handler(BaseHTTPRequestHandler):
                 try:
                     size = plugin.driver.apply_diff(layer_id, parent, body)  # type: ignore[arg-type]
                 finally:
-                    body.drain()
+                    _drain(body)
                 self._json(200, {"Size": size})
                 return
             request = self._request(body)
@@ -302,6 +302,15 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         out.close()
+
+
+def _drain(body: ChunkedReader | LengthReader) -> None:
+    """Read what is left of a request body, so the connection can carry the answer (and the next call); a
+    body that cannot be read to its end is the client's to notice."""
+    try:
+        body.drain()
+    except (OSError, ValueError, InvalidArgument):
+        pass
 
 
 class _Buffered:

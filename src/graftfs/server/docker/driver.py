@@ -114,6 +114,8 @@ class Driver:
 
     def create(self, layer_id: str, parent: str, storage_opt: dict[str, str] | None = None) -> None:
         check_id(layer_id)
+        if parent == layer_id:
+            raise InvalidArgument(f"layer {layer_id} cannot be its own parent")
         size = self._size_opt(storage_opt or {})
         with self._lock(layer_id):
             if self._find(layer_id) is not None:
