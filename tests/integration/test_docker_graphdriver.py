@@ -239,3 +239,32 @@ def test_live_restore_keeps_a_container_across_a_dockerd_restart() -> None:
             assert not os.listdir(refs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_managed_plugin(tmp_path: Path) -> None:
+    """The v2 plugin that ``scripts/docker-plugin`` builds: ``docker plugin create`` and ``enable`` on a dockerd
+    with overlay2, then that dockerd started again with the plugin as its storage driver runs a container on
+    layers in the plugin's propagated mount."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "docker-plugin"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "plugin")], check=True, capture_output=True)
+    config = json.loads((tmp_path / "plugin" / "config.json").read_text())
+    assert config["Interface"]["Types"] == ["docker.graphdriver/1.0"] and config["PropagatedMount"]
+    work = Path(tempfile.mkdtemp(prefix="gfs-dk-"))
+    try:
+        with dk.start_dockerd(work, driver="overlay2") as d:
+            d.docker("plugin", "create", "graftfs-managed", str(tmp_path / "plugin"))
+            d.docker("plugin", "enable", "graftfs-managed")
+            d.stop_dockerd()
+            d.driver = "graftfs-managed"
+            d.start_dockerd()
+            status = dict(json.loads(d.out("info", "--format", "{{json .DriverStatus}}")))
+            assert status["Store"] == "/var/lib/graftfs"
+            d.docker("load", input=dk.docker_archive([busybox_layer(), EXTRA.build()], "busybox:latest"))
+            assert d.out("run", "--rm", "busybox", "cat", "/data/hello") == "hello from the second layer\n"
+            propagated = list((work / "data" / "plugins").glob("*/propagated-mount/snapshots"))
+            assert propagated, "the store is not in the plugin's propagated mount"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -203,7 +203,7 @@ class Dockerd:
 
     def strays(self) -> list[int]:
         """Processes other than ours that name the work directory (dockerd's containerd, its shims) or live in
-        the namespace (a container's processes)."""
+        the namespace, and their descendants (containers, a managed plugin: in mount namespaces of their own)."""
         ours = {os.getpid(), self.holder.pid}
         ours |= {p.pid for p in (self.plugin, self.proc) if p is not None and p.poll() is None}
         try:
@@ -211,19 +211,31 @@ class Dockerd:
         except OSError:
             ns = ""
         needle = str(self.work).encode()
-        found = []
+        found: set[int] = set()
+        parents: dict[int, int] = {}
         for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in ours:
+            if not entry.isdigit():
                 continue
+            pid = int(entry)
             try:
                 with open(f"/proc/{entry}/cmdline", "rb") as f:
                     cmdline = f.read()
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    parents[pid] = int(f.read().rsplit(b")", 1)[1].split()[1])
                 in_ns = bool(ns) and os.readlink(f"/proc/{entry}/ns/mnt") == ns
-            except OSError:
+            except (OSError, IndexError, ValueError):
                 continue
-            if needle in cmdline or in_ns:
-                found.append(int(entry))
-        return found
+            if pid not in ours and (needle in cmdline or in_ns):
+                found.add(pid)
+        roots = found | (ours - {os.getpid()})
+        grew = True
+        while grew:
+            grew = False
+            for pid, parent in parents.items():
+                if parent in roots and pid not in roots:
+                    roots.add(pid)
+                    grew = True
+        return sorted((roots | found) - ours)
 
 
 def _connects(path: str) -> bool:
@@ -313,8 +325,10 @@ def teardown(d: Dockerd) -> list[str]:
 
 
 @contextmanager
-def start_dockerd(work: Path, extra_args: Sequence[str] = (), subids: str = "") -> Iterator[Dockerd]:
-    d = launch(work, extra_args, subids)
+def start_dockerd(
+    work: Path, extra_args: Sequence[str] = (), subids: str = "", driver: str = "graftfs"
+) -> Iterator[Dockerd]:
+    d = launch(work, extra_args, subids, driver)
     try:
         yield d
     finally:
