@@ -4,92 +4,23 @@ both ways, ``Get``/``Put`` counts that survive a killed plugin, ``UIDMaps``, and
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
 import os
 import shutil
 import signal
-import socket
 import stat
-import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from graftfs.mount import kernel
+from tests.support.graphdriver_wire import Plugin
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounts overlays")
-
-
-class Conn(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("plugin", timeout=60)
-        self.path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
-
-
-class Plugin:
-    def __init__(self, store: Path, sock: Path, log: Path) -> None:
-        self.store, self.sock, self.log = store, sock, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        argv = [sys.executable, "-m", "graftfs", "--store", str(self.store), "serve", "docker-graphdriver"]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [*argv, "--socket", str(self.sock)], stdin=subprocess.DEVNULL, stdout=out, stderr=out
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    probe.connect(str(self.sock))
-                return
-            except OSError:
-                assert self.proc.poll() is None and time.monotonic() < deadline, self.log.read_text()
-                time.sleep(0.02)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=40)
-        return self.proc.returncode
-
-    def raw(self, method: str, body: bytes = b"", chunked: bool = False) -> tuple[int, bytes]:
-        conn = Conn(str(self.sock))
-        try:
-            if chunked:
-                conn.request("POST", "/" + method, body=iter([body[i : i + 7000] for i in range(0, len(body), 7000)]))
-            else:
-                conn.request("POST", "/" + method, body=body)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
-
-    def call(self, verb: str, request: dict[str, Any] | None = None, status: int = 200) -> dict[str, Any]:
-        code, data = self.raw("GraphDriver." + verb, json.dumps(request or {}).encode())
-        answer: dict[str, Any] = json.loads(data)
-        assert code == status, (verb, code, answer)
-        return answer
-
-    def apply(self, layer_id: str, parent: str, tar: bytes, status: int = 200) -> dict[str, Any]:
-        code, data = self.raw(f"GraphDriver.ApplyDiff?id={layer_id}&parent={parent}", tar, chunked=True)
-        answer: dict[str, Any] = json.loads(data)
-        assert code == status, (code, answer)
-        return answer
 
 
 @pytest.fixture
