@@ -268,3 +268,32 @@ def test_managed_plugin(tmp_path: Path) -> None:
             assert propagated, "the store is not in the plugin's propagated mount"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_storage_opt_size_is_enforced_on_a_btrfs_store() -> None:
+    """A store on btrfs (its quota backend: qgroups): ``--storage-opt size=`` makes the container's layer a
+    subvolume with that limit, and a write past it fails in the container."""
+    import subprocess
+
+    from tests.support.loopfs import loop_filesystem
+
+    if not shutil.which("mkfs.btrfs"):
+        pytest.skip("needs btrfs-progs")
+    base = Path(tempfile.mkdtemp(prefix="gfs-bt-"))
+    try:
+        with loop_filesystem(base, "b", 1024 << 20, ["mkfs.btrfs", "-q"]) as mnt:
+            work = mnt / "dk"
+            work.mkdir()
+            subprocess.run([*dk.GRAFTFS, "--store", str(work / "store"), "init-store"], check=True)
+            with dk.start_dockerd(work) as d:
+                assert dict(json.loads(d.out("info", "--format", "{{json .DriverStatus}}")))["Quota"] == "btrfs"
+                d.docker("load", input=dk.docker_archive([busybox_layer()], "busybox:latest"))
+                small = "head -c 5000000 /dev/zero > /f && sync && echo fits"
+                assert d.out("run", "--rm", "--storage-opt", "size=20M", "busybox", "sh", "-c", small) == "fits\n"
+                big = "head -c 40000000 /dev/zero > /f && sync && echo fits"
+                result = d.docker("run", "--rm", "--storage-opt", "size=20M", "busybox", "sh", "-c", big, check=False)
+                # EDQUOT, or EIO where busybox's head meets it at writeback
+                assert result.returncode != 0 and (b"quota" in result.stderr or b"I/O error" in result.stderr), result
+                assert d.out("run", "--rm", "busybox", "sh", "-c", big) == "fits\n"  # no limit without the option
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -49,13 +49,6 @@ class Backend(Base):
         kib = -(-size // 1024)
         self._xfs(f"limit -p bhard={kib}k {self._project(path)}")
 
-    def limit_directory(self, path: str, size: int) -> None:
-        """Limit the existing directory ``path`` (a graphdriver's writable layer, made by the snapshot core)
-        to ``size`` bytes: a project of its own, set on it and inherited below; :meth:`release` frees it."""
-        project = self._allocate(path)
-        self._xfs(f"project -s -p {path} {project}")
-        self.limit(path, size)
-
     def leave_out(self, path: str) -> None:
         """Project 0: the file counts against no image's limit."""
         import fcntl

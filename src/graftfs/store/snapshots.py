@@ -54,7 +54,7 @@ from .locks import FileLock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from ..mount.spec import Mount
 
@@ -209,11 +209,21 @@ class Snapshotter:
 
     # -- changing ---------------------------------------------------------------------------------------
 
-    def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
+    def prepare(
+        self,
+        key: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        *,
+        make_dir: Callable[[str], None] | None = None,
+    ) -> list[Mount]:
         """Make the active snapshot ``key`` on the committed snapshot ``parent`` ("" for none) and return its
         mounts. AlreadyExists if ``key`` is taken; NotFound if ``parent`` is not there; InvalidArgument (as
-        containerd's metadata store) if ``parent`` is not committed."""
-        return self._create(KIND_ACTIVE, key, parent, labels)
+        containerd's metadata store) if ``parent`` is not committed. ``make_dir`` makes the snapshot's
+        directory (mode 0700; its ``fs`` and ``work`` go in it) instead of ``os.mkdir``: a quota backend's
+        ``make_image_dir`` (a btrfs subvolume, an XFS project), so that the snapshot's writes can be limited
+        (a front end's ``size=``); removing the snapshot removes it as any directory."""
+        return self._create(KIND_ACTIVE, key, parent, labels, make_dir)
 
     def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Make the read-only view ``key`` of ``parent`` and return its mounts (as ``prepare``)."""
@@ -319,7 +329,14 @@ class Snapshotter:
 
     # -- the records ------------------------------------------------------------------------------------
 
-    def _create(self, kind: str, key: str, parent: str, labels: Mapping[str, str] | None) -> list[Mount]:
+    def _create(
+        self,
+        kind: str,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str] | None,
+        make_dir: Callable[[str], None] | None = None,
+    ) -> list[Mount]:
         _check_key(key)
         with self._lock():
             if self._find(key) is not None:
@@ -333,7 +350,7 @@ class Snapshotter:
                 lowers = self._volume_chain(base.volume) if base.id is None else [base.id, *base.lowers]
             now = time.time_ns()
             info = Info(key, kind, parent, labels, now, now)
-            snapshot_id = self._new_dir(kind)
+            snapshot_id = self._new_dir(kind, make_dir)
             try:
                 if base is not None and base.id is not None:
                     # The parent's list of children, so that its remove looks at those and not at every record.
@@ -372,19 +389,25 @@ class Snapshotter:
                 if found is not None and found.id == child_id:
                     yield loaded.info.name
 
-    def _new_dir(self, kind: str) -> str:
+    def _new_dir(self, kind: str, make_dir: Callable[[str], None] | None = None) -> str:
         while True:
             snapshot_id = os.urandom(_ID_BYTES).hex()
             path = os.path.join(self.dir, snapshot_id)
+            if make_dir is not None:
+                if os.path.lexists(path):
+                    continue
+                make_dir(path)
+                break
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
                 continue
-            os.mkdir(os.path.join(path, "fs"), 0o755)
-            os.chmod(os.path.join(path, "fs"), 0o755)  # whatever the umask: a root file system is 0755
-            if kind == KIND_ACTIVE:
-                os.mkdir(os.path.join(path, "work"), 0o700)
-            return snapshot_id
+            break
+        os.mkdir(os.path.join(path, "fs"), 0o755)
+        os.chmod(os.path.join(path, "fs"), 0o755)  # whatever the umask: a root file system is 0755
+        if kind == KIND_ACTIVE:
+            os.mkdir(os.path.join(path, "work"), 0o700)
+        return snapshot_id
 
     def _hold(self, volumes: list[str]) -> list[FileLock]:
         """The shared locks of the pulled layers ``volumes``, each still there: held while the record that
@@ -587,8 +610,6 @@ def _usage(path: str) -> Usage:
 # -- containerd's filter syntax ---------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     Condition = Callable[[Info], bool]
 
 

@@ -4,8 +4,9 @@ A graphdriver and a snapshotter cut a layer's life differently. dockerd ``Create
 fills it with ``ApplyDiff`` and, without ever saying it is finished, names it as the parent of the next one;
 a container gets an ``-init`` layer (``CreateReadWrite``, written by dockerd through ``Get``/``Put``) and, on
 it, its writable layer, so a writable layer is a parent too. The core has only committed parents. The
-mapping, with one reading verb added to the core (:meth:`Snapshotter.tree`, a snapshot's own directory, as
-containerd's differs read an upperdir out of a snapshot's mounts):
+mapping, with two small additions to the core (:meth:`Snapshotter.tree`, a snapshot's own directory, as
+containerd's differs read an upperdir out of a snapshot's mounts; and ``prepare``'s ``make_dir``, for
+``size=``, below):
 
 * every graphdriver layer ``<id>`` starts as the **active** snapshot ``docker/rw/<id>`` (on its parent's
   committed snapshot, or on nothing): ``Create`` and ``CreateReadWrite`` are both ``prepare``;
@@ -28,6 +29,9 @@ ordinary one: ``graftfs``'s containerd front end, ``walk`` and ``cleanup`` see t
 whiteouts and opaque directories are converted by :mod:`graftfs.layers.unpack` on the way in and
 :mod:`graftfs.layers.diff` on the way out; with ``UIDMaps``/``GIDMaps`` from ``Init`` (``--userns-remap``)
 the IDs are mapped on the way in and back on the way out, and a new layer's root belongs to the mapped root.
+``StorageOpt`` ``size=`` (``docker run --storage-opt size=``) has the store's quota backend make the layer's
+snapshot directory (the core's ``prepare(make_dir=...)``: a btrfs subvolume, an XFS project) and set its
+limit; a store whose backend cannot (``none``) refuses it by name.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
     from typing import IO, Any
 
     from ...log import Logger
+    from ...quota import Backend
 
 RW = "docker/rw/"
 LAYER = "docker/layer/"
@@ -57,6 +62,10 @@ VIEW = "docker/view/"
 #: dockerd's layer IDs are 64 hex digits, with ``-init`` for a container's init layer; anything that is a
 #: plain file name is taken.
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+#: The quota backends that can limit a layer: its snapshot directory is theirs (a btrfs subvolume, an XFS
+#: project), made through the core's ``prepare(make_dir=...)``.
+LIMITING = ("btrfs", "xfs")
 
 CHANGE_MODIFY = 0
 CHANGE_ADD = 1
@@ -121,13 +130,15 @@ class Driver:
             if self._find(layer_id) is not None:
                 raise AlreadyExists(f"layer {layer_id} already exists")
             parent_key = self._as_parent(parent) if parent else ""
-            self.sn.prepare(RW + layer_id, parent_key, {"graftfs.docker/id": layer_id})
+            backend = self._backend() if size else None
+            make_dir = backend.make_image_dir if backend is not None else None
+            self.sn.prepare(RW + layer_id, parent_key, {"graftfs.docker/id": layer_id}, make_dir=make_dir)
             try:
                 tree = self.sn.tree(RW + layer_id)
                 if self.uid_map or self.gid_map:
                     os.chown(tree, self.uid_map(0), self.gid_map(0))
-                if size:
-                    self._limit(tree, size)
+                if backend is not None:
+                    backend.limit(os.path.dirname(tree), size)
             except BaseException:
                 self.sn.remove(RW + layer_id)
                 raise
@@ -142,9 +153,7 @@ class Driver:
             directory = os.path.dirname(self.sn.tree(found))
             self.sn.remove(found)
             if os.path.exists(self.sn.layout.quota_record(directory)):
-                from ...quota import load
-
-                load("xfs", self.sn.layout).release(directory)
+                self._backend().release(directory)  # an XFS project's ID
 
     def get(self, layer_id: str) -> str:
         check_id(layer_id)
@@ -363,18 +372,18 @@ class Driver:
             if name.lower() != "size":
                 raise InvalidArgument(f"--storage-opt {name}: graftfs knows only size")
             size = parse_size(value)
-        if size and self._quota() != "xfs":
+        if size and self._quota() not in LIMITING:
             raise Unsupported(
                 f"--storage-opt size={storage_opt.get('size', size)}: this graftfs store has no quota backend "
-                f"that limits a layer (quota: {self._quota()}; an XFS store mounted with prjquota has one)"
+                f"that limits a layer (quota: {self._quota()}; a store on btrfs, or on XFS mounted with "
+                "prjquota, has one)"
             )
         return size
 
-    def _limit(self, tree: str, size: int) -> None:
+    def _backend(self) -> Backend:
         from ...quota import load
 
-        backend = load("xfs", self.sn.layout)
-        backend.limit_directory(os.path.dirname(tree), size)  # type: ignore[attr-defined]
+        return load(self._quota(), self.sn.layout)
 
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
