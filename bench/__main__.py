@@ -16,7 +16,16 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import big_store, cold_create, concurrency, containerd_snapshotter, garden, unpack, warm_create
+from bench import (
+    big_store,
+    cold_create,
+    concurrency,
+    containerd_snapshotter,
+    docker_graphdriver,
+    garden,
+    unpack,
+    warm_create,
+)
 from bench.common import Part, Results, exit_on_sigterm, part_targets, print_targets, report
 
 PARTS: tuple[Part, ...] = (
@@ -27,6 +36,7 @@ PARTS: tuple[Part, ...] = (
     unpack.PART,
     cold_create.PART,
     containerd_snapshotter.PART,
+    docker_graphdriver.PART,
 )
 
 

@@ -374,6 +374,15 @@ _REGISTRY_FLAGS = ("insecure-registry", "skip-layer-validation", "username", "pa
 _S3_FLAGS = ("s3-endpoint", "s3-bucket", "s3-region")
 
 
+def cmd_serve_docker_graphdriver(settings: Settings, args: list[str]) -> int:
+    from ..log import LEVELS
+    from ..server.docker import serve
+
+    log = _logger(settings)
+    log.level = min(log.level, LEVELS["error"])
+    return serve(settings.store, settings.socket, log)
+
+
 COMMANDS: dict[str, Command] = {
     c.name: c
     for c in [
@@ -488,6 +497,14 @@ COMMANDS: dict[str, Command] = {
                     "serve containerd's snapshot service (a proxy plugin) over the store on a unix socket",
                     ("store", "socket"),
                     cmd_serve_containerd_snapshotter,
+                    nargs=0,
+                ),
+                Command(
+                    "serve docker-graphdriver",
+                    "serve docker-graphdriver --socket PATH [--store DIR]",
+                    "serve a Docker graphdriver plugin (dockerd 20.10, --experimental) over the store on a unix socket",
+                    ("store", "socket"),
+                    cmd_serve_docker_graphdriver,
                     nargs=0,
                 ),
             ),

@@ -54,7 +54,7 @@ from .locks import FileLock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterator, Mapping, Sequence
 
     from ..mount.spec import Mount
 
@@ -188,6 +188,13 @@ class Snapshotter:
 
         return Usage(*usage(self._tree(found)))
 
+    def tree(self, key: str) -> str:
+        """The directory holding the snapshot's own tree: an active snapshot's overlay upperdir, a committed
+        snapshot's contents, a view's (empty) directory. For a front end that reads or fills a snapshot in
+        place (a graphdriver's ``Diff`` and ``ApplyDiff``), as containerd's differs read the upperdir out of
+        a snapshot's mounts; nothing else may write a committed snapshot's tree."""
+        return self._tree(self._get(key))
+
     def walk(self, *filters: str) -> Iterator[Info]:
         """Every snapshot, or those matching any of ``filters`` (containerd's syntax: comma-separated
         ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` conditions that must all hold;
@@ -206,11 +213,21 @@ class Snapshotter:
 
     # -- changing ---------------------------------------------------------------------------------------
 
-    def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
+    def prepare(
+        self,
+        key: str,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        *,
+        make_dir: Callable[[str], None] | None = None,
+    ) -> list[Mount]:
         """Make the active snapshot ``key`` on the committed snapshot ``parent`` ("" for none) and return its
         mounts. AlreadyExists if ``key`` is taken; NotFound if ``parent`` is not there; InvalidArgument (as
-        containerd's metadata store) if ``parent`` is not committed."""
-        return self._create(KIND_ACTIVE, key, parent, labels)
+        containerd's metadata store) if ``parent`` is not committed. ``make_dir`` makes the snapshot's
+        directory (mode 0700; its ``fs`` and ``work`` go in it) instead of ``os.mkdir``: a quota backend's
+        ``make_image_dir`` (a btrfs subvolume, an XFS project), so that the snapshot's writes can be limited
+        (a front end's ``size=``); removing the snapshot removes it as any directory."""
+        return self._create(KIND_ACTIVE, key, parent, labels, make_dir)
 
     def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
         """Make the read-only view ``key`` of ``parent`` and return its mounts (as ``prepare``)."""
@@ -341,7 +358,14 @@ class Snapshotter:
 
     # -- the records ------------------------------------------------------------------------------------
 
-    def _create(self, kind: str, key: str, parent: str, labels: Mapping[str, str] | None) -> list[Mount]:
+    def _create(
+        self,
+        kind: str,
+        key: str,
+        parent: str,
+        labels: Mapping[str, str] | None,
+        make_dir: Callable[[str], None] | None = None,
+    ) -> list[Mount]:
         _check_key(key)
         with self._lock():
             if self._find(key) is not None:
@@ -356,7 +380,7 @@ class Snapshotter:
             now = time.time_ns()
             info = Info(key, kind, parent, labels, now, now)
             self._check_fits(_Found("0" * 2 * _ID_BYTES, info, lowers))
-            snapshot_id = self._new_dir(kind)
+            snapshot_id = self._new_dir(kind, make_dir)
             try:
                 if base is not None and base.id is not None:
                     # The parent's list of children, so that its remove looks at those and not at every record.
@@ -395,19 +419,25 @@ class Snapshotter:
                 if found is not None and found.id == child_id:
                     yield loaded.info.name
 
-    def _new_dir(self, kind: str) -> str:
+    def _new_dir(self, kind: str, make_dir: Callable[[str], None] | None = None) -> str:
         while True:
             snapshot_id = os.urandom(_ID_BYTES).hex()
             path = os.path.join(self.dir, snapshot_id)
+            if make_dir is not None:
+                if os.path.lexists(path):
+                    continue
+                make_dir(path)
+                break
             try:
                 os.mkdir(path, 0o700)
             except FileExistsError:
                 continue
-            os.mkdir(os.path.join(path, "fs"), 0o755)
-            os.chmod(os.path.join(path, "fs"), 0o755)  # whatever the umask: a root file system is 0755
-            if kind == KIND_ACTIVE:
-                os.mkdir(os.path.join(path, "work"), 0o700)
-            return snapshot_id
+            break
+        os.mkdir(os.path.join(path, "fs"), 0o755)
+        os.chmod(os.path.join(path, "fs"), 0o755)  # whatever the umask: a root file system is 0755
+        if kind == KIND_ACTIVE:
+            os.mkdir(os.path.join(path, "work"), 0o700)
+        return snapshot_id
 
     def _hold(self, volumes: list[str]) -> list[FileLock]:
         """The shared locks of the pulled layers ``volumes``, each still there: held while the record that
@@ -632,8 +662,6 @@ def _is_hex(text: str) -> bool:
 # -- containerd's filter syntax ---------------------------------------------------------------------------
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     Condition = Callable[[Info], bool]
 
 
