@@ -23,7 +23,9 @@ def matches(text: str, info: Info) -> bool:
         ('labels."containerd.io/gc.root"==x', True, False),
         ("labels.l", True, True),
         ("labels.missing", False, False),
-        ("parent", True, False),
+        ("parent", True, True),  # name, kind and parent are always present (containerd's adaptor)
+        ('parent==""', False, True),
+        ('labels."containerd.io/gc.root"==x,parent==p', True, False),
         ("parent==p,labels.l==1", True, False),
         ("name~=^p$", False, True),
         ('labels.l=="2"', False, True),
