@@ -98,6 +98,9 @@ LABEL_REMOTE = "containerd.io/snapshot/remote"
 #: A lowers entry of a remote layer: ``repo:<verdict>:<id>`` (the layer's verdict says if it has a shim and a
 #: marker to hide, so mounts read nothing more than one stat per remote layer).
 _REPO_PREFIX = "repo:"
+#: A lowers entry of a repository layer a Garden create used in place (no snapshot record of its own):
+#: ``layer:<verdict>:<digest hex>``, stacked through the store's short link ``r/<12 hex>`` (and shim).
+_LAYER_PREFIX = "layer:"
 _ID_BYTES = 5  # 10 hex digits: short lowerdir paths (``<id>/fs:``, 14 bytes a layer) and no collisions
 
 
@@ -525,6 +528,19 @@ class Snapshotter:
             if entry.startswith("volume:"):
                 dirs.append(self.layout.volume(entry[len("volume:") :]))
                 continue
+            if entry.startswith(_LAYER_PREFIX):
+                # A repository layer a Garden create used in place: its short link and shim in the store.
+                verdict, _, hexd = entry[len(_LAYER_PREFIX) :].partition(":")
+                link = os.path.join(self.layout.repository_links, hexd[:12])
+                parts = [link]
+                if "shim" in verdict.split(","):
+                    parts = [os.path.join(link + ".shim", "above"), link, os.path.join(link + ".shim", "below")]
+                for part in parts:
+                    if not os.path.isdir(part):
+                        raise self._gone_link(hexd, link, part)
+                dirs += parts
+                hide = hide or "hide" in verdict.split(",")
+                continue
             if not entry.startswith(_REPO_PREFIX):
                 dirs.append(os.path.join(self.dir, entry, "fs"))
                 continue
@@ -542,6 +558,17 @@ class Snapshotter:
         if hide:
             dirs.insert(0, self.layout.repository_hide)
         return dirs
+
+    def _gone_link(self, hexd: str, link: str, missing: str) -> FailedPrecondition:
+        if missing == link:
+            where = os.readlink(link) if os.path.islink(link) else link
+            return FailedPrecondition(
+                f"layer {_CHAIN_PREFIX}{hexd} is gone from the layer repository ({where} does not exist): the "
+                "snapshots on it cannot be mounted"
+            )
+        return FailedPrecondition(
+            f"the shim of repository layer {_CHAIN_PREFIX}{hexd} is gone from the store ({missing})"
+        )
 
     def _gone(self, top: str, missing: str) -> FailedPrecondition:
         try:
@@ -699,12 +726,19 @@ class Snapshotter:
         chain: list[str] = []
         while volume_id:
             if not os.path.isdir(self.layout.volume(volume_id)):
-                # Pulled above a layer used in place from the store's layer repository: stacked when a snapshot
-                # of that layer is here (containerd pulled it as a remote layer: same chain ID, same name),
-                # else refused by name rather than mounted with a hole in it.
+                # Pulled above a layer used in place from the store's layer repository: stacked through the
+                # snapshot of that name if there is one (containerd pulled the layer as a remote layer: the
+                # same chain ID names both), else through the record the create wrote of the layer it used
+                # in place there (meta/repository-chains), else refused by name rather than mounted with a
+                # hole in it.
                 below = self._find(_CHAIN_PREFIX + volume_id)
                 if below is not None and below.id is not None and below.info.kind == KIND_COMMITTED:
                     return [*chain, below.entry(), *below.lowers]
+                used = self._repository_chain(volume_id)
+                if used is not None:
+                    entry, volume_id = used
+                    chain.append(entry)
+                    continue
                 raise FailedPrecondition(
                     f"layer `{_CHAIN_PREFIX}{top}` stands on `{_CHAIN_PREFIX}{volume_id}`, which is not in the store "
                     "(a layer of its layer repository): snapshots cannot be prepared on it"
@@ -712,6 +746,21 @@ class Snapshotter:
             chain.append("volume:" + volume_id)
             volume_id = self._volume_parent(volume_id)
         return chain
+
+    def _repository_chain(self, chain_id: str) -> tuple[str, str] | None:
+        """The lowers entry (``layer:<verdict>:<digest hex>``) of the repository layer a create used in place
+        at ``chain_id``, and the chain ID below it; None if no create recorded one."""
+        try:
+            record = jsonc.loads(read_text(os.path.join(self.layout.repository_chains, chain_id), "null"))
+        except ValueError:
+            return None
+        if not (isinstance(record, dict) and isinstance(record.get("digest"), str)):
+            return None
+        hexd = record["digest"].partition(":")[2]
+        verdict = read_text(os.path.join(self.layout.repository_verdicts, hexd), "\0")
+        if verdict == "\0" or verdict.startswith("writable:"):
+            return None
+        return f"{_LAYER_PREFIX}{verdict}:{hexd}", str(record.get("parent", ""))
 
     def _all(self) -> list[_Found]:
         found = []
@@ -774,7 +823,7 @@ def _nearest_record(lowers: Sequence[str]) -> str | None:
     """The directory id of the nearest snapshot below, in a lowers list, that has a record (not a pulled
     layer): the one whose ``children`` lists the snapshot."""
     for entry in lowers:
-        if entry.startswith("volume:"):
+        if entry.startswith(("volume:", _LAYER_PREFIX)):
             continue
         return entry.rpartition(":")[2]
     return None
