@@ -112,8 +112,9 @@ class CreateOptions:
 
 
 class DiskLimit:
-    """GrootFS's disk-limit arithmetic, decided here and nowhere else: an image may use ``bytes`` (0: no
-    limit), its layers counting against them unless ``excluded`` (``--exclude-image-from-quota``)."""
+    """GrootFS's disk-limit arithmetic in one place: an image may use ``bytes`` (0: no limit), its layers
+    counting against them unless ``excluded`` (``--exclude-image-from-quota``). Whether the store can
+    enforce it is the quota backend's to say (``create`` warns or refuses by the caller's policy)."""
 
     __slots__ = ("bytes", "excluded")
 

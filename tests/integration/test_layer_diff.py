@@ -21,6 +21,7 @@ from graftfs.layers.diff import MEDIA_TYPES, write_layer
 from graftfs.layers.unpack import unpack
 from graftfs.mount import kernel
 from graftfs.mount.spec import Mount
+from graftfs.store.fsutil import remove_tree
 from tests.support import fstest
 
 LOWER = fstest.apply(
@@ -119,3 +120,40 @@ def test_a_redirected_directory_is_refused_by_name(workdir: Path) -> None:
     os.setxattr(upper / "dir", "trusted.overlay.redirect", b"/elsewhere")
     with pytest.raises(Unsupported, match=r"`dir` in .* is an overlayfs redirect entry"):
         write_layer(str(upper), io.BytesIO())
+
+
+def test_the_digest_does_not_depend_on_xattr_order_and_sockets_are_left_out(workdir: Path) -> None:
+    import socket
+
+    digests = []
+    for order in (("user.a", "user.b"), ("user.b", "user.a")):
+        upper = workdir / f"upper-{order[0]}"
+        upper.mkdir()
+        (upper / "f").write_bytes(b"x")
+        os.utime(upper / "f", (0, 0))
+        for name in order:
+            os.setxattr(upper / "f", name, name.encode())
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(str(upper / "app.sock"))
+        os.utime(upper, (0, 0))
+        out = io.BytesIO()
+        digests.append(write_layer(str(upper), out, "none").digest)
+        with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as archive:
+            assert archive.getnames() == ["f"]
+    assert digests[0] == digests[1]
+
+
+def test_a_tree_deeper_than_the_recursion_limit(workdir: Path) -> None:
+    upper = deep = workdir / "upper"
+    upper.mkdir()
+    try:
+        for _ in range(1200):  # deeper than Python's recursion limit (pathlib's mkdir(parents=True) recurses too)
+            deep = deep / "d"
+            deep.mkdir()
+        (deep / "f").write_bytes(b"deep")
+        out = io.BytesIO()
+        write_layer(str(upper), out, "none")
+        with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as archive:
+            assert archive.getnames()[-1].endswith("/d/f")
+    finally:
+        remove_tree(str(upper))  # pytest's own clean-up (shutil.rmtree) recurses, and would fail on it

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from graftfs.errors import FailedPrecondition, NotFound
+from graftfs.errors import FailedPrecondition, InvalidArgument, NotFound
 from graftfs.mount import kernel
 from graftfs.store.snapshots import KIND_ACTIVE, KIND_COMMITTED, Snapshotter
 from tests.integration.conftest import Graftfs
@@ -68,3 +69,50 @@ def test_clean_removes_what_a_killed_snapshot_verb_left(gfs: Graftfs, workdir: P
     sn.remove("kept")
     gfs.run("clean")
     assert gfs.volumes() == set()
+
+
+def test_a_layer_pulled_before_parents_were_recorded_takes_its_parent_from_an_image(
+    gfs: Graftfs, workdir: Path
+) -> None:
+    image = write_oci_layout(
+        workdir / "l", [TarBuilder().file("a", b"a").build(), TarBuilder().file("b", b"b").build()]
+    )
+    gfs.create(image.url(), "img")
+    bottom, top = image.chain_ids
+    record = gfs.store / "meta" / f"volume-{top.partition(':')[2]}"
+    record.write_text(json.dumps({"Size": 1}))  # as an older graftfs (or GrootFS) wrote it
+    sn = Snapshotter(str(gfs.store))
+    assert sn.stat(top).parent == bottom  # from the image's commit record
+    target = workdir / "t"
+    target.mkdir()
+    kernel.mount_all(sn.view("v", top), str(target))
+    try:
+        assert sorted(p.name for p in target.iterdir()) == ["a", "b"]
+    finally:
+        kernel.unmount(str(target))
+    sn.remove("v")
+    gfs.run("delete", "img")
+    (gfs.store / "meta" / "released").rename(gfs.store / "meta" / "released-away")  # no record names it now
+    with pytest.raises(FailedPrecondition, match="did not record the layer below it"):
+        sn.prepare("k", top)
+    (gfs.store / "meta" / "released-away").rename(gfs.store / "meta" / "released")
+
+
+def test_a_deep_chain_of_pulled_layers_mounts_whole_and_a_bad_filter_fails_the_call(
+    gfs: Graftfs, workdir: Path
+) -> None:
+    layers = [TarBuilder().file(f"f{i}", str(i).encode()).build() for i in range(100)]
+    image = write_oci_layout(workdir / "l", layers)
+    gfs.create(image.url(), "deep")
+    sn = Snapshotter(str(gfs.store))
+    target = workdir / "t"
+    target.mkdir()
+    kernel.mount_all(sn.view("v", image.chain_ids[-1]), str(target))
+    try:
+        assert len(list(target.iterdir())) == 100  # every layer: none cut off at the kernel's page
+    finally:
+        kernel.unmount(str(target))
+    with pytest.raises(InvalidArgument):
+        sn.walk("name==")  # at the call, not at the first next()
+    sn.remove("v")
+    gfs.run("delete", "deep")

@@ -169,3 +169,15 @@ def test_error_classes() -> None:
     assert isinstance(error(400, "InvalidArgument", "multi\nline"), InvalidArgument)
     assert "\n" not in str(error(400, "InvalidArgument", "multi\nline"))
     assert isinstance(error(416, "InvalidRange"), InvalidArgument)
+
+
+def test_credentials_with_line_breaks_and_endpoints_with_userinfo_are_refused_without_quoting_them() -> None:
+    from graftfs.errors import InvalidArgument
+    from graftfs.repository.s3 import S3Client
+
+    with pytest.raises(InvalidArgument) as info:
+        S3Client("b", endpoint="http://127.0.0.1:9", access_key="AK", secret_key="SK", session_token="TOKEN123\n")
+    assert "TOKEN123" not in str(info.value) and "session token" in str(info.value)
+    with pytest.raises(InvalidArgument) as info:
+        S3Client("b", endpoint="http://AK:SECRETSECRET@127.0.0.1:9", access_key="AK", secret_key="SK")
+    assert "SECRETSECRET" not in str(info.value)

@@ -23,9 +23,12 @@ def matches(text: str, info: Info) -> bool:
         ('labels."containerd.io/gc.root"==x', True, False),
         ("labels.l", True, True),
         ("labels.missing", False, False),
-        ("parent", True, True),  # name, kind and parent are always present (containerd's adaptor)
+        ("parent", True, True),  # containerd's adaptor: name, parent and kind are always present
         ('parent==""', False, True),
-        ('labels."containerd.io/gc.root"==x,parent==p', True, False),
+        ("name~=/^p$/", False, True),
+        ("name~=|a|", True, False),
+        ("kind == active , labels.l==1", True, False),
+        (r'name=="\x61"', True, False),
         ("parent==p,labels.l==1", True, False),
         ("name~=^p$", False, True),
         ('labels.l=="2"', False, True),
@@ -36,7 +39,9 @@ def test_conditions(text: str, a: bool, c: bool) -> None:
     assert (matches(text, A), matches(text, C)) == (a, c)
 
 
-@pytest.mark.parametrize("text", ["size==1", "kind==a,", 'labels."unterminated==1', "name~=(", "==x"])
+@pytest.mark.parametrize(
+    "text", ["size==1", "kind==a,", 'labels."unterminated==1', "name~=(", "==x", "name==", "name==a b"]
+)
 def test_bad_filters_are_invalid_arguments(text: str) -> None:
     with pytest.raises(InvalidArgument):
         _parse_filter(text)

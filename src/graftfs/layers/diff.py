@@ -9,7 +9,9 @@ An upper directory holds the changes in overlayfs's own form, and the layer says
 * overlayfs's other xattrs (``<ns>.overlay.*``) are its bookkeeping, not the container's, and are left out;
   every other xattr goes in as a PAX ``SCHILY.xattr`` record, as containerd and Docker write them;
 * a directory renamed with ``redirect_dir`` or a file copied up metadata-only (``metacopy``) have no OCI
-  form without the lower layers' data: such an upper is refused by name (graftfs mounts without either).
+  form without the lower layers' data: such an upper is refused by name (graftfs's mounts do not ask for
+  either; only a kernel built or configured to turn them on by default makes them);
+* sockets are left out, as containerd and Docker leave them out: they belong to a running program.
 
 The tar is deterministic (names sorted, no user or group names, the gzip header's time zero), so the same
 changes give the same digest: a publisher uploading by digest uploads them once. Work is one pass over the
@@ -24,7 +26,7 @@ import stat
 import tarfile
 from hashlib import sha256
 
-from ..errors import InvalidArgument, Unsupported
+from ..errors import InvalidArgument, Unsupported, os_reason
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -142,22 +144,29 @@ class _Writer:
         self.tar: tarfile.TarFile | None = None
         self.links: dict[tuple[int, int], str] = {}  # (dev, inode) of a file with other names -> its first
 
-    def walk(self, rel: str) -> None:
-        """Write the entries of the directory ``rel`` (relative to the root), depth first, names sorted."""
-        directory = os.path.join(self.root, rel)
-        for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
+    def walk(self, top: str) -> None:
+        """Write the entries under the directory ``top`` (relative to the root), depth first, names sorted;
+        with a stack, not recursion, so that no tree is too deep."""
+        stack = [(top, sorted(os.listdir(os.path.join(self.root, top)), reverse=True))]
+        while stack:
+            rel, names = stack[-1]
+            if not names:
+                stack.pop()
+                continue
+            name = names.pop()
+            path = os.path.join(self.root, rel, name)
             arcname = os.path.join(rel, name)
             st = os.lstat(path)
             if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
                 self._add(_empty(os.path.join(rel, WHITEOUT_PREFIX + name), st))
                 continue
-            xattrs = self._xattrs(path, arcname)
-            self._entry(path, arcname, st, xattrs)
+            if stat.S_ISSOCK(st.st_mode):
+                continue  # a socket is a running program's, never a file: containerd and Docker leave them out
+            self._entry(path, arcname, st, self._xattrs(path, arcname))
             if stat.S_ISDIR(st.st_mode):
                 if self._opaque(path):
                     self._add(_empty(os.path.join(arcname, OPAQUE_MARKER), st))
-                self.walk(arcname)
+                stack.append((arcname, sorted(os.listdir(path), reverse=True)))
 
     def _opaque(self, path: str) -> bool:
         try:
@@ -167,7 +176,8 @@ class _Writer:
 
     def _xattrs(self, path: str, arcname: str) -> dict[str, str]:
         found = {}
-        for name in os.listxattr(path, follow_symlinks=False):
+        for name in sorted(os.listxattr(path, follow_symlinks=False)):  # sorted: the digest must not depend on
+            # the order they were set in
             if name.startswith(self.prefix):
                 if name[len(self.prefix) :] in ("redirect", "metacopy"):
                     raise Unsupported(
@@ -209,13 +219,23 @@ class _Writer:
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
             info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
             info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-        else:
-            raise Unsupported(f"`{arcname}` in {self.root} is a socket, which a layer cannot hold")
         if data is None:
             self._add(info)
             return
-        with open(data, "rb") as f:
-            self._add(info, f)
+        # Not followed, not blocked on, and checked to be the file lstat saw: a container still running could
+        # have put a symlink to a host file (or a FIFO) there since, and its target must not reach the layer.
+        try:
+            fd = os.open(data, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise Unsupported(f"`{arcname}` in {self.root} changed while it was read: {os_reason(exc)}") from None
+        with os.fdopen(fd, "rb") as f:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino, now.st_size) != (st.st_dev, st.st_ino, st.st_size):
+                raise Unsupported(f"`{arcname}` in {self.root} changed while it was read: unmount it first")
+            try:
+                self._add(info, f)
+            except OSError as exc:  # tarfile's "unexpected end of data": it shrank meanwhile
+                raise Unsupported(f"`{arcname}` in {self.root} changed while it was read: {exc}") from None
 
     def _add(self, info: tarfile.TarInfo, data: IO[bytes] | None = None) -> None:
         assert self.tar is not None

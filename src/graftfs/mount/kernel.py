@@ -148,7 +148,8 @@ def mount_all(mounts: Sequence[Mount], target: str) -> None:
     """Perform ``mounts`` (a snapshot's, as data) at ``target``, in order, as containerd's ``mount.All``
     does: binds (``ro`` made read-only by a remount, as the kernel wants) and overlays. An overlay whose
     absolute layer paths would not fit in the kernel's page is mounted from their longest common directory
-    with relative paths, containerd's trick; past that, the kernel refuses it in its own words."""
+    with relative paths, containerd's trick (:func:`compact_options`). The working directory is the
+    process's: do not mount from two threads at once."""
     from ..errors import InvalidArgument
 
     for m in mounts:
@@ -157,12 +158,15 @@ def mount_all(mounts: Sequence[Mount], target: str) -> None:
             _call_mount(_fs(m.source), target, None, MS_BIND | rec, None)
             if "ro" in m.options:
                 try:
-                    _call_mount(b"none", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY | rec, None)
+                    # The source's own flags (nosuid, nodev ...) kept: in a user namespace they are locked,
+                    # and a remount that would drop them is refused (EPERM).
+                    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | rec | _locked_flags(m.source)
+                    _call_mount(_fs(m.source), target, None, flags, None)
                 except BaseException:
                     unmount(target)
                     raise
         elif m.type == "overlay":
-            cwd, options = _compact(m.options)
+            cwd, options = compact_options(m.options)
             _overlay_from(cwd, target, options)
         else:
             raise InvalidArgument(f"mount type `{m.type}` is not supported (bind and overlay are)")
@@ -171,9 +175,19 @@ def mount_all(mounts: Sequence[Mount], target: str) -> None:
 _PATH_OPTIONS = ("lowerdir=", "upperdir=", "workdir=")
 
 
-def _compact(options: Sequence[str]) -> tuple[str, str]:
+#: statvfs's f_flag bits and the mount flags they are (MS_RELATIME is not ST_RELATIME's value).
+_STATVFS_TO_MS = ((2, 2), (4, 4), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 << 21))
+
+
+def _locked_flags(path: str) -> int:
+    f_flag = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _STATVFS_TO_MS if f_flag & st)
+
+
+def compact_options(options: Sequence[str]) -> tuple[str, str]:
     """``(cwd, option string)`` for an overlay: ``/`` and the options as they are when they fit in a page,
-    else their layer paths made relative to the longest directory they share."""
+    else their layer paths made relative to the longest directory they share. Unsupported when even that
+    does not fit: the kernel would cut the string at its page and mount fewer layers, without an error."""
     joined = ",".join(options)
     if len(joined.encode()) < 4096:
         return "/", joined
@@ -188,7 +202,16 @@ def _compact(options: Sequence[str]) -> tuple[str, str]:
         name, _, value = option.partition("=")
         return name + "=" + ":".join(os.path.relpath(p, common) for p in value.split(":"))
 
-    return common, ",".join(rel(o) for o in options)
+    compact = ",".join(rel(o) for o in options)
+    if len(compact.encode()) >= 4096:
+        from ..errors import Unsupported
+
+        layers = sum(o.count(":") + 1 for o in options if o.startswith("lowerdir="))
+        raise Unsupported(
+            f"an overlay of {layers} layers: its mount options take {len(compact.encode())} bytes even from "
+            f"{common}, more than the kernel's page of 4095"
+        )
+    return common, compact
 
 
 def mount_tmpfs(target: str, size: int) -> None:
@@ -273,13 +296,24 @@ def fork_userns(
 
     The maps are written directly, which needs privilege over the namespace's parent, or with ``helpers``
     by the setuid tools ``newuidmap`` and ``newgidmap`` (:data:`tools`), which check them against
-    ``/etc/subuid`` and ``/etc/subgid``. A failed unshare raises its :class:`KernelError` (with the errno);
-    a failed mapping raises one naming what failed, with errno 0 when the forked child reports it
-    (``enter``), so that a caller can tell the two apart."""
+    ``/etc/subuid`` and ``/etc/subgid``. With ``enter``, a failed unshare raises its :class:`KernelError`
+    with the errno, and a failed mapping one with errno 0 (the forked child reports it), so that a caller
+    can tell the two apart; without, the forked child's failed unshare reaches this process as its text."""
+    _c()  # loaded before the fork: a child importing it could wait forever on an import lock another thread held
     unshared_r, unshared_w = os.pipe()  # the unsharer to the mapper: "x", or why unshare failed
-    mapped_r, mapped_w = os.pipe()  # the mapper to the unsharer: closed once mapped, after why not if not
+    try:
+        mapped_r, mapped_w = os.pipe()  # the mapper to the unsharer: closed once mapped, after why not if not
+    except BaseException:
+        os.close(unshared_r)
+        os.close(unshared_w)
+        raise
     parent = os.getpid()
-    child = os.fork()
+    try:
+        child = os.fork()
+    except BaseException:
+        for fd in (unshared_r, unshared_w, mapped_r, mapped_w):
+            os.close(fd)
+        raise
     if child == 0:  # pragma: no cover - the forked child: it reports through the pipes
         try:
             if enter:

@@ -348,6 +348,11 @@ class S3Client:
                 f"s3://{bucket}: no S3 credentials: give an access key and a secret key, "
                 "or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
             )
+        for what, value in (("access key", access_key), ("secret key", secret_key), ("session token", session_token)):
+            # A header value with a line break (a token read from a file with its newline) would make
+            # http.client raise an error that quotes it: refused here, without quoting it.
+            if value and any(c < " " or c == "\x7f" for c in value):
+                raise InvalidArgument(f"s3://{bucket}: the {what} holds a control character (a line break?)")
         self._credentials = Credentials(access_key, secret_key, session_token)
         self.endpoint = (
             endpoint
@@ -356,7 +361,10 @@ class S3Client:
             or (f"https://s3.{self.region}.amazonaws.com")
         ).rstrip("/")
         url = urllib.parse.urlsplit(self.endpoint)
-        if url.scheme not in ("http", "https") or not url.hostname or url.path or url.query or url.username:
+        if url.username is not None or url.password is not None:
+            # Never echoed: user:password@ in an endpoint is a credential.
+            raise InvalidArgument("s3: invalid endpoint: credentials in it are not used (give them as keys)")
+        if url.scheme not in ("http", "https") or not url.hostname or url.path or url.query:
             raise InvalidArgument(f"s3: invalid endpoint {self.endpoint!r}: want http(s)://host[:port]")
         self._https = url.scheme == "https"
         self._hostname = url.hostname
@@ -527,7 +535,11 @@ class S3Client:
         conn = self._connection()
         conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
         for name, value in headers.items():
-            conn.putheader(name, value)
+            try:
+                conn.putheader(name, value)
+            except ValueError:  # http.client's text quotes the value, which may be a credential
+                self.close()
+                raise InvalidArgument(f"s3 {method}: header {name} has a value HTTP cannot carry") from None
         if body is not None or method in ("PUT", "POST"):
             conn.putheader("Content-Length", str(body.size if body is not None else 0))
         conn.endheaders()

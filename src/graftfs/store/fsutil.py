@@ -157,7 +157,12 @@ def _clear(fd: int) -> list[str]:
 
 def disk_usage(path: str) -> int:
     """Bytes allocated under ``path`` (st_blocks, hard links counted once), like ``du -s -B1``."""
-    total = 0
+    return usage(path)[0]
+
+
+def usage(path: str) -> tuple[int, int]:
+    """``(bytes allocated, inodes)`` under ``path``, hard links counted once (containerd's fs.DiskUsage)."""
+    total = inodes = 0
     seen: set[tuple[int, int]] = set()
     stack = [path]
     while stack:
@@ -177,6 +182,7 @@ def disk_usage(path: str) -> int:
                         continue
                     seen.add(key)
                 total += st.st_blocks * 512
+                inodes += 1
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-    return total
+    return total, inodes

@@ -68,7 +68,7 @@ import os
 import time
 
 from .. import jsonc
-from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, os_reason
 from .fsutil import atomic_write, read_text, remove_tree, unlink
 from .layout import GC_PREFIX, Layout
 from .locks import FileLock
@@ -234,21 +234,25 @@ class Snapshotter:
         found = self._get(key)
         if found.remote is not None:
             return Usage()  # the repository's, not the store's
-        return _usage(self._tree(found))
+        from .fsutil import usage
+
+        return Usage(*usage(self._tree(found)))
 
     def walk(self, *filters: str) -> Iterator[Info]:
         """Every snapshot, or those matching any of ``filters`` (containerd's syntax: comma-separated
         ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` conditions that must all hold;
         fields ``name``, ``kind``, ``parent``, ``labels.<key>``, a key quoted when it has dots)."""
-        matchers = [_parse_filter(f) for f in filters if f]
+        matchers = [
+            _parse_filter(f) for f in filters if f
+        ]  # here, not at the first next(): a bad filter fails the call
         # Shared, so that no verb is half done while the records are read (a commit seen half done shows
-        # the snapshot twice, or not at all); let go before the first yield, so that the caller may call
-        # any verb while it walks.
+        # the snapshot twice, or not at all); let go before returning, so that the caller may call any verb
+        # while it goes through them.
         with FileLock(self.layout.locks, "snapshots").held(shared=True, timeout=LOCK_WAIT):
             everything = self._all()
-        for found in everything:
-            if not matchers or any(all(cond(found.info) for cond in m) for m in matchers):
-                yield found.info
+        return iter(
+            [f.info for f in everything if not matchers or any(all(cond(f.info) for cond in m) for m in matchers)]
+        )
 
     # -- changing ---------------------------------------------------------------------------------------
 
@@ -331,35 +335,60 @@ class Snapshotter:
             doomed = os.path.join(self.dir, GC_PREFIX + found.id)
             os.rename(os.path.join(self.dir, found.id), doomed)
             unlink(self._record(found.id))
+        # Out of the lock (a large tree takes its time, and nobody can reach it any more), and past the commit
+        # point: what cannot be removed now (a mount someone made in it) is left to ``cleanup``, not reported
+        # as a failed remove of a snapshot that is gone.
+        try:
             remove_tree(doomed)
+        except OSError:
+            pass
 
     def cleanup(self) -> list[str]:
         """Remove what interrupted processes left: snapshot directories no key reaches, ``gc.`` directories,
-        index links whose record says otherwise, and records of pulled layers kept for snapshots that are
-        gone. Returns what it removed."""
+        index links whose record says otherwise, records of pulled layers kept for snapshots that are gone,
+        and half-written records. Returns what it removed; every step is tried, and what failed (a mount
+        found in a leftover, say) is raised at the end, in one line."""
         removed: list[str] = []
+        failures: list[str] = []
+        doomed: list[str] = []
         with self._lock():
             live = [f for f in self._all() if f.id is not None]
             reached = {f.id for f in live}
-            for name in os.listdir(self.dir):
-                if name != "keys" and name not in reached:
-                    remove_tree(os.path.join(self.dir, name))
-                    removed.append(f"snapshots/{name}")
-            for found in live:
-                children = os.path.join(self.dir, str(found.id), "children")
-                for child_id in os.listdir(children) if os.path.isdir(children) else ():
-                    if child_id not in reached:
-                        unlink(os.path.join(children, child_id))
-                        removed.append(f"snapshots/{found.id}/children/{child_id}")
+            # Records first: one left behind keeps layers from ``clean`` for as long as it is there.
+            for name in os.listdir(self.layout.dependencies) if os.path.isdir(self.layout.dependencies) else ():
+                if name.startswith("snapshot:") and name[len("snapshot:") :].split(".", 1)[0] not in reached:
+                    unlink(os.path.join(self.layout.dependencies, name))
+                    removed.append(name)
             links = {self._key_path(f.info.name) for f in live}
             for name in os.listdir(self.keys):
                 if os.path.join(self.keys, name) not in links:
                     unlink(os.path.join(self.keys, name))
                     removed.append(f"snapshots/keys/{name}")
-            for name in os.listdir(self.layout.dependencies) if os.path.isdir(self.layout.dependencies) else ():
-                if name.startswith("snapshot:") and name[len("snapshot:") :].split(".", 1)[0] not in reached:
-                    unlink(os.path.join(self.layout.dependencies, name))
-                    removed.append(name)
+            for found in live:
+                directory = os.path.join(self.dir, str(found.id))
+                children = os.path.join(directory, "children")
+                stale = [f"children/{c}" for c in _listdir(children) if c not in reached]
+                stale += [n for n in os.listdir(directory) if "-tmp-" in n]  # a record a kill left half written
+                for name in stale:
+                    unlink(os.path.join(directory, name))
+                    removed.append(f"snapshots/{found.id}/{name}")
+            for name in os.listdir(self.dir):
+                if name == "keys" or name in reached:
+                    continue
+                if not name.startswith(GC_PREFIX):
+                    # Renamed under the lock, removed after it (as ``remove`` does): nobody can reach it.
+                    os.rename(os.path.join(self.dir, name), os.path.join(self.dir, GC_PREFIX + name))
+                    name = GC_PREFIX + name
+                doomed.append(name)
+        for name in doomed:
+            try:
+                remove_tree(os.path.join(self.dir, name))
+                removed.append(f"snapshots/{name}")
+            except OSError as exc:
+                failures.append(f"removing snapshots/{name}: {os_reason(exc)}")
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise FailedPrecondition(f"snapshot cleanup: {failures[0]}{more}")
         return removed
 
     def close(self) -> None:
@@ -384,6 +413,7 @@ class Snapshotter:
                 self._remote(parent, labels, lowers)  # AlreadyExists when the target is made from the repository
             now = time.time_ns()
             info = Info(key, kind, parent, labels, now, now)
+            self._check_fits(_Found("0" * 2 * _ID_BYTES, info, lowers))
             snapshot_id = self._new_dir(kind)
             self._make(snapshot_id, info, lowers)
             return self._mounts(_Found(snapshot_id, info, lowers))
@@ -526,7 +556,7 @@ class Snapshotter:
         hide = False
         for entry in lowers:
             if entry.startswith("volume:"):
-                dirs.append(self.layout.volume(entry[len("volume:") :]))
+                dirs.append(self._dir(entry))
                 continue
             if entry.startswith(_LAYER_PREFIX):
                 # A repository layer a Garden create used in place: its short link and shim in the store.
@@ -542,7 +572,7 @@ class Snapshotter:
                 hide = hide or "hide" in verdict.split(",")
                 continue
             if not entry.startswith(_REPO_PREFIX):
-                dirs.append(os.path.join(self.dir, entry, "fs"))
+                dirs.append(self._dir(entry))
                 continue
             verdict, _, snapshot_id = entry[len(_REPO_PREFIX) :].partition(":")
             top = os.path.join(self.dir, snapshot_id)
@@ -707,44 +737,64 @@ class Snapshotter:
         except FileNotFoundError:
             return None
         below = self._volume_parent(volume_id)
-        parent = _CHAIN_PREFIX + below if below else ""
+        parent = _CHAIN_PREFIX + below if below else ""  # unknown (None) shows as none; prepare refuses it
         info = Info(key, KIND_COMMITTED, parent, None, st.st_mtime_ns, st.st_mtime_ns)
         return _Found(None, info, [], volume_id)
 
-    def _volume_parent(self, volume_id: str) -> str:
-        """The layer below a pulled layer, from its size record (which names it since this version: an older
-        layer reports none)."""
+    def _volume_parent(self, volume_id: str) -> str | None:
+        """The layer below a pulled layer ("" for a bottom layer), from its size record; None when unknown.
+        Layers built before parents were recorded (and a GrootFS store's) say nothing: their parent is then
+        read from an image's commit record that lists the layer (bottom first, so the entry before it)."""
         try:
             record = jsonc.loads(read_text(self.layout.volume_meta(volume_id), "{}"))
         except ValueError:
-            return ""
-        return str(record.get("Parent", "")) if isinstance(record, dict) else ""
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("Parent"), str):
+            return str(record["Parent"])
+        from .images import read_record
+
+        for directory in (self.layout.dependencies, self.layout.released):
+            for name in os.listdir(directory) if os.path.isdir(directory) else ():
+                if name.startswith("image:"):
+                    layers = read_record(os.path.join(directory, name)) or []
+                    if volume_id in layers:
+                        index = layers.index(volume_id)
+                        return layers[index - 1] if index > 0 else ""
+        return None
 
     def _volume_chain(self, volume_id: str) -> list[str]:
         """A pulled layer and the layers below it, nearest first, as ``lowers`` entries."""
         top = volume_id
         chain: list[str] = []
-        while volume_id:
-            if not os.path.isdir(self.layout.volume(volume_id)):
+        below: str | None = volume_id
+        while below:
+            if not os.path.isdir(self.layout.volume(below)):
                 # Pulled above a layer used in place from the store's layer repository: stacked through the
                 # snapshot of that name if there is one (containerd pulled the layer as a remote layer: the
                 # same chain ID names both), else through the record the create wrote of the layer it used
                 # in place there (meta/repository-chains), else refused by name rather than mounted with a
                 # hole in it.
-                below = self._find(_CHAIN_PREFIX + volume_id)
-                if below is not None and below.id is not None and below.info.kind == KIND_COMMITTED:
-                    return [*chain, below.entry(), *below.lowers]
-                used = self._repository_chain(volume_id)
-                if used is not None:
-                    entry, volume_id = used
+                named = self._find(_CHAIN_PREFIX + below)
+                if named is not None and named.id is not None and named.info.kind == KIND_COMMITTED:
+                    return [*chain, named.entry(), *named.lowers]
+                used = self._repository_chain(below)
+                if used is not None and used[0] not in chain:
+                    entry, below = used
                     chain.append(entry)
                     continue
                 raise FailedPrecondition(
-                    f"layer `{_CHAIN_PREFIX}{top}` stands on `{_CHAIN_PREFIX}{volume_id}`, which is not in the store "
+                    f"layer `{_CHAIN_PREFIX}{top}` stands on `{_CHAIN_PREFIX}{below}`, which is not in the store "
                     "(a layer of its layer repository): snapshots cannot be prepared on it"
                 )
-            chain.append("volume:" + volume_id)
-            volume_id = self._volume_parent(volume_id)
+            if "volume:" + below in chain:
+                raise FailedPrecondition(f"layer `{_CHAIN_PREFIX}{top}`: its size records name a cycle of parents")
+            chain.append("volume:" + below)
+            below = self._volume_parent(below)
+        if below is None:
+            raise FailedPrecondition(
+                f"layer `{_CHAIN_PREFIX}{chain[-1][len('volume:') :]}` was pulled by an older graftfs, which did not "
+                "record the layer below it, and no image names it: snapshots cannot be prepared on it"
+            )
         return chain
 
     def _repository_chain(self, chain_id: str) -> tuple[str, str] | None:
@@ -777,12 +827,10 @@ class Snapshotter:
         if os.path.isdir(self.layout.volumes):
             from .volumes import Volumes
 
-            named = {f.info.name for f in found}
+            taken = {f.info.name for f in found}  # a snapshot committed under a layer's name hides the layer
             for volume_id in Volumes(self.layout).ids():
-                if _CHAIN_PREFIX + volume_id in named:
-                    continue  # a snapshot of the same name (a remote layer's) is what stat finds: listed once
                 volume = self._volume(_CHAIN_PREFIX + volume_id)
-                if volume is not None:
+                if volume is not None and volume.info.name not in taken:
                     found.append(volume)
         return found
 
@@ -790,6 +838,23 @@ class Snapshotter:
         if found.id is None:
             return self.layout.volume(found.volume)
         return os.path.join(self.dir, found.id, "fs")
+
+    def _dir(self, lower: str) -> str:
+        if lower.startswith("volume:"):
+            # By its short link (``l/<12 hex>``), as images name it: 64 hex digits a layer would fill the
+            # kernel's page of mount options at about 56 layers.
+            volume_id = lower[len("volume:") :]
+            link = self.layout.link(volume_id)
+            return link if os.path.islink(link) else self.layout.volume(volume_id)
+        return os.path.join(self.dir, lower, "fs")
+
+    def _check_fits(self, found: _Found) -> None:
+        """Refuse, before making anything, a snapshot whose overlay the kernel could not mount whole."""
+        from ..mount.kernel import compact_options
+
+        for mount in self._mounts(found):
+            if mount.type == "overlay":
+                compact_options(mount.options)
 
     def _mounts(self, found: _Found) -> list[Mount]:
         from ..mount.spec import Mount
@@ -814,6 +879,13 @@ class Snapshotter:
         return FileLock(self.layout.locks, "snapshots").held(timeout=LOCK_WAIT)
 
 
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
 def _check_key(key: str) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidArgument("a snapshot key must be a non-empty string")
@@ -833,32 +905,6 @@ def _is_hex(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
-def _usage(path: str) -> Usage:
-    """Bytes allocated and inodes under ``path``, hard links counted once (containerd's fs.DiskUsage)."""
-    usage = Usage()
-    seen: set[tuple[int, int]] = set()
-    stack = [path]
-    while stack:
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-                usage.inodes += 1
-                usage.size += st.st_blocks * 512
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-    return usage
-
-
 # -- containerd's filter syntax ---------------------------------------------------------------------------
 
 if TYPE_CHECKING:
@@ -868,34 +914,42 @@ if TYPE_CHECKING:
 
 
 def _parse_filter(text: str) -> list[Condition]:
-    """One filter: comma-separated conditions, all of which must hold."""
+    """One filter in containerd's syntax (its ``filters`` package): comma-separated selectors, all of which
+    must hold; a selector is a field path (``name``, ``labels."a.b"``), then optionally an operator (``==``,
+    ``!=``, ``~=``) and a value, quoted as a Go string (or, for ``~=``, between ``/`` or ``|``) or bare up to
+    a space or comma. Blanks between tokens are allowed."""
     conditions: list[Condition] = []
-    pos = 0
-    while pos < len(text):
+    pos = _blank(text, 0)
+    while True:
         path, pos = _fieldpath(text, pos)
-        op = ""
+        pos = _blank(text, pos)
+        op = text[pos : pos + 2] if text[pos : pos + 2] in ("==", "!=", "~=") else ""
         value = ""
-        for candidate in ("==", "!=", "~="):
-            if text.startswith(candidate, pos):
-                op = candidate
-                value, pos = _value(text, pos + 2)
-                break
+        if op:
+            value, pos = _value(text, _blank(text, pos + 2), regexp=op == "~=")
+            pos = _blank(text, pos)
         conditions.append(_condition(path, op, value, text))
-        if pos < len(text):
-            if text[pos] != "," or pos == len(text) - 1:
-                raise InvalidArgument(f"filter `{text}`: expected `,` and a condition at {pos}")
-            pos += 1
-    return conditions
+        if pos == len(text):
+            return conditions
+        if text[pos] != ",":
+            raise InvalidArgument(f"filter `{text}`: expected `,` at {pos}")
+        pos = _blank(text, pos + 1)
+
+
+def _blank(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
 
 
 def _fieldpath(text: str, pos: int) -> tuple[list[str], int]:
     parts: list[str] = []
     while True:
         if pos < len(text) and text[pos] == '"':
-            part, pos = _quoted(text, pos)
+            part, pos = _quoted(text, pos, '"')
         else:
             start = pos
-            while pos < len(text) and (text[pos].isalnum() or text[pos] in "_-/"):
+            while pos < len(text) and (text[pos].isascii() and (text[pos].isalnum() or text[pos] == "_")):
                 pos += 1
             part = text[start:pos]
         if not part:
@@ -907,31 +961,59 @@ def _fieldpath(text: str, pos: int) -> tuple[list[str], int]:
         return parts, pos
 
 
-def _value(text: str, pos: int) -> tuple[str, int]:
-    if pos < len(text) and text[pos] == '"':
-        return _quoted(text, pos)
-    end = text.find(",", pos)
-    end = len(text) if end < 0 else end
+def _value(text: str, pos: int, regexp: bool) -> tuple[str, int]:
+    if pos < len(text) and (text[pos] == '"' or (regexp and text[pos] in "/|")):
+        return _quoted(text, pos, text[pos])
+    end = pos
+    while end < len(text) and text[end] not in " \t\n\r,":
+        end += 1
+    if end == pos:
+        raise InvalidArgument(f"filter `{text}`: expected a value at {pos}")
     return text[pos:end], end
 
 
-def _quoted(text: str, pos: int) -> tuple[str, int]:
-    out = []
+_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def _quoted(text: str, pos: int, quote: str) -> tuple[str, int]:
+    """A quoted string from ``text[pos]`` (the quote) with Go's escapes; ``/`` and ``|`` quotes (regexps)
+    only escape themselves, everything else is the regexp's own."""
+    out: list[str] = []
     pos += 1
     while pos < len(text):
         c = text[pos]
-        if c == "\\" and pos + 1 < len(text):
-            out.append(text[pos + 1])
-            pos += 2
-            continue
-        if c == '"':
+        if c == quote:
             return "".join(out), pos + 1
+        if c == "\\" and pos + 1 < len(text):
+            e = text[pos + 1]
+            if quote != '"':
+                out.append(e if e == quote else c + e)
+                pos += 2
+            elif e in _ESCAPES:
+                out.append(_ESCAPES[e])
+                pos += 2
+            elif e in "xuU" or e in "01234567":
+                digits, base = ({"x": 2, "u": 4, "U": 8}.get(e, 3), 8 if e in "01234567" else 16)
+                start = pos + 1 if base == 8 else pos + 2
+                try:
+                    out.append(chr(int(text[start : start + digits], base)))
+                except ValueError:
+                    raise InvalidArgument(f"filter `{text}`: bad escape at {pos}") from None
+                pos = start + digits
+            else:
+                out.append(e)
+                pos += 2
+            continue
         out.append(c)
         pos += 1
     raise InvalidArgument(f"filter `{text}`: unterminated quote")
 
 
 def _condition(path: list[str], op: str, value: str, text: str) -> Condition:
+    """As containerd's snapshot adaptor: ``name``, ``parent`` and ``kind`` are always present (``parent``
+    empty for a snapshot on nothing, so ``parent==""`` selects those), a label only when it is set;
+    ``==`` needs the field present, ``!=`` and ``~=`` compare whatever value it has ("" when absent)."""
+
     def field(info: Info) -> str | None:
         if path[0] == "labels" and len(path) > 1:
             return info.labels.get(".".join(path[1:]))
@@ -948,8 +1030,6 @@ def _condition(path: list[str], op: str, value: str, text: str) -> Condition:
         return lambda info: field(info) is not None
     if op == "==":
         return lambda info: field(info) == value
-    # As containerd's filters: `!=` and `~=` compare the value, which is "" when the field is absent (so
-    # `parent!=""` selects snapshots that have a parent); only `==` also needs the field present.
     if op == "!=":
         return lambda info: (field(info) or "") != value
     import re

@@ -174,9 +174,10 @@ class Volumes:
             # No fsync: the layer's own files are not synced either (a kill -9 loses nothing from the page
             # cache; only a power cut could, and then this record is the least of it), and two fsyncs per
             # layer were a quarter of a 128-layer cold create.
-            # The parent (the layer below, by chain ID) is what makes a volume a committed snapshot with a
-            # parent (store.snapshots); GrootFS's readers only look at Size.
-            record = {"Size": size, "Parent": parent} if parent else {"Size": size}
+            # The parent (the layer below, by chain ID; "" for a bottom layer) is what makes a volume a
+            # committed snapshot with a parent (store.snapshots); GrootFS's readers only look at Size. Always
+            # written, so that a record without it means "built before parents were recorded", not "bottom".
+            record = {"Size": size, "Parent": parent}
             atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps(record).encode() + b"\n", sync=False)
             self._link(volume_id)
             os.rename(tmp, final)  # the commit point
