@@ -538,6 +538,15 @@ def test_the_snapshot_core_stacks_a_pulled_layer_standing_on_a_repository_layer(
         finally:
             unmount(str(target))
         sn.remove("k")
+        # A new revision of the repository without the base layer: refused by name, never mounted without it.
+        sn.prepare("running", f"sha256:{top}")
+        subprocess.run(["umount", str(repo)], check=True)
+        ducc.layer_dir(repo_src, layers[0][0]).rename(workdir / "elsewhere")
+        ducc.make_erofs(repo_src, workdir / "repo2.erofs")
+        ducc.mount_erofs(workdir / "repo2.erofs", repo)
+        with pytest.raises(FailedPrecondition, match=f"layer {layers[0][0]} is gone from the layer repository"):
+            sn.mounts("running")
+        sn.remove("running")
         records = g.store / "meta" / "repository-chains"
         assert len(os.listdir(records)) == 1
         shutil.rmtree(records)

@@ -7,6 +7,7 @@ test_layer_repository.py. The same protocol through containerd itself: test_cont
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -14,16 +15,19 @@ from pathlib import Path
 import pytest
 
 from graftfs.errors import AlreadyExists, FailedPrecondition
+from graftfs.log import LEVELS, Logger
 from graftfs.mount import kernel
 from graftfs.store.snapshots import KIND_ACTIVE, KIND_COMMITTED, LABEL_REMOTE, LABEL_TARGET, Snapshotter
 from tests.integration.conftest import Graftfs
 from tests.support import ducc
 from tests.support.images import OCIImageInfo, TarBuilder, busybox_layer, write_oci_layout
+from tests.support.runc import traversable_tmpdir
 
 pytestmark = pytest.mark.skipif(not Path(ducc.MKFS_EROFS).exists(), reason="needs mkfs.erofs (erofs-utils)")
 
 CRI_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
+MAPPING = "0:100000:65536"
 
 
 def _deleting() -> list[bytes]:
@@ -177,6 +181,23 @@ def test_a_store_without_a_repository_ignores_the_labels(
     sn = Snapshotter(str(g.store))
     sn.prepare("k", "", _labels(info, 0))
     assert sn.stat("k").kind == KIND_ACTIVE
+
+
+def test_a_store_with_id_mappings_unpacks_the_layer_as_usual(image: tuple[OCIImageInfo, list[bytes]]) -> None:
+    """containerd's mounts cannot bind a repository layer idmapped: such a store downloads it, and says why."""
+    info, tars = image
+    with traversable_tmpdir() as base:
+        src = base / "repo-src"
+        ducc.write_repository(src, [(info.layer_digests[0], tars[0])])
+        with ducc.erofs(src, base / "repo.erofs", base / "repo") as repo:
+            g = Graftfs(base / "store")
+            g.run("init-store", "--uid-mapping", MAPPING, "--gid-mapping", MAPPING, "--layer-repository", str(repo))
+            out = io.StringIO()
+            sn = Snapshotter(str(g.store), log=Logger(LEVELS["info"], out))
+            sn.prepare("ns/1/extract-0", "", _labels(info, 0))
+            assert sn.stat("ns/1/extract-0").kind == KIND_ACTIVE
+            assert "remote-layer-not-used" in out.getvalue() and "ID mappings" in out.getvalue()
+            sn.remove("ns/1/extract-0")
 
 
 def test_a_layer_gone_from_the_repository_is_refused_by_name_never_mounted_empty(
