@@ -172,6 +172,34 @@ def test_a_layer_not_in_the_repository_is_an_ordinary_snapshot(
             sn.remove(key)
 
 
+def test_a_layer_on_parents_of_different_namespaces_is_one_remote_snapshot_per_parent(
+    workdir: Path, image: tuple[OCIImageInfo, list[bytes]]
+) -> None:
+    """Two containerd namespaces that unpacked the bottom layer themselves (it is not in the repository) each
+    get the layer above it from the repository, on their own parent: the second under a name of its own,
+    found as containerd finds it, by its labels and parent."""
+    info, tars = image
+    src = workdir / "repo-src"
+    ducc.write_repository(src, [(info.layer_digests[1], tars[1])])
+    with ducc.erofs(src, workdir / "repo.erofs", workdir / "repo") as repo:
+        g = Graftfs(workdir / "store")
+        g.run("init-store", "--layer-repository", str(repo))
+        sn = Snapshotter(str(g.store))
+        target = info.chain_ids[1]
+        for ns in ("a", "b"):
+            sn.prepare(f"{ns}/1/extract", "", _labels(info, 0))  # not in the repository: unpacked as usual
+            sn.commit(f"{ns}/2/{info.chain_ids[0]}", f"{ns}/1/extract")
+            parent = f"{ns}/2/{info.chain_ids[0]}"
+            with pytest.raises(AlreadyExists, match=target):
+                sn.prepare(f"{ns}/3/extract", parent, _labels(info, 1))
+            (found,) = sn.walk(f'labels."{LABEL_TARGET}"=={target},parent=="{parent}"')
+            assert found.kind == KIND_COMMITTED and found.parent == parent
+        names = sorted(i.name for i in sn.walk(f'labels."{LABEL_TARGET}"=={target}'))
+        assert names[0] == target and names[1].startswith(target + "@") and len(names) == 2
+        for name in [*names, "a/2/" + info.chain_ids[0], "b/2/" + info.chain_ids[0]]:
+            sn.remove(name)
+
+
 def test_a_store_without_a_repository_ignores_the_labels(
     workdir: Path, image: tuple[OCIImageInfo, list[bytes]]
 ) -> None:

@@ -34,9 +34,11 @@ on ``parent``, whose tree is the repository's ``layerfs`` (``fs`` is a symbolic 
 ``below`` link to the layer's shim in the store when its whiteouts are DUCC's plain files), and raises
 AlreadyExists naming the target: containerd then finds it with ``List``
 (``labels."containerd.io/snapshot.ref"==<target>,parent==<parent>``) and never downloads the layer. A target
-that exists already with that parent answers the same (another namespace pulled it); otherwise, or when the
-layer is not in the repository (or cannot be used in place: the log says why), ``prepare`` makes an ordinary
-active snapshot, as without the labels. Such a snapshot's usage is 0 (its tree is the repository's);
+that exists already with that parent answers the same (another namespace pulled it); a target name taken on
+another parent (a namespace that unpacked the layers below itself) or by a pulled layer names the snapshot
+``<target>@<16 hex of the parent's sha256>`` instead (containerd finds it by its labels and parent, not by its
+name). When the layer is not in the repository (or cannot be used in place: the log says why), ``prepare``
+makes an ordinary active snapshot, as without the labels. Such a snapshot's usage is 0 (its tree is the repository's);
 ``remove`` and ``cleanup`` remove the store's record and links, never anything in the repository (symbolic
 links are unlinked, never followed). A repository layer that is gone later (the repository unmounted, or the
 layer removed from it) fails ``mounts``, ``prepare`` and ``view`` on any snapshot whose chain holds it with one
@@ -458,7 +460,16 @@ class Snapshotter:
         if layer is None:
             return
         path, verdict, shim = layer
-        existing = self._find(target)
+        name = target
+        existing = self._find(name)
+        if existing is not None and not (existing.remote is not None and existing.info.parent == parent):
+            # The name is taken: by this layer on another parent (a containerd namespace that unpacked the
+            # layers below it itself), or by a pulled layer of the same chain ID. containerd finds the snapshot
+            # by its labels and parent, not by its name: one per parent, named after it.
+            from hashlib import sha256
+
+            name = f"{target}@{sha256(parent.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+            existing = self._find(name)
         if existing is not None:
             if existing.remote is not None and existing.info.parent == parent:
                 raise AlreadyExists(f"target snapshot `{target}` already exists (layer {digest}, in place)")
@@ -466,11 +477,11 @@ class Snapshotter:
                 "remote-layer-not-used",
                 digest=digest,
                 target=target,
-                reason=f"the store has a snapshot named `{target}` already, on `{existing.info.parent}`",
+                reason=f"the store has a snapshot named `{name}` already, on `{existing.info.parent}`",
             )
             return
         now = time.time_ns()
-        info = Info(target, KIND_COMMITTED, parent, {**labels, LABEL_REMOTE: "remote snapshot"}, now, now)
+        info = Info(name, KIND_COMMITTED, parent, {**labels, LABEL_REMOTE: "remote snapshot"}, now, now)
         snapshot_id = self._new_dir(KIND_COMMITTED, tree=False)
         top = os.path.join(self.dir, snapshot_id)
         try:
@@ -483,7 +494,7 @@ class Snapshotter:
             raise
         self._make(snapshot_id, info, lowers, {"digest": digest, "verdict": verdict})
         if self.log is not None:
-            self.log.info("remote-layer", target=target, digest=digest, layerfs=path, shim=shim)
+            self.log.info("remote-layer", target=target, name=name, digest=digest, layerfs=path, shim=shim)
         raise AlreadyExists(f"target snapshot `{target}`: layer {digest} is in the layer repository, used in place")
 
     def _repository_layer(self, digest: str) -> tuple[str, str, str] | None:
