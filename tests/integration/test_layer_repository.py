@@ -21,6 +21,7 @@ import pytest
 
 import graftfs
 from graftfs.errors import FailedPrecondition
+from graftfs.mount.kernel import mount_all, unmount
 from graftfs.store.snapshots import Snapshotter
 from tests.integration.conftest import GRAFTFS, Graftfs, mounts_under, snapshot
 from tests.support import ducc
@@ -514,9 +515,10 @@ def test_concurrent_cold_creates_in_a_repository_store(workdir: Path, repo_src: 
             g.run("delete", f"c{i}")
 
 
-def test_the_snapshot_core_refuses_by_name_a_layer_standing_on_a_repository_layer(
-    workdir: Path, repo_src: Path
-) -> None:
+def test_the_snapshot_core_stacks_a_pulled_layer_standing_on_a_repository_layer(workdir: Path, repo_src: Path) -> None:
+    """A create records the repository layer it used in place at each chain ID (meta/repository-chains): a
+    snapshot prepared on the pulled layer above it stacks the repository's layer through the store's short
+    link; without that record, it is refused by name, never mounted with a hole in its chain."""
     url, layers = _local_image(workdir)
     ducc.write_repository(repo_src, layers[:1])  # the bottom layer in place, the top one pulled
     with ducc.erofs(repo_src, workdir / "repo.erofs", workdir / "repo") as repo:
@@ -526,6 +528,28 @@ def test_the_snapshot_core_refuses_by_name_a_layer_standing_on_a_repository_laye
         (top,) = g.volumes()
         sn = Snapshotter(str(g.store))
         assert sn.stat(f"sha256:{top}").parent != ""  # it knows what it stands on
+        target = workdir / "rootfs"
+        target.mkdir()
+        mount_all(sn.prepare("k", f"sha256:{top}"), str(target))
+        try:
+            assert (target / "top").read_bytes() == b"t"
+            assert (target / "bin/busybox").is_file()  # the repository's layer, through r/<12 hex>
+            assert not (target / ".cvmfscatalog").exists()
+        finally:
+            unmount(str(target))
+        sn.remove("k")
+        # A new revision of the repository without the base layer: refused by name, never mounted without it.
+        sn.prepare("running", f"sha256:{top}")
+        subprocess.run(["umount", str(repo)], check=True)
+        ducc.layer_dir(repo_src, layers[0][0]).rename(workdir / "elsewhere")
+        ducc.make_erofs(repo_src, workdir / "repo2.erofs")
+        ducc.mount_erofs(workdir / "repo2.erofs", repo)
+        with pytest.raises(FailedPrecondition, match=f"layer {layers[0][0]} is gone from the layer repository"):
+            sn.mounts("running")
+        sn.remove("running")
+        records = g.store / "meta" / "repository-chains"
+        assert len(os.listdir(records)) == 1
+        shutil.rmtree(records)
         with pytest.raises(FailedPrecondition, match=r"is not in the store \(a layer of its layer repository\)"):
             sn.prepare("k", f"sha256:{top}")
         assert [i.name for i in sn.walk("kind==active")] == []

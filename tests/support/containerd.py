@@ -27,6 +27,9 @@ from graftfs.mount import kernel
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
+#: stargz-snapshotter's ctr (Debian package stargz-snapshotter): ``images rpull`` labels each layer's prepare
+#: for remote snapshotters.
+CTR_REMOTE = "/usr/bin/ctr-remote"
 DISABLED_PLUGINS = [
     "io.containerd.grpc.v1.cri",
     "io.containerd.snapshotter.v1.aufs",
@@ -84,8 +87,11 @@ class Containerd:
         """The argv prefix that runs a command in containerd's mount namespace."""
         return ["nsenter", f"--mount=/proc/{self.proc.pid}/ns/mnt", "--"]
 
-    def ctr(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        argv = [*self.enter(), CTR, "-a", self.address, "-n", self.namespace, *args]
+    def ctr(
+        self, *args: str, check: bool = True, timeout: float = 300, binary: str = ""
+    ) -> subprocess.CompletedProcess[str]:
+        """``ctr`` (or ``binary``, a client with ctr's global flags: ``ctr-remote``) on this containerd."""
+        argv = [*self.enter(), binary or CTR, "-a", self.address, "-n", self.namespace, *args]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise AssertionError(

@@ -61,12 +61,21 @@ def tree(path: Path) -> dict[str, tuple[int, int, int, int, bytes | str]]:
     return out
 
 
+def make_erofs(source: Path, image: Path) -> None:
+    subprocess.run([MKFS_EROFS, "--quiet", str(image), str(source)], check=True, capture_output=True)
+
+
+def mount_erofs(image: Path, mountpoint: Path) -> None:
+    """The erofs image ``image`` mounted read-only at ``mountpoint``, straight from the file."""
+    mountpoint.mkdir(parents=True, exist_ok=True)
+    kernel._call_mount(os.fsencode(str(image)), str(mountpoint), b"erofs", kernel.MS_RDONLY, None)
+
+
 @contextmanager
 def erofs(source: Path, image: Path, mountpoint: Path) -> Iterator[Path]:
     """``source`` as an erofs image at ``image``, mounted read-only at ``mountpoint`` (from the file)."""
-    subprocess.run([MKFS_EROFS, "--quiet", str(image), str(source)], check=True, capture_output=True)
-    mountpoint.mkdir(parents=True, exist_ok=True)
-    kernel._call_mount(os.fsencode(str(image)), str(mountpoint), b"erofs", kernel.MS_RDONLY, None)
+    make_erofs(source, image)
+    mount_erofs(image, mountpoint)
     try:
         yield mountpoint
     finally:

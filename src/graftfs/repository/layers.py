@@ -47,6 +47,10 @@ by ``init-store``, recorded); elsewhere such layers are pulled, and the log says
 
 ``clean`` and ``delete`` never touch the repository: the store only links to it, and ``clean`` collects
 volumes (``volumes/``), never anything under ``r/``.
+
+The snapshot core (:mod:`graftfs.store.snapshots`) uses the same :class:`Repository` (``find``, ``verdict``,
+``shim``) for containerd's remote layers: a layer containerd's unpacker labels with its digest is committed
+as a snapshot whose tree is the layer's ``layerfs``, and is never downloaded.
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def sweep_repository_temps(layout: Layout, failures: list[str]) -> list[str]:
     never looked at."""
     removed: list[str] = []
     horizon = time.time() - REPOSITORY_TEMP_AGE
-    for directory in (layout.repository_links, layout.repository_verdicts):
+    for directory in (layout.repository_links, layout.repository_verdicts, layout.repository_chains):
         try:
             names = os.listdir(directory)
         except FileNotFoundError:

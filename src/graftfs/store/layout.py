@@ -9,6 +9,7 @@
 <store>/meta/plain-http/<host>                         insecure registries that speak plain HTTP
 <store>/meta/layer-repository.json                     the store's layer repository, if it has one
 <store>/meta/repository-layers/<hex>                   a repository layer's verdict (usable in place, or why not)
+<store>/meta/repository-chains/<chain-hex>             a repository layer used in place at that chain ID
 <store>/r/<short-hex> -> <repository>/.layers/…/layerfs  short lowerdir names of repository layers
 <store>/r/.hide/                                       a lower hiding DUCC's .cvmfscatalog markers
 <store>/locks/*.lock                                   flock files
@@ -118,6 +119,12 @@ class Layout:
     @property
     def repository_verdicts(self) -> str:
         return os.path.join(self.meta, "repository-layers")
+
+    @property
+    def repository_chains(self) -> str:
+        """``<chain id hex>`` -> the repository layer a create used in place at that chain ID, and the chain ID
+        below it (``{"digest", "parent"}``): how the snapshot core stacks a pulled layer that stands on it."""
+        return os.path.join(self.meta, "repository-chains")
 
     @property
     def repository_links(self) -> str:

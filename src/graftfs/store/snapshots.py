@@ -23,11 +23,34 @@ In a graftfs store, the layers pulled for images (``volumes/<chain-id-hex>``) ar
 keeps them from ``clean`` by a record of its own in ``meta/dependencies/snapshot:<id>.json``, written
 while their locks are held, as an image's commit record is.
 
+**Remote layers** (containerd's remote-snapshot protocol, as CernVM-FS's and stargz's snapshotters serve it):
+containerd's unpacker prepares each layer's snapshot with the label ``containerd.io/snapshot.ref`` (the
+layer's chain ID, the committed snapshot it wants) and passes the layer descriptor's ``containerd.io/snapshot/``
+annotations on as labels: ``containerd.io/snapshot/cri.layer-digest`` (CRI) or
+``containerd.io/snapshot/remote/stargz.digest`` (``ctr-remote images rpull``) name the layer's compressed
+digest. When that layer is in the store's layer repository (:mod:`graftfs.repository.layers`, DUCC's layout)
+and the store can stack it as it is, ``prepare`` makes the committed snapshot named after the target at once,
+on ``parent``, whose tree is the repository's ``layerfs`` (``fs`` is a symbolic link to it, and ``above`` and
+``below`` link to the layer's shim in the store when its whiteouts are DUCC's plain files), and raises
+AlreadyExists naming the target: containerd then finds it with ``List``
+(``labels."containerd.io/snapshot.ref"==<target>,parent==<parent>``) and never downloads the layer. A target
+that exists already with that parent answers the same (another namespace pulled it); a target name taken on
+another parent (a namespace that unpacked the layers below itself) or by a pulled layer names the snapshot
+``<target>@<16 hex of the parent's sha256>`` instead (containerd finds it by its labels and parent, not by its
+name). When the layer is not in the repository (or cannot be used in place: the log says why), ``prepare``
+makes an ordinary active snapshot, as without the labels. Such a snapshot's usage is 0 (its tree is the repository's);
+``remove`` and ``cleanup`` remove the store's record and links, never anything in the repository (symbolic
+links are unlinked, never followed). A repository layer that is gone later (the repository unmounted, or the
+layer removed from it) fails ``mounts``, ``prepare`` and ``view`` on any snapshot whose chain holds it with one
+line naming the layer: never an overlay with a hole in it.
+
 On disk, beside the store's own directories::
 
     snapshots/<id>/info.json    the record: name, kind, parent, labels, times, and the parent chain's ids
     snapshots/<id>/fs           the snapshot's tree (an active snapshot's overlay upperdir)
     snapshots/<id>/work         an active snapshot's overlay workdir
+    snapshots/<id>/fs -> <repository>/.layers/<hh>/<hex>/layerfs     a remote layer's tree (and, when it
+    snapshots/<id>/{above,below} -> <store>/r/<12 hex>.shim/…        has a shim, the shim's two lowers)
     snapshots/keys/<sha256(key)> -> ../<id>     the index of keys and names
     locks/snapshots.lock        held exclusively by every verb that changes something, shared by walk
 
@@ -48,7 +71,7 @@ import time
 
 from .. import jsonc
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, os_reason
-from .fsutil import atomic_write, remove_tree, unlink
+from .fsutil import atomic_write, read_text, remove_tree, unlink
 from .layout import GC_PREFIX, Layout
 from .locks import FileLock
 
@@ -56,7 +79,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
 
+    from ..log import Logger
     from ..mount.spec import Mount
+    from .features import Features
 
 KIND_VIEW = "view"
 KIND_ACTIVE = "active"
@@ -66,6 +91,18 @@ KIND_COMMITTED = "committed"
 #: a removal of a large tree happens after the lock is let go).
 LOCK_WAIT = 30.0
 _CHAIN_PREFIX = "sha256:"
+#: containerd's unpacker: the committed snapshot a layer's prepare is for (its chain ID).
+LABEL_TARGET = "containerd.io/snapshot.ref"
+#: The layer's compressed (manifest) digest, as CRI and as ``ctr-remote images rpull`` (stargz) label it.
+LABEL_DIGESTS = ("containerd.io/snapshot/cri.layer-digest", "containerd.io/snapshot/remote/stargz.digest")
+#: Set on a remote layer's snapshot, as stargz's snapshotter marks its own.
+LABEL_REMOTE = "containerd.io/snapshot/remote"
+#: A lowers entry of a remote layer: ``repo:<verdict>:<id>`` (the layer's verdict says if it has a shim and a
+#: marker to hide, so mounts read nothing more than one stat per remote layer).
+_REPO_PREFIX = "repo:"
+#: A lowers entry of a repository layer a Garden create used in place (no snapshot record of its own):
+#: ``layer:<verdict>:<digest hex>``, stacked through the store's short link ``r/<12 hex>`` (and shim).
+_LAYER_PREFIX = "layer:"
 _ID_BYTES = 5  # 10 hex digits: short lowerdir paths (``<id>/fs:``, 14 bytes a layer) and no collisions
 
 
@@ -124,13 +161,25 @@ class Usage:
 class _Found:
     """A snapshot found by key: its directory id (None for a pulled layer) and record."""
 
-    __slots__ = ("id", "info", "lowers", "volume")
+    __slots__ = ("id", "info", "lowers", "remote", "volume")
 
-    def __init__(self, id: str | None, info: Info, lowers: list[str], volume: str = "") -> None:
+    def __init__(
+        self, id: str | None, info: Info, lowers: list[str], volume: str = "", remote: dict[str, str] | None = None
+    ) -> None:
         self.id = id
         self.info = info
-        self.lowers = lowers  # the parent chain's directories (``<id>`` or ``volume:<hex>``), nearest first
+        # The parent chain's directories (``<id>``, ``volume:<hex>`` or ``repo:<verdict>:<id>``), nearest first.
+        self.lowers = lowers
         self.volume = volume
+        self.remote = remote  # a remote layer's ``{"digest", "verdict"}``
+
+    def entry(self) -> str:
+        """How the lowers of the snapshots on this one name it."""
+        if self.id is None:
+            return "volume:" + self.volume
+        if self.remote is not None:
+            return f"{_REPO_PREFIX}{self.remote['verdict']}:{self.id}"
+        return self.id
 
 
 class Snapshotter:
@@ -141,8 +190,9 @@ class Snapshotter:
     overlay mount; by default the store's (its layers' whiteouts may be ``user.*`` xattrs, which need
     ``userxattr``)."""
 
-    def __init__(self, root: str, overlay_options: Sequence[str] | None = None) -> None:
+    def __init__(self, root: str, overlay_options: Sequence[str] | None = None, log: Logger | None = None) -> None:
         self.layout = Layout.at(root)
+        self.log = log
         self.dir = os.path.join(self.layout.root, "snapshots")
         self.keys = os.path.join(self.dir, "keys")
         os.makedirs(os.path.dirname(self.layout.root), exist_ok=True)
@@ -184,6 +234,8 @@ class Snapshotter:
     def usage(self, key: str) -> Usage:
         """Disk used by the snapshot's own tree: an active snapshot's writes so far, a layer's contents."""
         found = self._get(key)
+        if found.remote is not None:
+            return Usage()  # the repository's, not the store's
         from .fsutil import usage
 
         return Usage(*usage(self._tree(found)))
@@ -226,7 +278,12 @@ class Snapshotter:
         containerd's metadata store) if ``parent`` is not committed. ``make_dir`` makes the snapshot's
         directory (mode 0700; its ``fs`` and ``work`` go in it) instead of ``os.mkdir``: a quota backend's
         ``make_image_dir`` (a btrfs subvolume, an XFS project), so that the snapshot's writes can be limited
-        (a front end's ``size=``); removing the snapshot removes it as any directory."""
+        (a front end's ``size=``); removing the snapshot removes it as any directory.
+
+        With the labels of containerd's remote-snapshot protocol (:data:`LABEL_TARGET` and one of
+        :data:`LABEL_DIGESTS`) for a layer in the store's layer repository: the committed snapshot named by
+        :data:`LABEL_TARGET` is made from it on ``parent``, and AlreadyExists names it (see the module's
+        documentation); ``key`` is not made."""
         return self._create(KIND_ACTIVE, key, parent, labels, make_dir)
 
     def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None) -> list[Mount]:
@@ -249,7 +306,7 @@ class Snapshotter:
             # The name's link first (invisible: its record still carries the key), then the record (the
             # commit point), then the key's link (invisible from the commit point on).
             self._link(name, found.id)
-            self._write(found.id, info, found.lowers)
+            self._write(found.id, info, found.lowers, found.remote)
             unlink(self._key_path(key))
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
@@ -274,7 +331,7 @@ class Snapshotter:
                     else:
                         labels.pop(label, None)
             new = Info(found.info.name, found.info.kind, found.info.parent, labels, found.info.created, time.time_ns())
-            self._write(found.id, new, found.lowers)
+            self._write(found.id, new, found.lowers, found.remote)
             return new
 
     def remove(self, key: str) -> None:
@@ -290,8 +347,9 @@ class Snapshotter:
             if child is not None:
                 raise FailedPrecondition(f"cannot remove snapshot `{key}`: it is the parent of `{child}`")
             unlink(self._key_path(key))  # the commit point: gone for everyone
-            if found.lowers and not found.lowers[0].startswith("volume:"):
-                unlink(os.path.join(self.dir, found.lowers[0], "children", found.id))
+            below = _nearest_record(found.lowers)
+            if below is not None:
+                unlink(os.path.join(self.dir, below, "children", found.id))
             # Renamed first, so that what a kill leaves half removed is plainly garbage to ``cleanup``.
             doomed = os.path.join(self.dir, GC_PREFIX + found.id)
             os.rename(os.path.join(self.dir, found.id), doomed)
@@ -371,39 +429,227 @@ class Snapshotter:
             if self._find(key) is not None:
                 raise AlreadyExists(f"snapshot `{key}` already exists")
             lowers: list[str] = []
-            base = None
             if parent:
                 base = self._get(parent, what="parent snapshot")
                 if base.info.kind != KIND_COMMITTED:
                     raise InvalidArgument(f"parent snapshot `{parent}` is not committed")
-                lowers = self._volume_chain(base.volume) if base.id is None else [base.id, *base.lowers]
+                lowers = self._volume_chain(base.volume) if base.id is None else [base.entry(), *base.lowers]
+            self._lower_dirs(lowers)  # a repository layer gone from under the chain is refused by name
+            if kind == KIND_ACTIVE and labels and labels.get(LABEL_TARGET):
+                self._remote(parent, labels, lowers)  # AlreadyExists when the target is made from the repository
             now = time.time_ns()
             info = Info(key, kind, parent, labels, now, now)
             self._check_fits(_Found("0" * 2 * _ID_BYTES, info, lowers))
             snapshot_id = self._new_dir(kind, make_dir)
-            try:
-                if base is not None and base.id is not None:
-                    # The parent's list of children, so that its remove looks at those and not at every record.
-                    children = os.path.join(self.dir, base.id, "children")
-                    os.makedirs(children, mode=0o700, exist_ok=True)
-                    os.close(
-                        os.open(os.path.join(children, snapshot_id), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600)
-                    )
-                volumes = [lower[len("volume:") :] for lower in lowers if lower.startswith("volume:")]
-                held = self._hold(volumes)
-                try:
-                    if volumes:
-                        atomic_write(self._record(snapshot_id), jsonc.dumps(volumes).encode(), sync=False)
-                    self._write(snapshot_id, info, lowers)
-                    self._link(key, snapshot_id)  # the commit point
-                finally:
-                    for lock in held:
-                        lock.release()
-            except BaseException:
-                unlink(self._record(snapshot_id))
-                remove_tree(os.path.join(self.dir, snapshot_id))
-                raise
+            self._make(snapshot_id, info, lowers)
             return self._mounts(_Found(snapshot_id, info, lowers))
+
+    def _make(self, snapshot_id: str, info: Info, lowers: list[str], remote: dict[str, str] | None = None) -> None:
+        """Record the snapshot ``info`` in its new directory ``snapshot_id`` and give it its key (the commit
+        point); on failure, the directory is removed. Called with the lock held."""
+        try:
+            below = _nearest_record(lowers)
+            if below is not None:
+                # The parent's list of children, so that its remove looks at those and not at every record.
+                children = os.path.join(self.dir, below, "children")
+                os.makedirs(children, mode=0o700, exist_ok=True)
+                os.close(os.open(os.path.join(children, snapshot_id), os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            volumes = [lower[len("volume:") :] for lower in lowers if lower.startswith("volume:")]
+            held = self._hold(volumes)
+            try:
+                if volumes:
+                    atomic_write(self._record(snapshot_id), jsonc.dumps(volumes).encode(), sync=False)
+                self._write(snapshot_id, info, lowers, remote)
+                self._link(info.name, snapshot_id)  # the commit point
+            finally:
+                for lock in held:
+                    lock.release()
+        except BaseException:
+            unlink(self._record(snapshot_id))
+            remove_tree(os.path.join(self.dir, snapshot_id))  # symbolic links unlinked, never followed
+            raise
+
+    # -- remote layers ----------------------------------------------------------------------------------------
+
+    def _remote(self, parent: str, labels: Mapping[str, str], lowers: list[str]) -> None:
+        """containerd's remote-snapshot protocol: when the layer the labels name is in the store's layer
+        repository and can be stacked as it is, make the committed snapshot ``labels[LABEL_TARGET]`` from it
+        on ``parent`` (or find it made already on that parent) and raise AlreadyExists naming it. Returns
+        when the layer is to be unpacked as usual (the reason is logged)."""
+        target = labels[LABEL_TARGET]
+        digest = next((labels[name] for name in LABEL_DIGESTS if labels.get(name)), "")
+        if not digest:
+            return  # a plain `ctr images pull`: containerd's unpacker sends the target only
+        layer = self._repository_layer(digest)
+        if layer is None:
+            return
+        path, verdict, shim = layer
+        name = target
+        existing = self._find(name)
+        if existing is not None and not (existing.remote is not None and existing.info.parent == parent):
+            # The name is taken: by this layer on another parent (a containerd namespace that unpacked the
+            # layers below it itself), or by a pulled layer of the same chain ID. containerd finds the snapshot
+            # by its labels and parent, not by its name: one per parent, named after it.
+            from hashlib import sha256
+
+            name = f"{target}@{sha256(parent.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+            existing = self._find(name)
+        if existing is not None:
+            if existing.remote is not None and existing.info.parent == parent:
+                raise AlreadyExists(f"target snapshot `{target}` already exists (layer {digest}, in place)")
+            self._note(
+                "remote-layer-not-used",
+                digest=digest,
+                target=target,
+                reason=f"the store has a snapshot named `{name}` already, on `{existing.info.parent}`",
+            )
+            return
+        now = time.time_ns()
+        info = Info(name, KIND_COMMITTED, parent, {**labels, LABEL_REMOTE: "remote snapshot"}, now, now)
+        snapshot_id = self._new_dir(KIND_COMMITTED, tree=False)
+        top = os.path.join(self.dir, snapshot_id)
+        try:
+            os.symlink(path, os.path.join(top, "fs"))
+            if shim:
+                for half in ("above", "below"):
+                    os.symlink(os.path.join(self.layout.root, shim, half), os.path.join(top, half))
+        except BaseException:
+            remove_tree(top)
+            raise
+        self._make(snapshot_id, info, lowers, {"digest": digest, "verdict": verdict})
+        if self.log is not None:
+            self.log.info("remote-layer", target=target, name=name, digest=digest, layerfs=path, shim=shim)
+        raise AlreadyExists(f"target snapshot `{target}`: layer {digest} is in the layer repository, used in place")
+
+    def _repository_layer(self, digest: str) -> tuple[str, str, str] | None:
+        """The layer ``digest`` in the store's layer repository as a remote snapshot stacks it: its
+        ``layerfs``, its verdict and its shim relative to the store ("" if none); None when the store has no
+        repository, the layer is not in it, or it cannot be used in place here (logged)."""
+        record = read_text(self.layout.layer_repository_file)
+        if not record:
+            return None
+        from ..errors import GraftfsError
+        from ..idmap import IdMap, Namespace
+        from ..repository import layers
+
+        try:
+            root = layers.check(layers.parse(record)[0])
+            repository = layers.Repository(self.layout, root)
+            path = repository.find(digest)
+            if path is None:
+                if self.log is not None:
+                    self.log.debug("remote-layer-not-in-repository", digest=digest, repository=root)
+                return None
+            namespace = Namespace.from_json(read_text(self.layout.namespace_file))
+            feats = self._features()
+            why = ""
+            if namespace.uid_mappings or namespace.gid_mappings:
+                why = "this store has ID mappings: its repository's layers would need idmapped mounts, which "
+                why += "containerd's mounts cannot express"
+            elif feats is not None and feats.overlay != "kernel":
+                why = f"this store's overlay is {feats.overlay}, not the kernel's"
+            if why:
+                self._note("remote-layer-not-used", digest=digest, reason=why)
+                return None
+            verdict = repository.verdict(digest, path)
+            flags = verdict.split(",")
+            if layers.HIDE in flags and not os.path.lexists(
+                os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER)
+            ):
+                why = "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
+            elif layers.SHIM in flags and feats is not None and feats.whiteouts != "device":
+                why = "it holds OCI whiteouts as plain files, and this store cannot make the overlay whiteouts"
+            if why:
+                self._note("remote-layer-not-used", digest=digest, reason=why)
+                return None
+            shim = ""
+            if layers.SHIM in flags:
+                identity = IdMap([])
+                shim = repository.shim(digest, path, identity, identity, feats.xattrs if feats else "trusted")
+        except GraftfsError as exc:
+            # A repository that is not mounted, or that others could write: its layers are downloaded.
+            self._note("remote-layer-not-used", digest=digest, reason=str(exc))
+            return None
+        return path, verdict, shim
+
+    def _features(self) -> Features | None:
+        if not os.path.isfile(self.layout.features_file):
+            return None
+        from .features import load
+
+        return load(self.layout)
+
+    def _note(self, action: str, **data: str) -> None:
+        if self.log is not None:
+            self.log.info(action, **data)
+
+    def _lower_dirs(self, lowers: Sequence[str]) -> list[str]:
+        """The directories of the lowers entries ``lowers`` (nearest first) as an overlay stacks them: a remote
+        layer's shim around it, the store's ``r/.hide`` on top when a remote layer has DUCC's marker.
+        FailedPrecondition naming the layer if a remote layer is gone from the repository."""
+        dirs: list[str] = []
+        hide = False
+        for entry in lowers:
+            if entry.startswith("volume:"):
+                dirs.append(self._dir(entry))
+                continue
+            if entry.startswith(_LAYER_PREFIX):
+                # A repository layer a Garden create used in place: its short link and shim in the store.
+                verdict, _, hexd = entry[len(_LAYER_PREFIX) :].partition(":")
+                link = os.path.join(self.layout.repository_links, hexd[:12])
+                parts = [link]
+                if "shim" in verdict.split(","):
+                    parts = [os.path.join(link + ".shim", "above"), link, os.path.join(link + ".shim", "below")]
+                for part in parts:
+                    if not os.path.isdir(part):
+                        raise self._gone_link(hexd, link, part)
+                dirs += parts
+                hide = hide or "hide" in verdict.split(",")
+                continue
+            if not entry.startswith(_REPO_PREFIX):
+                dirs.append(self._dir(entry))
+                continue
+            verdict, _, snapshot_id = entry[len(_REPO_PREFIX) :].partition(":")
+            top = os.path.join(self.dir, snapshot_id)
+            flags = verdict.split(",")
+            parts = [os.path.join(top, "fs")]
+            if "shim" in flags:
+                parts = [os.path.join(top, "above"), parts[0], os.path.join(top, "below")]
+            for part in parts:
+                if not os.path.isdir(part):
+                    raise self._gone(top, part)
+            dirs += parts
+            hide = hide or "hide" in flags
+        if hide:
+            dirs.insert(0, self.layout.repository_hide)
+        return dirs
+
+    def _gone_link(self, hexd: str, link: str, missing: str) -> FailedPrecondition:
+        if missing == link:
+            where = os.readlink(link) if os.path.islink(link) else link
+            return FailedPrecondition(
+                f"layer {_CHAIN_PREFIX}{hexd} is gone from the layer repository ({where} does not exist): the "
+                "snapshots on it cannot be mounted"
+            )
+        return FailedPrecondition(
+            f"the shim of repository layer {_CHAIN_PREFIX}{hexd} is gone from the store ({missing})"
+        )
+
+    def _gone(self, top: str, missing: str) -> FailedPrecondition:
+        try:
+            layerfs = os.readlink(os.path.join(top, "fs"))
+        except OSError:
+            layerfs = os.path.join(top, "fs")
+        digest = _CHAIN_PREFIX + os.path.basename(os.path.dirname(layerfs))
+        where = os.readlink(missing) if os.path.islink(missing) else missing
+        if missing.endswith("/fs"):
+            return FailedPrecondition(
+                f"layer {digest} is gone from the layer repository ({where} does not exist): the snapshots on it "
+                "cannot be mounted"
+            )
+        return FailedPrecondition(
+            f"the shim of repository layer {digest} is gone from the store ({where} does not exist)"
+        )
 
     def _children(self, snapshot_id: str) -> Iterator[str]:
         """The keys of the snapshots on ``snapshot_id`` (an entry whose child never got its key, or lost it
@@ -419,7 +665,9 @@ class Snapshotter:
                 if found is not None and found.id == child_id:
                     yield loaded.info.name
 
-    def _new_dir(self, kind: str, make_dir: Callable[[str], None] | None = None) -> str:
+    def _new_dir(self, kind: str, make_dir: Callable[[str], None] | None = None, tree: bool = True) -> str:
+        """A new snapshot directory (made by ``make_dir`` if given): with its ``fs`` (unless not ``tree``: a
+        remote layer's is a link) and, for an active snapshot, its ``work``."""
         while True:
             snapshot_id = os.urandom(_ID_BYTES).hex()
             path = os.path.join(self.dir, snapshot_id)
@@ -433,6 +681,8 @@ class Snapshotter:
             except FileExistsError:
                 continue
             break
+        if not tree:
+            return snapshot_id
         os.mkdir(os.path.join(path, "fs"), 0o755)
         os.chmod(os.path.join(path, "fs"), 0o755)  # whatever the umask: a root file system is 0755
         if kind == KIND_ACTIVE:
@@ -458,8 +708,8 @@ class Snapshotter:
             raise
         return held
 
-    def _write(self, snapshot_id: str, info: Info, lowers: list[str]) -> None:
-        record = {
+    def _write(self, snapshot_id: str, info: Info, lowers: list[str], remote: dict[str, str] | None = None) -> None:
+        record: dict[str, object] = {
             "name": info.name,
             "kind": info.kind,
             "parent": info.parent,
@@ -468,6 +718,8 @@ class Snapshotter:
             "updated": info.updated,
             "lowers": lowers,
         }
+        if remote is not None:
+            record["repository"] = remote
         # Not fsynced: like an image's commit record, it falls back with the tree it describes on a power cut.
         atomic_write(os.path.join(self.dir, snapshot_id, "info.json"), jsonc.dumps(record).encode(), 0o600, sync=False)
 
@@ -511,7 +763,8 @@ class Snapshotter:
         info = Info(
             record["name"], record["kind"], record["parent"], record["labels"], record["created"], record["updated"]
         )
-        return _Found(snapshot_id, info, list(record["lowers"]))
+        remote = record.get("repository")
+        return _Found(snapshot_id, info, list(record["lowers"]), remote=dict(remote) if remote else None)
 
     def _volume(self, key: str) -> _Found | None:
         """A layer pulled for images, as the committed snapshot ``sha256:<chain id>``. Its ``lowers`` are
@@ -533,8 +786,6 @@ class Snapshotter:
         """The layer below a pulled layer ("" for a bottom layer), from its size record; None when unknown.
         Layers built before parents were recorded (and a GrootFS store's) say nothing: their parent is then
         read from an image's commit record that lists the layer (bottom first, so the entry before it)."""
-        from .fsutil import read_text
-
         try:
             record = jsonc.loads(read_text(self.layout.volume_meta(volume_id), "{}"))
         except ValueError:
@@ -559,8 +810,19 @@ class Snapshotter:
         below: str | None = volume_id
         while below:
             if not os.path.isdir(self.layout.volume(below)):
-                # Pulled above a layer used in place from the store's layer repository (store.repository),
-                # which snapshots do not stack (yet): refused by name rather than mounted with a hole in it.
+                # Pulled above a layer used in place from the store's layer repository: stacked through the
+                # snapshot of that name if there is one (containerd pulled the layer as a remote layer: the
+                # same chain ID names both), else through the record the create wrote of the layer it used
+                # in place there (meta/repository-chains), else refused by name rather than mounted with a
+                # hole in it.
+                named = self._find(_CHAIN_PREFIX + below)
+                if named is not None and named.id is not None and named.info.kind == KIND_COMMITTED:
+                    return [*chain, named.entry(), *named.lowers]
+                used = self._repository_chain(below)
+                if used is not None and used[0] not in chain:
+                    entry, below = used
+                    chain.append(entry)
+                    continue
                 raise FailedPrecondition(
                     f"layer `{_CHAIN_PREFIX}{top}` stands on `{_CHAIN_PREFIX}{below}`, which is not in the store "
                     "(a layer of its layer repository): snapshots cannot be prepared on it"
@@ -575,6 +837,21 @@ class Snapshotter:
                 "record the layer below it, and no image names it: snapshots cannot be prepared on it"
             )
         return chain
+
+    def _repository_chain(self, chain_id: str) -> tuple[str, str] | None:
+        """The lowers entry (``layer:<verdict>:<digest hex>``) of the repository layer a create used in place
+        at ``chain_id``, and the chain ID below it; None if no create recorded one."""
+        try:
+            record = jsonc.loads(read_text(os.path.join(self.layout.repository_chains, chain_id), "null"))
+        except ValueError:
+            return None
+        if not (isinstance(record, dict) and isinstance(record.get("digest"), str)):
+            return None
+        hexd = record["digest"].partition(":")[2]
+        verdict = read_text(os.path.join(self.layout.repository_verdicts, hexd), "\0")
+        if verdict == "\0" or verdict.startswith("writable:"):
+            return None
+        return f"{_LAYER_PREFIX}{verdict}:{hexd}", str(record.get("parent", ""))
 
     def _all(self) -> list[_Found]:
         found = []
@@ -625,7 +902,7 @@ class Snapshotter:
 
         assert found.id is not None
         fs = os.path.join(self.dir, found.id, "fs")
-        lowers = [self._dir(lower) for lower in found.lowers]
+        lowers = self._lower_dirs(found.lowers)
         if found.info.kind == KIND_VIEW:
             if len(lowers) <= 1:
                 # A view of one layer is that layer, read-only; of nothing, an empty directory.
@@ -653,6 +930,16 @@ def _listdir(path: str) -> list[str]:
 def _check_key(key: str) -> None:
     if not isinstance(key, str) or not key:
         raise InvalidArgument("a snapshot key must be a non-empty string")
+
+
+def _nearest_record(lowers: Sequence[str]) -> str | None:
+    """The directory id of the nearest snapshot below, in a lowers list, that has a record (not a pulled
+    layer): the one whose ``children`` lists the snapshot."""
+    for entry in lowers:
+        if entry.startswith(("volume:", _LAYER_PREFIX)):
+            continue
+        return entry.rpartition(":")[2]
+    return None
 
 
 def _is_hex(text: str) -> bool:
@@ -770,6 +1057,8 @@ def _condition(path: list[str], op: str, value: str, text: str) -> Condition:
         if path[0] == "labels" and len(path) > 1:
             return info.labels.get(".".join(path[1:]))
         if len(path) == 1 and path[0] in ("name", "kind", "parent"):
+            # Always present, empty or not (containerd's snapshot adaptor): `parent==""` selects the
+            # snapshots on nothing, which containerd's metadata store asks for after a remote layer's prepare.
             found: str = getattr(info, path[0])
             return found
         return None

@@ -15,8 +15,12 @@ onto one :class:`graftfs.store.snapshots.Snapshotter` over the store:
   (:func:`graftfs.errors.grpc_code`, the one table) with its one-line message; anything else becomes INTERNAL
   with one line, and is logged with its traceback. A client never sees a traceback.
 
-Not here yet (issue 15): remote layers (``containerd.io/snapshot.ref`` answered with ALREADY_EXISTS when the
-layer is in the store's repository); that needs the layer repository.
+Remote layers: a ``Prepare`` that carries containerd's ``containerd.io/snapshot.ref`` and a layer digest label
+(``containerd.io/snapshot/cri.layer-digest``, or ``containerd.io/snapshot/remote/stargz.digest`` as
+``ctr-remote images rpull`` sends it) for a layer in the store's layer repository answers ALREADY_EXISTS after
+the core made the committed snapshot from the repository (:mod:`graftfs.store.snapshots`); containerd then
+finds it with ``List`` and the filter ``labels."containerd.io/snapshot.ref"==<chain>,parent=="<parent>"``, and
+downloads nothing. The labels pass through as they are.
 
 grpc and protobuf (the ``containerd`` extra) are imported by this module, which only ``serve`` imports.
 """
@@ -268,7 +272,7 @@ def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
 
     os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
     _claim_socket(socket_path)
-    snapshotter = Snapshotter(root)
+    snapshotter = Snapshotter(root, log=log)
     service = Service(snapshotter, log)
     stopping = threading.Event()
 
