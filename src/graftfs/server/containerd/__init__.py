@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 import traceback
@@ -39,8 +38,9 @@ from typing import Any
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
-from ...errors import FailedPrecondition, GraftfsError, InvalidArgument, grpc_code
+from ...errors import GraftfsError, InvalidArgument, grpc_code
 from ...store.snapshots import KIND_ACTIVE, KIND_COMMITTED, KIND_VIEW, Info, Snapshotter
+from .. import claim_socket
 from .proto import mount_pb2
 from .proto import snapshots_pb2 as pb
 
@@ -237,28 +237,6 @@ class Service:
 # -- serving ----------------------------------------------------------------------------------------------------
 
 
-def _claim_socket(path: str) -> None:
-    """Remove a socket left at ``path`` by a server that is gone; refuse one another server listens on, and
-    anything that is not a socket."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FailedPrecondition(f"cannot serve on {path}: it exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # stale: nobody accepts on it
-        return
-    finally:
-        probe.close()
-    raise FailedPrecondition(f"cannot serve on {path}: another server is listening on it")
-
-
 def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
     """Serve the snapshot service over the store (or bare directory) ``root`` on the unix socket
     ``socket_path`` (mode 0600) until SIGTERM or SIGINT, then stop gracefully: calls under way finish (for
@@ -271,7 +249,7 @@ def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
     from concurrent import futures
 
     os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
-    _claim_socket(socket_path)
+    claim_socket(socket_path)
     snapshotter = Snapshotter(root, log=log)
     service = Service(snapshotter, log)
     stopping = threading.Event()

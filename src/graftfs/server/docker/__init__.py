@@ -27,7 +27,6 @@ import io
 import json
 import os
 import signal
-import socket
 import socketserver
 import threading
 import time
@@ -35,7 +34,8 @@ import traceback
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
-from ...errors import FailedPrecondition, GraftfsError, InvalidArgument, os_reason
+from ...errors import GraftfsError, InvalidArgument, os_reason
+from .. import claim_socket
 from .driver import Driver, id_maps
 
 TYPE_CHECKING = False
@@ -346,28 +346,6 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(path, Handler)
 
 
-def _claim_socket(path: str) -> None:
-    """Remove a socket left at ``path`` by a server that is gone; refuse one another server listens on, and
-    anything that is not a socket."""
-    import stat
-
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise FailedPrecondition(f"cannot serve on {path}: it exists and is not a socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-        return
-    finally:
-        probe.close()
-    raise FailedPrecondition(f"cannot serve on {path}: another server is listening on it")
-
-
 def serve(root: str, socket_path: str, log: Logger) -> int:
     """Serve the graphdriver over the store (or bare directory) ``root`` on the unix socket ``socket_path``
     (mode 0600) until SIGTERM or SIGINT; then calls under way finish (up to 30 s) and the socket is removed.
@@ -378,7 +356,7 @@ def serve(root: str, socket_path: str, log: Logger) -> int:
     if len(socket_path.encode()) > 107:
         raise InvalidArgument(f"socket path {socket_path} is longer than a unix socket's 107 bytes")
     os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
-    _claim_socket(socket_path)
+    claim_socket(socket_path)
     plugin = Plugin(Driver(root, log), log)
     stopping = threading.Event()
 
