@@ -241,15 +241,9 @@ def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
     """Serve the snapshot service over the store (or bare directory) ``root`` on the unix socket
     ``socket_path`` (mode 0600) until SIGTERM or SIGINT, then stop gracefully: calls under way finish (for
     up to 30 s), new ones are refused, and the socket is removed."""
-    if not socket_path:
-        raise InvalidArgument("serve containerd-snapshotter: --socket is required")
-    socket_path = os.path.abspath(socket_path)
-    if len(socket_path.encode()) > 107:
-        raise InvalidArgument(f"socket path {socket_path} is longer than a unix socket's 107 bytes")
+    socket_path = claim_socket("serve containerd-snapshotter", socket_path)
     from concurrent import futures
 
-    os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
-    claim_socket(socket_path)
     snapshotter = Snapshotter(root, log=log)
     service = Service(snapshotter, log)
     stopping = threading.Event()

@@ -350,13 +350,7 @@ def serve(root: str, socket_path: str, log: Logger) -> int:
     """Serve the graphdriver over the store (or bare directory) ``root`` on the unix socket ``socket_path``
     (mode 0600) until SIGTERM or SIGINT; then calls under way finish (up to 30 s) and the socket is removed.
     Mounts stay: a plugin started again continues with them (dockerd's ``Cleanup`` undoes them)."""
-    if not socket_path:
-        raise InvalidArgument("serve docker-graphdriver: --socket is required")
-    socket_path = os.path.abspath(socket_path)
-    if len(socket_path.encode()) > 107:
-        raise InvalidArgument(f"socket path {socket_path} is longer than a unix socket's 107 bytes")
-    os.makedirs(os.path.dirname(socket_path), mode=0o700, exist_ok=True)
-    claim_socket(socket_path)
+    socket_path = claim_socket("serve docker-graphdriver", socket_path)
     plugin = Plugin(Driver(root, log), log)
     stopping = threading.Event()
 
