@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from graftfs.mount import kernel
+from tests.support.leftovers import unmount_under
 
 
 def graftfs_command() -> list[str]:
@@ -101,9 +102,7 @@ def snapshot(path: Path) -> dict[str, tuple[int, int, bytes | str]]:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
-    left = mounts_under(tmp_path)
-    for point in sorted(left, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False)
+    left = unmount_under(tmp_path)
     assert not left, f"test left mounts behind: {left}"
 
 

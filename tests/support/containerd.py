@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from graftfs.mount import kernel
+from tests.support.leftovers import kill_until_gone, unmount_under
 
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
@@ -189,19 +189,8 @@ def teardown(ctrd: Containerd) -> list[str]:
     """Stop containerd and the shims it started, and unmount what is left under its work directory (on the
     machine's side: the namespace's own mounts die with its last process). Returns what was left mounted."""
     ctrd.stop()
-    for pid in ctrd.shims():
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while ctrd.shims() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    prefix = str(ctrd.work.resolve()) + "/"
-    left = [m.point for m in kernel.mountinfo() if m.point.startswith(prefix)]
-    for point in sorted(left, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False)
-    return left
+    kill_until_gone(ctrd.shims)
+    return unmount_under(ctrd.work)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from graftfs.mount import kernel
+from tests.support.leftovers import kill_until_gone, unmount_under
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"  # the 20.10 client of the same package (/usr/local/bin/docker may be newer)
@@ -305,23 +305,12 @@ def teardown(d: Dockerd) -> list[str]:
     under the work directory on the machine's side (then unmounted)."""
     d.stop_dockerd()
     for _ in range(2):
-        for pid in d.strays():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        while d.strays() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        kill_until_gone(d.strays)
     if d.plugin is not None:
         d.stop_plugin()
     d.holder.kill()
     d.holder.wait()
-    prefix = str(d.work.resolve()) + "/"
-    left = [m.point for m in kernel.mountinfo() if m.point.startswith(prefix)]
-    for point in sorted(left, key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False)
-    return left
+    return unmount_under(d.work)
 
 
 @contextmanager
