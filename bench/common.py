@@ -260,6 +260,29 @@ def summary(samples: list[float]) -> dict[str, float]:
     }
 
 
+def per_setup(samples: dict[str, dict[str, list[float]]]) -> Results:
+    """Seconds measured per setup (a snapshotter, a storage driver) and per operation, as the results keep
+    them: ``{setup: {operation: {"samples_ms": [...], "median_ms": ...}}}``."""
+    return {
+        setup: {
+            what: {"samples_ms": [x * 1000 for x in xs], "median_ms": statistics.median(xs) * 1000}
+            for what, xs in operations.items()
+        }
+        for setup, operations in samples.items()
+    }
+
+
+def versus_graftfs(setups: Results, titles: Sequence[tuple[str, str]], flag: str) -> list[Row]:
+    """One row per setup and operation of a :func:`per_setup` table, with graftfs's median over the setup's."""
+    out = []
+    for what, title in titles:
+        ours = setups["graftfs"][what]["median_ms"]  # type: ignore[index]
+        for name, stats in setups.items():
+            median = stats[what]["median_ms"]  # type: ignore[index]
+            out.append(Row(title, f"{flag} {name}", duration(median), ours / median))
+    return out
+
+
 def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000
 

@@ -16,11 +16,20 @@ snapshotters interleaved run by run:
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
 
-from bench.common import Part, Results, Row, duration, environment, graftfs_script, part_main, xfs_scratch
+from bench.common import (
+    Part,
+    Results,
+    Row,
+    environment,
+    graftfs_script,
+    part_main,
+    per_setup,
+    versus_graftfs,
+    xfs_scratch,
+)
 from bench.images import debian_like_image, small_image
 from tests.support import containerd as ctrd
 from tests.support import snapshots_wire as wire
@@ -69,27 +78,15 @@ def run_part(quick: bool, runs: int | None) -> Results:
         if left or status != 0:
             raise subprocess.SubprocessError(f"left mounted: {left}; the snapshotter exited {status}")
     results: Results = {**environment(COMMANDS), "runs": runs, "image_mb": 30 if quick else 100}
-    results["snapshotters"] = {
-        s: {
-            what: {"samples_ms": [x * 1000 for x in xs], "median_ms": statistics.median(xs) * 1000}
-            for what, xs in m.items()
-        }
-        for s, m in samples.items()
-    }
+    results["snapshotters"] = per_setup(samples)
     return results
 
 
 def rows(results: Results) -> list[Row]:
     snapshotters = results["snapshotters"]
     assert isinstance(snapshotters, dict)
-    out = []
-    for what, title in (("run", "ctr run --rm busybox"), ("pull", f"cold pull, {results['image_mb']} MB, 5 layers")):
-        ours = snapshotters["graftfs"][what]["median_ms"]
-        for name, stats in snapshotters.items():
-            out.append(
-                Row(title, f"--snapshotter {name}", duration(stats[what]["median_ms"]), ours / stats[what]["median_ms"])
-            )
-    return out
+    titles = (("run", "ctr run --rm busybox"), ("pull", f"cold pull, {results['image_mb']} MB, 5 layers"))
+    return versus_graftfs(snapshotters, titles, "--snapshotter")
 
 
 PART = Part(

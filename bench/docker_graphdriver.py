@@ -14,11 +14,20 @@ roots and graftfs's store on the same scratch XFS filesystem. Measured, the two 
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
 
-from bench.common import Part, Results, Row, duration, environment, graftfs_script, part_main, xfs_scratch
+from bench.common import (
+    Part,
+    Results,
+    Row,
+    environment,
+    graftfs_script,
+    part_main,
+    per_setup,
+    versus_graftfs,
+    xfs_scratch,
+)
 from bench.images import DEBIAN_LIKE, host_layer
 from tests.support import dockerd as dk
 from tests.support.images import busybox_layer
@@ -62,27 +71,15 @@ def run_part(quick: bool, runs: int | None) -> Results:
         if left:
             raise subprocess.SubprocessError(f"left mounted: {left}")
     results: Results = {**environment(COMMANDS), "runs": runs, "image_mb": size_mb}
-    results["drivers"] = {
-        d: {
-            what: {"samples_ms": [x * 1000 for x in xs], "median_ms": statistics.median(xs) * 1000}
-            for what, xs in m.items()
-        }
-        for d, m in samples.items()
-    }
+    results["drivers"] = per_setup(samples)
     return results
 
 
 def rows(results: Results) -> list[Row]:
     drivers = results["drivers"]
     assert isinstance(drivers, dict)
-    out = []
     titles = (("run", "docker run --rm busybox true"), ("load", f"docker load, {results['image_mb']} MB, 5 layers"))
-    for what, title in titles:
-        ours = drivers["graftfs"][what]["median_ms"]
-        for name, stats in drivers.items():
-            median = stats[what]["median_ms"]
-            out.append(Row(title, f"--storage-driver {name}", duration(median), ours / median))
-    return out
+    return versus_graftfs(drivers, titles, "--storage-driver")
 
 
 PART = Part(
