@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from graftfs import userns
 from graftfs.errors import KernelError
 from graftfs.mount import kernel
 
@@ -173,7 +174,7 @@ def test_importing_it_loads_nothing_heavy() -> None:
     assert out == "[]\n"
 
 
-# -- fork_userns() ----------------------------------------------------------------------------------------------
+# -- userns.fork_userns() ---------------------------------------------------------------------------------------------
 
 needs_userns = pytest.mark.skipif(
     not os.path.exists("/proc/self/ns/user") or os.geteuid() != 0, reason="needs root and user namespaces"
@@ -182,7 +183,7 @@ needs_userns = pytest.mark.skipif(
 
 @needs_userns
 def test_fork_userns_maps_a_namespace_and_hands_its_fd() -> None:
-    fd = kernel.fork_userns("0 100000 10\n", "0 200000 10\n")
+    fd = userns.fork_userns("0 100000 10\n", "0 200000 10\n")
     try:
         # The namespace outlives the helper that made it; its maps are readable through a process in it.
         assert os.readlink(f"/proc/self/fd/{fd}").startswith("user:[")
@@ -198,7 +199,7 @@ def test_fork_userns_reports_both_helpers_failures(tmp_path: Path, tools: dict[s
     )
     tools["newgidmap"] = gid = script(tmp_path, "gid", "exit 1")
     with pytest.raises(KernelError) as raised:
-        kernel.fork_userns("0 5 1\n", "0 5 1\n", helpers=True)
+        userns.fork_userns("0 5 1\n", "0 5 1\n", helpers=True)
     pid = raised.value.message.split()[1]
     assert raised.value.message == (
         f"{uid} {pid} 0 5 1: exit status 1: newuidmap: uid range [0-1) -> [5-6) not allowed; "
@@ -211,11 +212,11 @@ def test_fork_userns_entering_reports_the_mapping_childs_failure(tmp_path: Path)
     """With ``enter``, this process unshares and the forked child maps it; run in a process of its own."""
     fail = script(tmp_path, "fail", 'echo "nope: $*" >&2; exit 1')
     code = (
-        "import os, graftfs.mount.kernel as k\n"
+        "import os, graftfs.mount.kernel as k, graftfs.userns as u\n"
         f"k.tools.update(newuidmap={fail!r}, newgidmap={fail!r})\n"
         "before = os.readlink('/proc/self/ns/user')\n"
         "try:\n"
-        "    k.fork_userns('0 5 1\\n', '0 6 1\\n', enter=True, helpers=True)\n"
+        "    u.fork_userns('0 5 1\\n', '0 6 1\\n', enter=True, helpers=True)\n"
         "except k.KernelError as e:\n"
         "    print(os.getpid(), e.errno, e.message)\n"
         "print(os.readlink('/proc/self/ns/user') != before)\n"

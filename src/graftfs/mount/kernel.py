@@ -1,9 +1,9 @@
 """graftfs's one module for the kernel and external tools: every raw system call (mount, umount2, unshare,
-the new mount API's calls), the one parser of ``/proc/self/mountinfo`` (:func:`mountinfo`), the one helper
-that forks to set up a user namespace (:func:`fork_userns`), and the one runner of external tools
-(:func:`run`: mkfs.xfs, mount, xfs_quota, btrfs, fuse-overlayfs, newuidmap, newgidmap), which names the binary
-configured for each in :data:`tools` and describes a failure in one line. Nothing else in graftfs calls
-``_ctypes``, forks, or imports ``subprocess`` (but the CLI's detached clean-on-create, which runs graftfs).
+the new mount API's calls), the one parser of ``/proc/self/mountinfo`` (:func:`mountinfo`), and the one runner
+of external tools (:func:`run`: mkfs.xfs, mount, xfs_quota, btrfs, fuse-overlayfs, newuidmap, newgidmap),
+which names the binary configured for each in :data:`tools` and describes a failure in one line. Nothing else
+in graftfs calls ``_ctypes`` or imports ``subprocess`` (but the CLI's detached clean-on-create, which runs
+graftfs). Making a user namespace, which takes a fork and these calls, is :func:`graftfs.userns.fork_userns`.
 
 The API's callers import this module on every command, so it stays cheap: ``subprocess`` and ``struct`` are
 imported by the functions that need them, and the system calls are made through ``_ctypes``, the C half of
@@ -74,6 +74,11 @@ def _c() -> Any:
     return _calls
 
 
+def load() -> None:
+    """Load the C calls now rather than at the first call (before a fork, say)."""
+    _c()
+
+
 def _fs(path: str) -> bytes:
     return os.fsencode(path)
 
@@ -100,6 +105,8 @@ def mount_overlay(spec: OverlaySpec) -> None:
 def _bind_lowers(spec: OverlaySpec) -> None:
     assert spec.idmap is not None
     os.makedirs(spec.cwd, mode=0o700, exist_ok=True)
+    from ..userns import fork_userns
+
     ns = fork_userns(*spec.idmap)
     try:
         for index, source in enumerate(spec.sources):
@@ -279,129 +286,6 @@ def unshare(flags: int) -> None:
     if call(flags) != 0:
         err = get_errno()
         raise KernelError(f"unshare: {errno_reason(err)}", err)
-
-
-def fork_userns(
-    uid_map: str, gid_map: str, *, enter: bool = False, helpers: bool = False, flags: int = CLONE_NEWUSER
-) -> int:
-    """A new user namespace (``flags`` has CLONE_NEWUSER, and may add CLONE_NEWNS) with these maps (the
-    contents of ``/proc/<pid>/uid_map`` and ``gid_map``: lines such as ``1 100000 65536``), which only a process
-    outside it can write: one process unshares, a forked one maps it from outside, and they wait for each
-    other on two pipes.
-
-    * ``enter=False``: the forked child unshares and waits while this process maps its namespace and opens
-      it; returns that fd (the namespace lives as long as the fd; the child exits). For idmapped mounts.
-    * ``enter=True``: this process unshares, and the forked child maps it; returns -1, this process now in
-      the namespace (root there once it calls setresuid/setresgid). For rootless operation.
-
-    The maps are written directly, which needs privilege over the namespace's parent, or with ``helpers``
-    by the setuid tools ``newuidmap`` and ``newgidmap`` (:data:`tools`), which check them against
-    ``/etc/subuid`` and ``/etc/subgid``. With ``enter``, a failed unshare raises its :class:`KernelError`
-    with the errno, and a failed mapping one with errno 0 (the forked child reports it), so that a caller
-    can tell the two apart; without, the forked child's failed unshare reaches this process as its text."""
-    _c()  # loaded before the fork: a child importing it could wait forever on an import lock another thread held
-    unshared_r, unshared_w = os.pipe()  # the unsharer to the mapper: "x", or why unshare failed
-    try:
-        mapped_r, mapped_w = os.pipe()  # the mapper to the unsharer: closed once mapped, after why not if not
-    except BaseException:
-        os.close(unshared_r)
-        os.close(unshared_w)
-        raise
-    parent = os.getpid()
-    try:
-        child = os.fork()
-    except BaseException:
-        for fd in (unshared_r, unshared_w, mapped_r, mapped_w):
-            os.close(fd)
-        raise
-    if child == 0:  # pragma: no cover - the forked child: it reports through the pipes
-        try:
-            if enter:
-                os.close(unshared_w)
-                os.close(mapped_r)
-                try:
-                    _map_from_outside(parent, unshared_r, uid_map, gid_map, helpers)
-                except BaseException as exc:
-                    why = exc.message if isinstance(exc, KernelError) else f"mapping the namespace: {os_reason(exc)}"
-                    os.write(mapped_w, why.encode(errors="replace") or b"?")
-            else:
-                os.close(unshared_r)
-                os.close(mapped_w)
-                _unshare_and_wait(flags, unshared_w, mapped_r)
-        finally:
-            os._exit(0)
-    if enter:
-        os.close(unshared_r)
-        os.close(mapped_w)
-        try:
-            _unshare_and_wait(flags, unshared_w, mapped_r)
-        finally:
-            os.waitpid(child, 0)
-        return -1
-    os.close(unshared_w)
-    os.close(mapped_r)
-    try:
-        _map_from_outside(child, unshared_r, uid_map, gid_map, helpers)
-        return os.open(f"/proc/{child}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(mapped_w)  # mapped (or given up): the child may exit
-        os.waitpid(child, 0)
-
-
-def _unshare_and_wait(flags: int, unshared_w: int, mapped_r: int) -> None:
-    """:func:`fork_userns`'s unsharing side: unshare, say so, and wait until the other side has mapped."""
-    report = b""
-    try:
-        try:
-            unshare(flags)
-        except KernelError as exc:
-            os.write(unshared_w, exc.message.encode())
-            raise
-        os.write(unshared_w, b"x")
-        os.close(unshared_w)
-        unshared_w = -1
-        while chunk := os.read(mapped_r, 4096):
-            report += chunk
-    finally:
-        if unshared_w >= 0:
-            os.close(unshared_w)
-        os.close(mapped_r)
-    if report:
-        raise KernelError(report.decode(errors="replace"))
-
-
-def _map_from_outside(pid: int, unshared_r: int, uid_map: str, gid_map: str, helpers: bool) -> None:
-    """:func:`fork_userns`'s mapping side: once process ``pid`` has unshared, write its maps."""
-    try:
-        said = os.read(unshared_r, 4096)
-    finally:
-        os.close(unshared_r)
-    if said != b"x":
-        raise KernelError(said.decode(errors="replace") or "making a user namespace: the other process exited")
-    if not helpers:
-        write_maps(str(pid), uid_map, gid_map)
-        return
-    failures = []
-    for tool, lines in (("newuidmap", uid_map), ("newgidmap", gid_map)):
-        try:
-            run(tool, str(pid), *lines.split())
-        except KernelError as exc:
-            failures.append(exc.message)
-    if failures:
-        raise KernelError("; ".join(failures))
-
-
-def write_maps(pid: str, uid_map: str, gid_map: str, deny_setgroups: bool = False) -> None:
-    """Write ``/proc/<pid>/uid_map`` and ``gid_map`` (``pid`` may be ``self``), after denying setgroups if
-    asked: a process may map its own IDs in its own namespace only so."""
-    files = [("setgroups", "deny")] if deny_setgroups else []
-    for name, text in (*files, ("uid_map", uid_map), ("gid_map", gid_map)):
-        path = f"/proc/{pid}/{name}"
-        try:
-            with open(path, "w", encoding="ascii") as f:
-                f.write(text)
-        except OSError as exc:
-            raise KernelError(f"writing {path}: {os_reason(exc)}", exc.errno or 0) from None
 
 
 # -- idmapped mounts (Linux 5.12+; on overlay layers 5.19+) --------------------------------------------------

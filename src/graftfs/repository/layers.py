@@ -363,6 +363,7 @@ def probe_idmapped(layout: Layout, root: str, maps: tuple[str, str]) -> str:
     from ..errors import KernelError
     from ..mount import kernel
     from ..store.features import Features
+    from ..userns import fork_userns
 
     release = os.uname().release
     if not Features(kernel=release).idmapped_mounts:
@@ -370,7 +371,7 @@ def probe_idmapped(layout: Layout, root: str, maps: tuple[str, str]) -> str:
     target = temp_name(os.path.join(layout.tmp, "repository"), "probe")
     os.mkdir(target, 0o700)
     try:
-        ns = kernel.fork_userns(*maps)
+        ns = fork_userns(*maps)
         try:
             kernel.bind_idmapped(os.path.join(root, LAYERS), target, ns)
         finally:
