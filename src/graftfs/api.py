@@ -19,10 +19,8 @@ from .errors import (
     NotFound,
     Unsupported,
     VerificationError,
-    os_reason,
 )
 from .log import NULL, Logger
-from .mount import kernel
 from .store.fsutil import atomic_write, read_text
 from .store.images import DiskUsage, Images
 from .store.layout import Layout, validate_image_id
@@ -37,7 +35,6 @@ if TYPE_CHECKING:
     from .progress import Progress
     from .pull import LayerBuilder
     from .quota import Backend
-    from .repository.thin import ThinImage
     from .sources.base import ImageSpec, Source
     from .store.features import Features
     from .store.gc import CleanResult
@@ -241,100 +238,9 @@ class Store:
         ``layer_repository`` (a read-only directory in DUCC's layout, see :mod:`graftfs.repository.layers`)
         is where creates find layers to use in place instead of pulling them; it is checked before anything
         is written, and cannot change later either."""
-        from .idmap import Namespace
+        from .store import lifecycle
 
-        log = self.log.session("store-manager-init-store", storePath=self.path)
-        log.debug("starting")
-        repository = self._check_repository(layer_repository) if layer_repository else ""
-        if size_bytes > 0:
-            self._backing_store(size_bytes)
-        wanted = Namespace(list(uid_mappings), list(gid_mappings))
-        if shared_layers or self.layout.shared_layers() is not None:
-            self._share_layers(shared_layers, bool(wanted.uid_mappings or wanted.gid_mappings))
-        os.makedirs(self.layout.meta, mode=0o755, exist_ok=True)
-        if os.path.exists(self.layout.namespace_file):
-            log.debug("store-already-initialized")
-            have = self.namespace()
-            if sorted(have.uid_mappings) != sorted(wanted.uid_mappings):
-                raise InvalidArgument("provided UID mappings do not match those already configured in the store")
-            if sorted(have.gid_mappings) != sorted(wanted.gid_mappings):
-                raise InvalidArgument("provided GID mappings do not match those already configured in the store")
-        else:
-            atomic_write(self.layout.namespace_file, wanted.to_json(), 0o644)
-        owner = (0, 0) if self.rootless else wanted.owner
-        for directory in [*self.layout.directories(), self.layout.released]:
-            os.makedirs(directory, mode=0o755, exist_ok=True)
-            if owner != (0, 0):
-                os.chown(directory, *owner)
-        if owner != (0, 0):
-            os.chown(self.path, *owner)
-        os.chmod(self.path, 0o700)
-        from .store import features
-
-        self._features = features.probe(self.layout)
-        features.save(self.layout, self._features)
-        if repository:
-            self._record_repository(repository, wanted, log)
-        log.debug("store-initialized", **self._features.as_dict())
-        log.debug("ending")
-
-    def _check_repository(self, directory: str) -> str:
-        """The repository's real path: there, in DUCC's layout, root's only, and the one this store records
-        if it records one (a store's repository cannot change: its images' mounts name it)."""
-        from .repository import layers
-
-        real = layers.check(directory)
-        recorded = read_text(self.layout.layer_repository_file)
-        if recorded and layers.parse(recorded)[0] != real:
-            raise InvalidArgument(
-                f"store {self.path} already uses the layer repository {layers.parse(recorded)[0]}; a store's "
-                "repository cannot change"
-            )
-        return real
-
-    def _record_repository(self, repository: str, namespace: Namespace, log: Logger) -> None:
-        from .repository import layers
-
-        why = ""
-        if self.rootless:
-            why = "rootless: the repository's files would show with IDs this store's namespace does not map"
-        elif namespace.uid_mappings or namespace.gid_mappings:
-            why = layers.probe_idmapped(self.layout, repository, namespace.kernel_maps())
-        os.makedirs(self.layout.repository_links, mode=0o755, exist_ok=True)
-        hide = not self.rootless and layers.make_hide(self.layout)
-        atomic_write(self.layout.layer_repository_file, layers.record(repository, not why, why), 0o644)
-        log.debug("layer-repository", path=repository, idmapped=not why, why=why, hide_markers=hide)
-
-    def _share_layers(self, directory: str, mapped: bool) -> None:
-        current = self.layout.shared_layers()
-        if not directory:
-            return  # re-init of a sharing store
-        if not os.path.isabs(directory):
-            raise InvalidArgument(f"shared layers directory `{directory}` must be an absolute path")
-        directory = os.path.normpath(directory)
-        if current is not None and current != directory:
-            raise InvalidArgument(f"store {self.path} already shares the layers in {current}")
-        if current is None and os.path.isdir(self.layout.volumes):
-            raise InvalidArgument(f"store {self.path} has layers of its own; only a new store can share layers")
-        if self.rootless:
-            raise Unsupported("rootless: sharing layers between stores needs idmapped mounts, which need root")
-        from .store.features import Features
-
-        if mapped and not Features(kernel=os.uname().release).idmapped_mounts:
-            raise Unsupported(
-                "sharing layers with a store that has ID mappings needs idmapped mounts on overlay layers "
-                f"(Linux 5.19 or later); this kernel is {os.uname().release}"
-            )
-        for name in ("volumes", "l", "meta", "locks", "stores"):
-            os.makedirs(os.path.join(directory, name), mode=0o755, exist_ok=True)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        for name in ("volumes", "l", "locks"):
-            link = os.path.join(self.path, name)
-            if not os.path.lexists(link):
-                os.symlink(os.path.join(directory, name), link)
-        member = os.path.join(directory, "stores", _store_key(self.path))
-        if not os.path.lexists(member):
-            os.symlink(self.path, member)
+        self._features = lifecycle.init(self, uid_mappings, gid_mappings, size_bytes, shared_layers, layer_repository)
 
     def layers_mode(self) -> tuple[str, bool]:
         """How this store keeps its layers, in words (for ``graftfs features``), and whether its mounts are
@@ -378,87 +284,11 @@ class Store:
         return self._features
 
     def delete_store(self) -> None:
-        log = self.log.session("store-manager-delete-store")
-        log.debug("starting")
-        try:
-            self._delete_store(log)
-        finally:
-            log.debug("ending")
+        """Delete every image and the store. A mount in the store that graftfs did not make (a bind of a host
+        directory into an image, say) stops it before anything is removed, naming the mount."""
+        from .store import lifecycle
 
-    def _delete_store(self, log: Logger) -> None:
-        """Delete every image and the store. A mount in the store that graftfs did not make (a bind of a
-        host directory into an image, say) stops it before anything is removed, naming the mount."""
-        if not os.path.exists(self.path):
-            log.info("store-not-found", storePath=self.path)
-            return
-        try:
-            ids = os.listdir(self.layout.images)
-        except OSError as exc:
-            raise FailedPrecondition(f"listing images: open {self.layout.images}: {os_reason(exc)}") from None
-        self._refuse_foreign_mounts()
-        for image_id in ids:
-            if image_id.startswith("."):
-                self.images.remove_uncommitted(image_id)  # handles dot-named leftovers too
-            else:
-                with self.images.lock(image_id).held(timeout=IMAGE_LOCK_WAIT):
-                    self.images.delete(image_id)
-        shared = self.layout.shared_layers()
-        if shared is not None:
-            try:
-                os.unlink(os.path.join(shared, "stores", _store_key(self.path)))
-            except FileNotFoundError:
-                pass
-        backing = self.path.rstrip("/") + ".backing-store"
-        if os.path.exists(backing) and kernel.is_mountpoint(self.path):
-            kernel.unmount(self.path)
-            os.unlink(backing)
-        from .store.images import remove
-
-        remove(self.path, "deleting store path")
-
-    def _refuse_foreign_mounts(self) -> None:
-        from .store.images import foreign_mount, is_own_mount
-
-        real = os.path.realpath(self.path)
-        images = os.path.join(real, "images") + "/"
-        for point, fstype in kernel.mount_entries(real):
-            if point == real:
-                continue  # the store's own backing filesystem (init-store --store-size-bytes)
-            image_dir = images + point[len(images) :].split("/", 1)[0] if point.startswith(images) else ""
-            if not image_dir or not is_own_mount(image_dir, point, fstype):
-                raise foreign_mount("deleting image path" if image_dir else "deleting store path", point, fstype)
-
-    def _backing_store(self, size: int) -> None:
-        if os.path.isdir(self.path) and kernel.is_mountpoint(self.path):
-            return
-        backing = self.path.rstrip("/") + ".backing-store"
-        created = not os.path.exists(self.path)
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        with open(backing, "wb") as f:
-            f.truncate(size)
-        try:
-            kernel.run("mkfs.xfs", "-f", "-q", backing)
-            try:
-                kernel.run("mount", "-o", "loop,pquota,noatime", backing, self.path)
-            except KernelError as exc:
-                # Tell a kernel without XFS quotas (CONFIG_XFS_QUOTA) from one without loop devices or XFS.
-                try:
-                    kernel.run("mount", "-o", "loop,noatime", backing, self.path)
-                except KernelError:
-                    raise exc from None
-                kernel.unmount(self.path)
-                raise KernelError(
-                    "this kernel's XFS has no quota support (mounting with pquota fails, without it works), so "
-                    "disk limits cannot be enforced on an XFS store here"
-                ) from None
-        except KernelError as exc:
-            os.unlink(backing)
-            if created:
-                os.rmdir(self.path)
-            raise KernelError(
-                f"init-store --store-size-bytes: making the XFS backing store (needs xfsprogs, loop devices and "
-                f"XFS quotas): {exc.message}"
-            ) from None
+        lifecycle.delete_store(self)
 
     # -- images -----------------------------------------------------------------------------------------------
 
@@ -541,11 +371,11 @@ class Store:
         spec = source.resolve()
         thin_image = None
         if len(spec.layers) == 1 and self._may_be_thin(spec):
-            from .repository import thin
+            from .repository import layers, thin
 
             thin_image = thin.read_layer(source, spec.layers[0])
             if thin_image is not None:
-                self._check_thin(thin_image, repository)
+                layers.check_thin(self.path, thin_image, repository)
                 spec = thin.image_spec(thin_image, spec.config)
         limit.check_layers(spec.compressed_size)
         volume_ids = [layer.volume_id for layer in spec.layers]
@@ -570,7 +400,9 @@ class Store:
         in_place: dict[int, tuple[str, str, str]] = {}
         hide = ""
         if repository:
-            in_place, hide = self._in_place(repository, spec, mapped, feats, options, log)
+            from .repository import layers
+
+            in_place, hide = layers.use_in_place(self, repository, spec, mapped, feats, options.mount, log)
             if thin_image is not None and len(in_place) != len(spec.layers):
                 raise Unsupported(
                     f"thin image: {len(spec.layers) - len(in_place)} of its layers cannot be used in place from "
@@ -578,11 +410,11 @@ class Store:
                 )
             if in_place and mapped:
                 idmap = mapping.kernel_maps()  # repository layers are unshifted: bound idmapped
+            if in_place and len(in_place) < len(volume_ids) and not mapped:  # some are pulled, above these
+                layers.record_chains(self.layout, spec, volume_ids, in_place)
         # The layers this store holds (pulls, if missing), bottom first, and the chain ID below each.
         own = [i for i in range(len(volume_ids)) if i not in in_place]
         own_ids = [volume_ids[i] for i in own]
-        if in_place and own and not mapped:
-            self._record_repository_chains(spec, volume_ids, in_place)
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
         driver = "fuse-overlayfs" if feats.overlay == "fuse-overlayfs" else "kernel"
         overlay = self.images.overlay(
@@ -686,104 +518,6 @@ class Store:
         if not 0 <= size <= 64 << 10:
             return False
         return not os.path.isdir(self.layout.volume(layer.volume_id))
-
-    def _check_thin(self, image: ThinImage, record: str) -> None:
-        """A thin image's layers must all be in the store's layer repository: refused, in one line naming the
-        missing ones, when they are not, or when the store has no repository."""
-        from .repository import layers
-
-        if not record:
-            raise FailedPrecondition(
-                f"thin image ({len(image.layers)} layers named by /thin.json): store {self.path} has no layer "
-                "repository to stack them from (init-store --layer-repository DIR)"
-            )
-        root = layers.parse(record)[0]
-        missing = [
-            lay.digest for lay in image.layers if not os.path.isdir(layers.layer_dir(root, "sha256:" + lay.digest))
-        ]
-        if missing:
-            raise NotFound(
-                f"thin image: {len(missing)} of its {len(image.layers)} layers not in the layer repository {root}: "
-                + ", ".join(missing)
-            )
-
-    def _in_place(
-        self, record: str, spec: ImageSpec, mapped: bool, feats: Features, options: CreateOptions, log: Logger
-    ) -> tuple[dict[int, tuple[str, str, str]], str]:
-        """The layers of ``spec`` to use in place from the store's layer repository (index → short link
-        relative to the store, layerfs path, its shim relative to the store if it has whiteouts), and the lower
-        that hides DUCC's markers ("" if none is needed).
-        A repository that is gone or writable by others fails the create; a layer that cannot be used in place
-        is pulled, and the log says why (see :mod:`graftfs.repository.layers`)."""
-        from .repository import layers
-
-        root, idmapped, why = layers.parse(record)
-        repository = layers.Repository(self.layout, root)
-        found = [(i, layer.blob, repository.find(layer.blob)) for i, layer in enumerate(spec.layers)]
-        present = [(i, digest, path) for i, digest, path in found if path is not None]
-        if not present:
-            return {}, ""
-        reason = ""
-        if self.rootless:
-            reason = "rootless: the repository's files would show with IDs this store's namespace does not map"
-        elif any(layer.base_directory for layer in spec.layers):
-            reason = "the image has a base-directory layer, which takes its owners from the layers below it"
-        elif mapped and not idmapped:
-            reason = f"this store has ID mappings, and the repository's layers cannot be idmapped: {why}"
-        elif mapped and not options.mount:
-            reason = (
-                "this store has ID mappings: the repository's layers are mounted idmapped, which a runtime spec's "
-                "mount cannot express (create without --without-mount to use them)"
-            )
-        elif feats.overlay != "kernel":
-            reason = f"this store's overlay is {feats.overlay}, not the kernel's"
-        if reason:
-            log.info("layer-repository-not-used", repository=root, layers=len(present), reason=reason)
-            return {}, ""
-        in_place: dict[int, tuple[str, str, str]] = {}
-        hide = ""
-        hide_ready = os.path.lexists(os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER))
-        for index, digest, path in present:
-            flags = repository.verdict(digest, path).split(",")
-            why_not = ""
-            if layers.HIDE in flags and not hide_ready:
-                why_not = "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
-            elif layers.SHIM in flags and feats.whiteouts != "device":
-                why_not = (
-                    "it holds OCI whiteouts as plain files, which overlayfs does not read as deletions, and this "
-                    "caller cannot make the overlay whiteouts (0:0 character devices) that would apply them"
-                )
-            if why_not:
-                log.info("layer-repository-layer-pulled", repository=root, digest=digest, reason=why_not)
-                continue
-            if layers.HIDE in flags:
-                hide = os.path.relpath(self.layout.repository_hide, self.layout.root)
-            shim = ""
-            if layers.SHIM in flags:
-                from .idmap import IdMap
-
-                namespace = self.namespace()
-                uid, gid = IdMap(namespace.uid_mappings), IdMap(namespace.gid_mappings)
-                shim = repository.shim(digest, path, uid, gid, feats.xattrs)
-            in_place[index] = (repository.link(digest, path) if not mapped else "", path, shim)
-        return in_place, hide
-
-    def _record_repository_chains(
-        self, spec: ImageSpec, volume_ids: Sequence[str], in_place: dict[int, tuple[str, str, str]]
-    ) -> None:
-        """For each layer used in place, ``meta/repository-chains/<its chain ID>``: its digest and the chain ID
-        below it, so that the snapshot core can stack the pulled layers above it (their records name their
-        parent by chain ID only). Written once (a few bytes; never collected, like the verdicts); not fsynced:
-        a lost one is written by the next create of an image that has the layer."""
-        from . import jsonc
-
-        for index in in_place:
-            path = os.path.join(self.layout.repository_chains, volume_ids[index])
-            if os.path.lexists(path):
-                continue
-            record = {"digest": spec.layers[index].blob, "parent": volume_ids[index - 1] if index else ""}
-            os.makedirs(self.layout.repository_chains, mode=0o755, exist_ok=True)
-            atomic_write(path, jsonc.dumps(record).encode(), sync=False)
 
     def delete(self, image_id_or_path: str) -> str:
         """Delete an image by ID or by its path. Returns the ID. Raises NotFound if there is none."""
@@ -935,12 +669,6 @@ class Store:
             seconds=round(time.monotonic() - start, 3),
         )
         return result
-
-
-def _store_key(path: str) -> str:
-    from hashlib import sha256
-
-    return sha256(path.encode()).hexdigest()[:16]
 
 
 __all__ = [

@@ -58,14 +58,19 @@ from __future__ import annotations
 import os
 import stat
 
-from ..errors import FailedPrecondition, InvalidArgument, os_reason
+from ..errors import FailedPrecondition, InvalidArgument, NotFound, os_reason
 from ..store.fsutil import atomic_write, read_text, temp_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
+    from ..api import Store
+    from ..log import Logger
+    from ..sources.base import ImageSpec
+    from ..store.features import Features
     from ..store.layout import Layout
+    from .thin import ThinImage
 
 LAYERS = ".layers"
 LAYERFS = "layerfs"
@@ -382,3 +387,101 @@ def probe_idmapped(layout: Layout, root: str, maps: tuple[str, str]) -> str:
     finally:
         os.rmdir(target)
     return ""
+
+
+# -- a create's use of the repository (graftfs.api.Store.create) -------------------------------------------------
+
+
+def check_thin(store_path: str, image: ThinImage, record: str) -> None:
+    """A thin image's layers must all be in the store's layer repository: refused, in one line naming the
+    missing ones, when they are not, or when the store has no repository."""
+    if not record:
+        raise FailedPrecondition(
+            f"thin image ({len(image.layers)} layers named by /thin.json): store {store_path} has no layer "
+            "repository to stack them from (init-store --layer-repository DIR)"
+        )
+    root = parse(record)[0]
+    missing = [lay.digest for lay in image.layers if not os.path.isdir(layer_dir(root, "sha256:" + lay.digest))]
+    if missing:
+        raise NotFound(
+            f"thin image: {len(missing)} of its {len(image.layers)} layers not in the layer repository {root}: "
+            + ", ".join(missing)
+        )
+
+
+def use_in_place(
+    store: Store, record: str, spec: ImageSpec, mapped: bool, feats: Features, mount: bool, log: Logger
+) -> tuple[dict[int, tuple[str, str, str]], str]:
+    """The layers of ``spec`` to use in place from the store's layer repository (index → short link
+    relative to the store, layerfs path, its shim relative to the store if it has whiteouts), and the lower
+    that hides DUCC's markers ("" if none is needed).
+    A repository that is gone or writable by others fails the create; a layer that cannot be used in place
+    is pulled, and the log says why (see :mod:`graftfs.repository.layers`)."""
+    root, idmapped, why = parse(record)
+    repository = Repository(store.layout, root)
+    found = [(i, layer.blob, repository.find(layer.blob)) for i, layer in enumerate(spec.layers)]
+    present = [(i, digest, path) for i, digest, path in found if path is not None]
+    if not present:
+        return {}, ""
+    reason = ""
+    if store.rootless:
+        reason = "rootless: the repository's files would show with IDs this store's namespace does not map"
+    elif any(layer.base_directory for layer in spec.layers):
+        reason = "the image has a base-directory layer, which takes its owners from the layers below it"
+    elif mapped and not idmapped:
+        reason = f"this store has ID mappings, and the repository's layers cannot be idmapped: {why}"
+    elif mapped and not mount:
+        reason = (
+            "this store has ID mappings: the repository's layers are mounted idmapped, which a runtime spec's "
+            "mount cannot express (create without --without-mount to use them)"
+        )
+    elif feats.overlay != "kernel":
+        reason = f"this store's overlay is {feats.overlay}, not the kernel's"
+    if reason:
+        log.info("layer-repository-not-used", repository=root, layers=len(present), reason=reason)
+        return {}, ""
+    in_place: dict[int, tuple[str, str, str]] = {}
+    hide = ""
+    hide_ready = os.path.lexists(os.path.join(store.layout.repository_hide, CATALOG_MARKER))
+    for index, digest, path in present:
+        flags = repository.verdict(digest, path).split(",")
+        why_not = ""
+        if HIDE in flags and not hide_ready:
+            why_not = "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
+        elif SHIM in flags and feats.whiteouts != "device":
+            why_not = (
+                "it holds OCI whiteouts as plain files, which overlayfs does not read as deletions, and this "
+                "caller cannot make the overlay whiteouts (0:0 character devices) that would apply them"
+            )
+        if why_not:
+            log.info("layer-repository-layer-pulled", repository=root, digest=digest, reason=why_not)
+            continue
+        if HIDE in flags:
+            hide = os.path.relpath(store.layout.repository_hide, store.layout.root)
+        shim = ""
+        if SHIM in flags:
+            from ..idmap import IdMap
+
+            namespace = store.namespace()
+            uid, gid = IdMap(namespace.uid_mappings), IdMap(namespace.gid_mappings)
+            shim = repository.shim(digest, path, uid, gid, feats.xattrs)
+        in_place[index] = (repository.link(digest, path) if not mapped else "", path, shim)
+    return in_place, hide
+
+
+def record_chains(
+    layout: Layout, spec: ImageSpec, volume_ids: Sequence[str], in_place: dict[int, tuple[str, str, str]]
+) -> None:
+    """For each layer used in place, ``meta/repository-chains/<its chain ID>``: its digest and the chain ID
+    below it, so that the snapshot core can stack the pulled layers above it (their records name their
+    parent by chain ID only). Written once (a few bytes; never collected, like the verdicts); not fsynced:
+    a lost one is written by the next create of an image that has the layer."""
+    from .. import jsonc
+
+    for index in in_place:
+        path = os.path.join(layout.repository_chains, volume_ids[index])
+        if os.path.lexists(path):
+            continue
+        record = {"digest": spec.layers[index].blob, "parent": volume_ids[index - 1] if index else ""}
+        os.makedirs(layout.repository_chains, mode=0o755, exist_ok=True)
+        atomic_write(path, jsonc.dumps(record).encode(), sync=False)
