@@ -543,7 +543,8 @@ class Store:
         if len(spec.layers) == 1 and self._may_be_thin(spec):
             from .repository import thin
 
-            thin_image = thin.read_layer(source, spec.layers[0])
+            # Read once: an ordinary layer's pull takes the blob from the bytes read here (and verifies them).
+            thin_image, source = thin.look_into(source, spec.layers[0])
             if thin_image is not None:
                 self._check_thin(thin_image, repository)
                 spec = thin.image_spec(thin_image, spec.config)

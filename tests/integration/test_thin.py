@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 import graftfs
 from tests.integration.conftest import GRAFTFS, Graftfs, mounts_under
 from tests.support import ducc
-from tests.support.images import TarBuilder, busybox_layer, sha256_digest, write_oci_layout
+from tests.support.images import TarBuilder, busybox_layer, corrupt_blob, sha256_digest, write_oci_layout
 from tests.support.registry import REGISTRY, Registry, start_registry
 from tests.support.rgw import RGW, free_port, processes_using, start_rgw
 from tests.support.runc import run_in_rootfs, runc_binary
@@ -543,6 +544,37 @@ def test_a_warm_create_of_a_small_one_layer_ordinary_image_imports_nothing_of_th
     assert not {name for name in imported if name.startswith("graftfs.repository")}
     for image_id in ("first", "second"):
         gfs.run("delete", image_id)
+
+
+def test_a_cold_create_of_a_small_one_layer_ordinary_image_fetches_its_blob_once(
+    gfs: Graftfs, registry: Registry
+) -> None:
+    """The create looks into a small one-layer image's blob (is it thin?) and, finding an ordinary layer,
+    unpacks it from the bytes it read: the registry's log shows one GET of the blob, not two."""
+    tar = TarBuilder().dir("etc").file("etc/motd", b"small\n").file("thin.json", b"{}").build()
+    info = write_oci_layout(gfs.store.parent / "small", [tar], tag="1")
+    registry.push(info.path, "1", "team/small")
+    (blob,) = info.layer_digests
+    before = registry.log.stat().st_size
+    gfs.create(registry.url("team/small", "1"), "c1", "--insecure-registry", registry.host)
+    asked = registry.log.read_bytes()[before:].decode(errors="replace")
+    assert len(re.findall(rf'"GET /v2/team/small/blobs/{blob} ', asked)) == 1, asked
+    assert f"HEAD /v2/team/small/blobs/{blob}" not in asked
+    assert (gfs.rootfs("c1") / "etc/motd").read_text() == "small\n"
+    assert len(gfs.volumes()) == 1
+    gfs.run("delete", "c1")
+
+
+def test_a_small_one_layer_image_whose_blob_is_corrupt_gives_the_pull_s_digest_error(gfs: Graftfs) -> None:
+    """The bytes read to look into the layer are verified by the pull as any blob's: a corrupt one is the
+    usual one line (GrootFS's text), and leaves no volume."""
+    tar = TarBuilder().dir("etc").file("etc/motd", b"small\n" * 512).build()
+    info = write_oci_layout(gfs.store.parent / "corrupt", [tar])
+    corrupt_blob(info, 0)
+    line = gfs.fails("create", info.url(), "bad")
+    assert line.startswith(f"pulling the image: streaming blob `{info.layer_digests[0]}`: layerID digest mismatch")
+    assert gfs.volumes() == set()
+    assert gfs.run("list").stdout == "Store empty\n"
 
 
 def test_the_publisher_can_ingest_through_a_command(workdir: Path, rgw: RGW, bucket: str) -> None:
