@@ -546,6 +546,100 @@ def test_a_warm_create_of_a_small_one_layer_ordinary_image_imports_nothing_of_th
         gfs.run("delete", image_id)
 
 
+def test_convert_and_publish_from_python(
+    workdir: Path, registry: Registry, app: Pushed, rgw: RGW, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Python API's thin_convert and Store.thin_publish, the calls the commands make: convert, create the
+    thin image, publish a container's changes (twice: nothing uploaded the second time), waiting for a
+    publisher, and create the published image from the repository's next revision."""
+    import threading
+
+    from graftfs.repository.publish import publisher_pass
+
+    repo_src = workdir / "unpacked.example.org"
+    repo_src.mkdir()
+    out = workdir / "thin"
+    converted = graftfs.thin_convert(app.url, str(repo_src), f"oci://{out}:1", insecure_registries=[registry.host])
+    assert isinstance(converted, graftfs.ThinConverted)
+    assert converted.layers == [d[7:] for d in app.digests]
+    assert converted.image.origin == app.url
+    assert converted.image.layers[0] == graftfs.ThinLayer(
+        app.digests[0][7:], f"cvmfs://unpacked.example.org/.layers/{app.digests[0][7:9]}/{app.digests[0][7:]}/layerfs"
+    )
+    # The command is the same call: the same image (and nothing fetched again).
+    g = Graftfs(workdir / "store")
+    assert _convert(g, registry, app.url, repo_src, f"oci://{out}:1")["manifest"] == converted.manifest
+    with pytest.raises(graftfs.InvalidArgument, match="oci:///PATH"):
+        graftfs.thin_convert(app.url, str(repo_src), f"docker://{registry.host}/x:1")
+    with pytest.raises(graftfs.FailedPrecondition, match="not a directory"):
+        graftfs.thin_convert(app.url, str(workdir / "nowhere"), f"oci://{out}:1")
+
+    endpoint, access_key, secret_key = rgw
+    with ducc.erofs(repo_src, workdir / "repo.erofs", workdir / "repo") as repo:
+        store = graftfs.Store(str(g.store))
+        store.init(layer_repository=str(repo))
+        image = store.create(f"oci://{out}:1", "c1", graftfs.CreateOptions())
+        assert image.layers_built == 0
+        (Path(image.rootfs) / "etc/added").write_text("from python\n")
+        with pytest.raises(graftfs.InvalidArgument, match="compression"):
+            store.thin_publish("c1", f"oci://{out}:2", bucket, endpoint=endpoint, compression="xz")
+        with pytest.raises(graftfs.FailedPrecondition, match="not found"):
+            store.thin_publish(
+                "nosuch", f"oci://{out}:2", bucket, endpoint=endpoint, access_key=access_key, secret_key=secret_key
+            )
+        assert not (out / "index.json").read_text().count('"2"')
+
+        # A publisher runs meanwhile (as on a Stratum 0); the publish returns once it has ingested the layer.
+        stop = threading.Event()
+
+        def publisher() -> None:
+            from graftfs.log import NULL
+            from graftfs.repository.s3 import S3Client
+
+            with S3Client(
+                bucket, endpoint=endpoint, access_key=access_key, secret_key=secret_key, environ={}
+            ) as client:
+                while not stop.is_set():
+                    publisher_pass(client, str(repo_src), NULL)
+                    stop.wait(0.2)
+
+        thread = threading.Thread(target=publisher)
+        thread.start()
+        try:
+            published = store.thin_publish(
+                "c1",
+                f"oci://{out}:2",
+                bucket,
+                endpoint=endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                wait_repository=str(repo_src),
+                wait_timeout=60,
+            )
+        finally:
+            stop.set()
+            thread.join()
+        assert isinstance(published, graftfs.ThinPublished)
+        assert published.uploaded is True and published.key == f"layers/{published.layer.digest}"
+        assert (ducc.layer_dir(repo_src, f"sha256:{published.layer.digest}") / "etc/added").is_file()
+        # Credentials from the AWS_* variables, as the AWS tools take them.
+        for name, value in _s3_env(rgw).items():
+            monkeypatch.setenv(name, value)
+        again = store.thin_publish("c1", f"oci://{out}:2", bucket, endpoint=endpoint)
+        assert (again.uploaded, again.layer, again.manifest) == (False, published.layer, published.manifest)
+        listed = _descriptor(out, "2")["layers"]
+        assert isinstance(listed, list)
+        assert [lay["digest"] for lay in listed] == [*converted.layers, published.layer.digest]
+        store.delete("c1")
+
+    with ducc.erofs(repo_src, workdir / "repo2.erofs", workdir / "repo"):
+        image = store.create(f"oci://{out}:2", "c2", graftfs.CreateOptions())
+        assert (Path(image.rootfs) / "etc/added").read_text() == "from python\n"
+        _check_app(Path(image.rootfs))
+        store.delete("c2")
+        assert mounts_under(g.store) == []
+
+
 def test_a_cold_create_of_a_small_one_layer_ordinary_image_fetches_its_blob_once(
     gfs: Graftfs, registry: Registry
 ) -> None:
