@@ -165,8 +165,10 @@ def lazy(source: Path, work: Path) -> Iterator[Lazy]:
     make_squashfs(source, image)
     http, mountpoint = work / "http", work / "repo"
     # httpfs2 shows the URL as one file, named as the URL's last component; -f: both in the foreground.
-    # squashfuse: allow_other as CernVM-FS mounts (a container's processes are not the mounter), and ro: the
-    # kernel says the filesystem is read-only, as CernVM-FS's is (graftfs's repository check asks).
+    # squashfuse: ro, so that the kernel says the filesystem is read-only, as a CernVM-FS mount does: without
+    # it graftfs's repository check refuses Debian's layer (its /tmp is mode 1777, which only a read-only
+    # filesystem makes harmless). allow_other as CernVM-FS mounts; not needed here (overlayfs reads its
+    # lowers with the mounter's credentials, root's), but what a host's other users would need.
     squashfuse = [SQUASHFUSE, "-f", "-o", "ro,allow_other", str(http / image.name), str(mountpoint)]
     with (
         serve_file(image) as served,
