@@ -1,6 +1,7 @@
 """graftfs: container images to overlay root filesystems, without a daemon.
 
-The public API is :class:`Store` (``Store(path).create(url, image_id)`` does what ``graftfs create`` does),
+The public API is :class:`Store` (``Store(path).create(url, image_id)`` does what ``graftfs create`` does;
+``Store.thin_publish`` what ``graftfs thin publish`` does), :func:`thin_convert` (``graftfs thin convert``),
 :class:`Snapshotter` (containerd's snapshot verbs over the same store, their :class:`Mount` lists performed
 by :func:`mount_all`) and the error classes. Names are resolved lazily so that ``import graftfs`` (and the
 CLI's start-up) stays cheap.
@@ -32,12 +33,17 @@ __all__ = [
     "SnapshotUsage",
     "Snapshotter",
     "Store",
+    "ThinConverted",
+    "ThinImage",
+    "ThinLayer",
+    "ThinPublished",
     "Unavailable",
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
     "__version__",
     "mount_all",
+    "thin_convert",
 ]
 
 if TYPE_CHECKING:
@@ -63,6 +69,10 @@ if TYPE_CHECKING:
     )
     from .mount.kernel import mount_all
     from .mount.spec import Mount
+    from .repository.convert import Converted as ThinConverted
+    from .repository.convert import thin_convert
+    from .repository.publish import Published as ThinPublished
+    from .repository.thin import ThinImage, ThinLayer
     from .store.snapshots import Info as SnapshotInfo
     from .store.snapshots import Snapshotter
     from .store.snapshots import Usage as SnapshotUsage
@@ -85,6 +95,18 @@ def __getattr__(name: str) -> Any:
         from .mount.kernel import mount_all
 
         return mount_all
+    if name in ("thin_convert", "ThinConverted"):
+        from .repository import convert
+
+        return getattr(convert, {"ThinConverted": "Converted"}.get(name, name))
+    if name == "ThinPublished":
+        from .repository.publish import Published
+
+        return Published
+    if name in ("ThinImage", "ThinLayer"):
+        from .repository import thin
+
+        return getattr(thin, name)
     if name in __all__:
         from . import errors
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .progress import Progress
     from .pull import LayerBuilder
     from .quota import Backend
+    from .repository.publish import Published
     from .sources.base import ImageSpec, Source
     from .store.features import Features
     from .store.gc import CleanResult
@@ -373,7 +374,8 @@ class Store:
         if len(spec.layers) == 1 and self._may_be_thin(spec):
             from .repository import layers, thin
 
-            thin_image = thin.read_layer(source, spec.layers[0])
+            # Read once: an ordinary layer's pull takes the blob from the bytes read here (and verifies them).
+            thin_image, source = thin.look_into(source, spec.layers[0])
             if thin_image is not None:
                 layers.check_thin(self.path, thin_image, repository)
                 spec = thin.image_spec(thin_image, spec.config)
@@ -668,6 +670,63 @@ class Store:
             leftovers=len(result.leftovers),
             seconds=round(time.monotonic() - start, 3),
         )
+        return result
+
+    # -- thin images -------------------------------------------------------------------------------------------
+
+    def thin_publish(
+        self,
+        image_id: str,
+        output: str,
+        bucket: str,
+        *,
+        endpoint: str | None = None,
+        region: str | None = None,
+        access_key: str | None = None,
+        secret_key: str | None = None,
+        compression: str = "gzip",
+        repository_name: str = "",
+        wait_repository: str = "",
+        wait_timeout: float = 600.0,
+    ) -> Published:
+        """What ``graftfs thin publish ID --output oci:///PATH[:TAG]`` does, from Python: publish the changes
+        of image ``image_id`` (created from a thin image) as a new layer, and write the thin image that has it
+        on top of the image's own layers to ``output`` (an OCI layout, ``oci:///PATH[:TAG]``).
+
+        The image's writable layer becomes an OCI layer (overlay whiteouts and opaque directories as ``.wh.``
+        entries, deterministic; ``compression`` ``gzip`` or ``zstd``), uploaded to the S3 bucket ``bucket``
+        as ``layers/<hex>`` (its digest) with ``If-None-Match: *``: the same changes published twice upload
+        nothing the second time (the result's ``uploaded`` is False). ``endpoint``, ``region``,
+        ``access_key`` and ``secret_key`` left None are read from the ``AWS_*`` environment variables as the
+        AWS tools read them; secrets never appear in a message or a log. The new descriptor is the one the
+        image was created from with the layer appended, its urls naming ``repository_name`` (default: the
+        repository the descriptor names). With ``wait_repository`` (a repository directory, as a publisher
+        fills it: ``graftfs thin publisher``), returns only once the layer is there, or raises Unavailable
+        after ``wait_timeout`` seconds.
+
+        Returns a :class:`graftfs.ThinPublished` (``layer``: its digest and url; ``key``; ``uploaded``;
+        ``manifest``: the new image's manifest digest). FailedPrecondition for an image not in the store or
+        not created from a thin image; InvalidArgument for a bad output, bucket or compression; S3's
+        refusals (PermissionDenied, ...) and an unreachable S3 (Unavailable) in one line: then nothing is
+        written (the output layout is written only once the upload has succeeded)."""
+        from .repository.convert import parse_output, repository_dir
+        from .repository.publish import publish, wait_for
+        from .repository.s3 import S3Client
+
+        parse_output(output)
+        if compression not in ("gzip", "zstd"):
+            raise InvalidArgument(f"invalid argument: compression `{compression}`: gzip or zstd")
+        repository = repository_dir(wait_repository) if wait_repository else ""
+        log = self.log
+        client = S3Client(
+            bucket, endpoint=endpoint, region=region, access_key=access_key, secret_key=secret_key, log=log
+        )
+        with client:
+            result = publish(
+                self, image_id, client, output, compression=compression, repository_name=repository_name, log=log
+            )
+        if repository:
+            wait_for(repository, result.layer.digest, wait_timeout)
         return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 import graftfs
 from tests.integration.conftest import GRAFTFS, Graftfs, mounts_under
 from tests.support import ducc
-from tests.support.images import TarBuilder, busybox_layer, sha256_digest, write_oci_layout
+from tests.support.images import TarBuilder, busybox_layer, corrupt_blob, sha256_digest, write_oci_layout
 from tests.support.registry import REGISTRY, Registry, start_registry
 from tests.support.rgw import RGW, free_port, processes_using, start_rgw
 from tests.support.runc import run_in_rootfs, runc_binary
@@ -543,6 +544,131 @@ def test_a_warm_create_of_a_small_one_layer_ordinary_image_imports_nothing_of_th
     assert not {name for name in imported if name.startswith("graftfs.repository")}
     for image_id in ("first", "second"):
         gfs.run("delete", image_id)
+
+
+def test_convert_and_publish_from_python(
+    workdir: Path, registry: Registry, app: Pushed, rgw: RGW, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Python API's thin_convert and Store.thin_publish, the calls the commands make: convert, create the
+    thin image, publish a container's changes (twice: nothing uploaded the second time), waiting for a
+    publisher, and create the published image from the repository's next revision."""
+    import threading
+
+    from graftfs.repository.publish import publisher_pass
+
+    repo_src = workdir / "unpacked.example.org"
+    repo_src.mkdir()
+    out = workdir / "thin"
+    converted = graftfs.thin_convert(app.url, str(repo_src), f"oci://{out}:1", insecure_registries=[registry.host])
+    assert isinstance(converted, graftfs.ThinConverted)
+    assert converted.layers == [d[7:] for d in app.digests]
+    assert converted.image.origin == app.url
+    assert converted.image.layers[0] == graftfs.ThinLayer(
+        app.digests[0][7:], f"cvmfs://unpacked.example.org/.layers/{app.digests[0][7:9]}/{app.digests[0][7:]}/layerfs"
+    )
+    # The command is the same call: the same image (and nothing fetched again).
+    g = Graftfs(workdir / "store")
+    assert _convert(g, registry, app.url, repo_src, f"oci://{out}:1")["manifest"] == converted.manifest
+    with pytest.raises(graftfs.InvalidArgument, match="oci:///PATH"):
+        graftfs.thin_convert(app.url, str(repo_src), f"docker://{registry.host}/x:1")
+    with pytest.raises(graftfs.FailedPrecondition, match="not a directory"):
+        graftfs.thin_convert(app.url, str(workdir / "nowhere"), f"oci://{out}:1")
+
+    endpoint, access_key, secret_key = rgw
+    with ducc.erofs(repo_src, workdir / "repo.erofs", workdir / "repo") as repo:
+        store = graftfs.Store(str(g.store))
+        store.init(layer_repository=str(repo))
+        image = store.create(f"oci://{out}:1", "c1", graftfs.CreateOptions())
+        assert image.layers_built == 0
+        (Path(image.rootfs) / "etc/added").write_text("from python\n")
+        with pytest.raises(graftfs.InvalidArgument, match="compression"):
+            store.thin_publish("c1", f"oci://{out}:2", bucket, endpoint=endpoint, compression="xz")
+        with pytest.raises(graftfs.FailedPrecondition, match="not found"):
+            store.thin_publish(
+                "nosuch", f"oci://{out}:2", bucket, endpoint=endpoint, access_key=access_key, secret_key=secret_key
+            )
+        assert not (out / "index.json").read_text().count('"2"')
+
+        # A publisher runs meanwhile (as on a Stratum 0); the publish returns once it has ingested the layer.
+        stop = threading.Event()
+
+        def publisher() -> None:
+            from graftfs.log import NULL
+            from graftfs.repository.s3 import S3Client
+
+            with S3Client(
+                bucket, endpoint=endpoint, access_key=access_key, secret_key=secret_key, environ={}
+            ) as client:
+                while not stop.is_set():
+                    publisher_pass(client, str(repo_src), NULL)
+                    stop.wait(0.2)
+
+        thread = threading.Thread(target=publisher)
+        thread.start()
+        try:
+            published = store.thin_publish(
+                "c1",
+                f"oci://{out}:2",
+                bucket,
+                endpoint=endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                wait_repository=str(repo_src),
+                wait_timeout=60,
+            )
+        finally:
+            stop.set()
+            thread.join()
+        assert isinstance(published, graftfs.ThinPublished)
+        assert published.uploaded is True and published.key == f"layers/{published.layer.digest}"
+        assert (ducc.layer_dir(repo_src, f"sha256:{published.layer.digest}") / "etc/added").is_file()
+        # Credentials from the AWS_* variables, as the AWS tools take them.
+        for name, value in _s3_env(rgw).items():
+            monkeypatch.setenv(name, value)
+        again = store.thin_publish("c1", f"oci://{out}:2", bucket, endpoint=endpoint)
+        assert (again.uploaded, again.layer, again.manifest) == (False, published.layer, published.manifest)
+        listed = _descriptor(out, "2")["layers"]
+        assert isinstance(listed, list)
+        assert [lay["digest"] for lay in listed] == [*converted.layers, published.layer.digest]
+        store.delete("c1")
+
+    with ducc.erofs(repo_src, workdir / "repo2.erofs", workdir / "repo"):
+        image = store.create(f"oci://{out}:2", "c2", graftfs.CreateOptions())
+        assert (Path(image.rootfs) / "etc/added").read_text() == "from python\n"
+        _check_app(Path(image.rootfs))
+        store.delete("c2")
+        assert mounts_under(g.store) == []
+
+
+def test_a_cold_create_of_a_small_one_layer_ordinary_image_fetches_its_blob_once(
+    gfs: Graftfs, registry: Registry
+) -> None:
+    """The create looks into a small one-layer image's blob (is it thin?) and, finding an ordinary layer,
+    unpacks it from the bytes it read: the registry's log shows one GET of the blob, not two."""
+    tar = TarBuilder().dir("etc").file("etc/motd", b"small\n").file("thin.json", b"{}").build()
+    info = write_oci_layout(gfs.store.parent / "small", [tar], tag="1")
+    registry.push(info.path, "1", "team/small")
+    (blob,) = info.layer_digests
+    before = registry.log.stat().st_size
+    gfs.create(registry.url("team/small", "1"), "c1", "--insecure-registry", registry.host)
+    asked = registry.log.read_bytes()[before:].decode(errors="replace")
+    assert len(re.findall(rf'"GET /v2/team/small/blobs/{blob} ', asked)) == 1, asked
+    assert f"HEAD /v2/team/small/blobs/{blob}" not in asked
+    assert (gfs.rootfs("c1") / "etc/motd").read_text() == "small\n"
+    assert len(gfs.volumes()) == 1
+    gfs.run("delete", "c1")
+
+
+def test_a_small_one_layer_image_whose_blob_is_corrupt_gives_the_pull_s_digest_error(gfs: Graftfs) -> None:
+    """The bytes read to look into the layer are verified by the pull as any blob's: a corrupt one is the
+    usual one line (GrootFS's text), and leaves no volume."""
+    tar = TarBuilder().dir("etc").file("etc/motd", b"small\n" * 512).build()
+    info = write_oci_layout(gfs.store.parent / "corrupt", [tar])
+    corrupt_blob(info, 0)
+    line = gfs.fails("create", info.url(), "bad")
+    assert line.startswith(f"pulling the image: streaming blob `{info.layer_digests[0]}`: layerID digest mismatch")
+    assert gfs.volumes() == set()
+    assert gfs.run("list").stdout == "Store empty\n"
 
 
 def test_the_publisher_can_ingest_through_a_command(workdir: Path, rgw: RGW, bucket: str) -> None:

@@ -31,12 +31,17 @@ PUBLIC = [
     "SnapshotUsage",
     "Snapshotter",
     "Store",
+    "ThinConverted",
+    "ThinImage",
+    "ThinLayer",
+    "ThinPublished",
     "Unavailable",
     "UnsafeArchive",
     "Unsupported",
     "VerificationError",
     "__version__",
     "mount_all",
+    "thin_convert",
 ]
 
 # Heavy or start-up-costly modules the Garden CLI must not load before a command needs them.
@@ -64,6 +69,15 @@ def test_api_classes_come_from_the_api_module() -> None:
 
     for name in ("Store", "CreateOptions", "Image", "DiskUsage"):
         assert getattr(graftfs, name) is getattr(api, name)
+
+
+def test_thin_images_come_from_the_repository_modules() -> None:
+    from graftfs.repository import convert, publish, thin
+
+    assert graftfs.thin_convert is convert.thin_convert
+    assert (graftfs.ThinConverted, graftfs.ThinPublished) == (convert.Converted, publish.Published)
+    assert (graftfs.ThinImage, graftfs.ThinLayer) == (thin.ThinImage, thin.ThinLayer)
+    assert callable(graftfs.Store.thin_publish)
 
 
 def test_version() -> None:

@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
-from ..errors import FailedPrecondition, InvalidArgument
+from ..errors import InvalidArgument
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,42 +26,33 @@ def _logger(settings: Settings) -> Logger:
 
 def repository_dir(settings: Settings, command: str) -> str:
     """The ``--repository`` directory, absolute, there, with its ``.layers`` (made if missing)."""
-    from ..repository.layers import LAYERS
+    from ..repository.convert import repository_dir
 
     if not settings.repository:
         raise InvalidArgument(f"invalid argument: {command} needs --repository DIR (thin.repository)")
-    path = os.path.abspath(settings.repository)
-    if not os.path.isdir(path):
-        raise FailedPrecondition(f"layer repository {path} is not a directory")
-    os.makedirs(os.path.join(path, LAYERS), mode=0o755, exist_ok=True)
-    return path
+    return repository_dir(settings.repository)
 
 
 def cmd_thin_convert(settings: Settings, args: list[str]) -> int:
     if len(args) != 1:
         raise InvalidArgument(f"invalid arguments - usage: {CONVERT_USAGE}")
-    from .. import reference
-    from ..repository.convert import convert, parse_output
-    from ..sources import open_source
+    from ..repository.convert import parse_output, thin_convert
 
     (url,) = args
     parse_output(settings.output)
     repository = repository_dir(settings, "thin convert")
-    name = settings.repository_name or os.path.basename(os.path.realpath(repository))
-    log = _logger(settings)
-    source = open_source(
-        reference.parse(url),
+    result = thin_convert(
+        url,
+        repository,
+        settings.output,
+        repository_name=settings.repository_name,
+        insecure_registries=settings.insecure_registries,
+        username=settings.username,
+        password=settings.password,
         skip_layer_validation=settings.skip_layer_validation,
-        insecure_registries=tuple(settings.insecure_registries),
-        credentials=(settings.username, settings.password) if settings.username or settings.password else None,
+        log=_logger(settings),
     )
-    try:
-        image, digest = convert(url, source, repository, name, settings.output, log)
-    finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
-    _print({"output": settings.output, "manifest": digest, "layers": [layer.digest for layer in image.layers]})
+    _print({"output": result.output, "manifest": result.manifest, "layers": result.layers})
     return 0
 
 
@@ -85,26 +75,25 @@ def cmd_thin_publish(settings: Settings, args: list[str]) -> int:
     if len(args) != 1:
         raise InvalidArgument(f"invalid arguments - usage: {PUBLISH_USAGE}")
     from ..repository.convert import parse_output
-    from ..repository.publish import publish, wait_for
     from . import main
 
     (image_id,) = args
     parse_output(settings.output)
     repository = repository_dir(settings, "thin publish --wait") if settings.wait else ""
-    log = _logger(settings)
     store = main._store(settings)
-    with s3_client(settings, log) as client:
-        result = publish(
-            store,
-            image_id,
-            client,
-            settings.output,
-            compression=settings.publish_compression,
-            repository_name=settings.repository_name,
-            log=log,
-        )
-    if settings.wait:
-        wait_for(repository, result.layer.digest, settings.wait_timeout_seconds)
+    result = store.thin_publish(
+        image_id,
+        settings.output,
+        settings.s3_bucket,
+        endpoint=settings.s3_endpoint or None,
+        region=settings.s3_region or None,
+        access_key=settings.s3_access_key_id or None,
+        secret_key=settings.s3_secret_access_key or None,
+        compression=settings.publish_compression,
+        repository_name=settings.repository_name,
+        wait_repository=repository,
+        wait_timeout=settings.wait_timeout_seconds,
+    )
     _print(
         {
             "output": settings.output,

@@ -8,6 +8,8 @@ layer whose only file is ``thin.json`` (:mod:`.thin`), base-first layers with DU
 (``cvmfs://<repository name>/.layers/<hh>/<hex>/layerfs``), and a config that keeps the source's env,
 entrypoint, cmd, user and working directory, plus ``CVMFS_IMAGE=true`` as DUCC's thin images have.
 
+From Python: :func:`thin_convert` (``graftfs.thin_convert``), which the command calls.
+
 The layout is written deterministically (sorted keys, no timestamps, the thin layer's tar and gzip headers
 with time zero): the same source and repository name give the same manifest digest. An existing layout at
 the path gets the image added, replacing the entry of the same tag; ``index.json`` is replaced atomically.
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 import os
 
-from ..errors import InvalidArgument
+from ..errors import FailedPrecondition, InvalidArgument
+from ..log import NULL
 from . import thin
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import IO, Any
 
     from ..layers.expect import Expect
@@ -182,6 +185,96 @@ def thin_url(repository_name: str, digest: str) -> str:
     return f"{thin.SCHEME}{repository_name}/.layers/{hexd[:2]}/{hexd}/layerfs"
 
 
+class Converted:
+    """What :func:`thin_convert` did: the thin image's descriptor (``image``: its layers base first, each with
+    its digest and ``cvmfs://`` url), the layout it was written to (``output``) and its manifest digest
+    (``manifest``)."""
+
+    __slots__ = ("image", "manifest", "output")
+
+    def __init__(self, image: thin.ThinImage, manifest: str, output: str) -> None:
+        self.image = image
+        self.manifest = manifest
+        self.output = output
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers' digests (bare hex, as ``thin.json`` names them), base first."""
+        return [layer.digest for layer in self.image.layers]
+
+    def __repr__(self) -> str:
+        return f"Converted(output={self.output!r}, manifest={self.manifest!r}, layers={self.layers!r})"
+
+
+def repository_dir(path: str) -> str:
+    """A layer repository directory to write into: ``path`` made absolute, which must be a directory; its
+    ``.layers`` is made if missing."""
+    from .layers import LAYERS
+
+    if not path:
+        raise InvalidArgument("invalid argument: a layer repository directory is needed")
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FailedPrecondition(f"layer repository {path} is not a directory")
+    os.makedirs(os.path.join(path, LAYERS), mode=0o755, exist_ok=True)
+    return path
+
+
+def thin_convert(
+    source_url: str,
+    repository: str,
+    output: str,
+    *,
+    repository_name: str = "",
+    insecure_registries: Sequence[str] = (),
+    username: str = "",
+    password: str = "",
+    skip_layer_validation: bool = False,
+    remote_layer_certificates: str = "",
+    log: Logger | None = None,
+) -> Converted:
+    """What ``graftfs thin convert SOURCE --repository DIR --output oci:///PATH[:TAG]`` does, from Python:
+    ingest every layer of the image ``source_url`` (``docker://``, ``oci://``, a rootfs tarball) into the
+    layer repository directory ``repository`` in DUCC's layout, then write the thin image that names them to
+    ``output``, an OCI layout (``oci:///PATH[:TAG]``, made or added to; the tag's entry replaced).
+
+    ``repository_name`` names the repository in the layers' urls (``cvmfs://<name>/.layers/<hh>/<hex>/layerfs``;
+    default: the directory's name). ``insecure_registries``, ``username``/``password``,
+    ``skip_layer_validation`` and ``remote_layer_certificates`` are as for :class:`graftfs.CreateOptions`.
+
+    Each layer is verified (size, digest, diffID) while it streams, built under a temporary name and renamed
+    into place with its ``.metadata/layers.json``; a layer already there is not fetched. Converts of images
+    sharing layers may run at once, in processes or threads: one builds each layer, the others wait for it.
+    The same source and name always give the same manifest digest. The thin image keeps the source's env
+    (plus ``CVMFS_IMAGE=true``), entrypoint, cmd, user and working directory.
+
+    Raises InvalidArgument for an output that is not an OCI layout or a bad name (before anything is fetched),
+    FailedPrecondition when ``repository`` is not a directory, the source's errors (NotFound,
+    PermissionDenied, Unavailable), VerificationError when a blob is not what its manifest says (nothing of
+    that layer is left; layers ingested before it stay, complete); the output is written only once every
+    layer is in the repository."""
+    from .. import reference
+    from ..sources import open_source
+
+    parse_output(output)
+    repository = repository_dir(repository)
+    name = repository_name or os.path.basename(os.path.realpath(repository))
+    source = open_source(
+        reference.parse(source_url),
+        skip_layer_validation=skip_layer_validation,
+        insecure_registries=tuple(insecure_registries),
+        credentials=(username, password) if username or password else None,
+        remote_layer_certificates=remote_layer_certificates,
+    )
+    try:
+        image, digest = convert(source_url, source, repository, name, output, log or NULL)
+    finally:
+        close = getattr(source, "close", None)  # a registry's keep-alive connections
+        if close is not None:
+            close()
+    return Converted(image, digest, output)
+
+
 def convert(
     source_url: str,
     source: Source,
@@ -191,7 +284,8 @@ def convert(
     log: Logger,
 ) -> tuple[thin.ThinImage, str]:
     """Ingest the layers of ``source`` into the repository at ``repository`` and write the thin image to
-    ``output``; returns it and its manifest digest."""
+    ``output``; returns it and its manifest digest (the part of :func:`thin_convert` after the source is
+    open)."""
     from ..layers.expect import Expect
     from . import ingest
 

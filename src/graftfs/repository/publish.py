@@ -14,6 +14,9 @@ repository yet is downloaded (to an unnamed file in the repository's ``.layers``
 leaves nothing), its digest checked against its key, and ingested (:mod:`.ingest`). An object whose bytes do
 not match its key is reported in one line and not ingested. ``publish --wait`` polls the repository until
 the layer is there.
+
+From Python: ``Store.thin_publish`` (:meth:`graftfs.api.Store.thin_publish`), which ``thin publish`` calls;
+:func:`publisher_pass` is one pass of the publisher.
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ class Published:
         self.key = key
         self.uploaded = uploaded
         self.manifest = manifest
+
+    def __repr__(self) -> str:
+        return (
+            f"Published(layer={self.layer!r}, key={self.key!r}, uploaded={self.uploaded!r}, manifest={self.manifest!r})"
+        )
 
 
 def _to_image(mappings: Sequence[Mapping]) -> Any:

@@ -16,12 +16,14 @@ appends it, on top, and reads any descriptor as base first.
 
 from __future__ import annotations
 
+import io
+
 from ..errors import InvalidImage
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any
+    from typing import IO, Any
 
     from ..sources.base import ImageSpec, LayerInfo, Source
 
@@ -108,12 +110,28 @@ DETECT_MAX = 64 << 10
 
 def read_layer(source: Source, layer: LayerInfo) -> ThinImage | None:
     """The descriptor in ``layer`` if its tar holds exactly one entry, a regular file ``thin.json`` (the rule:
-    such a layer is a thin image's), else None. The blob is verified as any layer's while it is read."""
+    such a layer is a thin image's), else None. A thin layer's blob is verified as any layer's."""
+    return look_into(source, layer)[0]
+
+
+def look_into(source: Source, layer: LayerInfo) -> tuple[ThinImage | None, Source]:
+    """Whether the small one-layer image ``layer`` is thin (see :func:`read_layer`): ``(descriptor, source)``,
+    or ``(None, source)`` for an ordinary layer. Its blob is fetched once, read whole (at most
+    :data:`DETECT_MAX` bytes); the source returned serves this blob from those bytes (and every other from
+    ``source``), so the pull of an ordinary layer does not fetch it again, and verifies it as it would the
+    source's. A thin layer is verified here (size, digest, diffID); a blob that is not a readable tar, or not
+    what it claims, is left to the pull, which reports it as for any layer."""
+    from ..errors import GraftfsError
     from ..layers.stream import LayerStream
     from ..layers.tarreader import REG, TarReader
 
     with source.open_blob(layer) as blob:
-        stream = LayerStream(blob, layer.expect)
+        data = _read_at_most(blob, DETECT_MAX + 1)
+    if len(data) > DETECT_MAX:
+        return None, source  # larger than declared: the pull reports it (and fetches it again to say so)
+    kept = Prefetched(source, layer.blob, data)
+    stream = LayerStream(io.BytesIO(data), layer.expect)
+    try:
         try:
             tar = TarReader(stream.tar)
             first = tar.next()
@@ -121,12 +139,11 @@ def read_layer(source: Source, layer: LayerInfo) -> ThinImage | None:
                 first is None
                 or first.type != REG
                 or first.name not in (DESCRIPTOR, "./" + DESCRIPTOR, "/" + DESCRIPTOR)
+                or first.size > DETECT_MAX
             ):
-                return None
-            if first.size > DETECT_MAX:
-                return None
-            data = bytearray(first.size)
-            view = memoryview(data)
+                return None, kept
+            descriptor = bytearray(first.size)
+            view = memoryview(descriptor)
             got = 0
             while got < first.size:
                 n = tar.readinto(view[got:])
@@ -134,11 +151,45 @@ def read_layer(source: Source, layer: LayerInfo) -> ThinImage | None:
                     break
                 got += n
             if tar.next() is not None:
-                return None
-            stream.finish()
-        finally:
-            stream.close()
-    return parse(bytes(data), f"thin image {DESCRIPTOR}")
+                return None, kept
+        except GraftfsError:
+            return None, kept  # not a readable tar, or not what its descriptor says: the pull explains which
+        stream.finish()
+    finally:
+        stream.close()
+    return parse(bytes(descriptor), f"thin image {DESCRIPTOR}"), kept
+
+
+def _read_at_most(blob: IO[bytes], limit: int) -> bytes:
+    parts = []
+    left = limit
+    while left > 0:
+        chunk = blob.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+class Prefetched:
+    """A source one of whose blobs was read already: ``open_blob`` of that blob gives its bytes again, of any
+    other asks ``source``."""
+
+    __slots__ = ("blob", "data", "source")
+
+    def __init__(self, source: Source, blob: str, data: bytes) -> None:
+        self.source = source
+        self.blob = blob
+        self.data = data
+
+    def resolve(self) -> ImageSpec:
+        return self.source.resolve()
+
+    def open_blob(self, layer: LayerInfo) -> IO[bytes]:
+        if layer.blob == self.blob:
+            return io.BytesIO(self.data)
+        return self.source.open_blob(layer)
 
 
 def image_spec(image: ThinImage, config: dict[str, Any]) -> ImageSpec:
