@@ -50,6 +50,7 @@ def cmd_thin_convert(settings: Settings, args: list[str]) -> int:
         username=settings.username,
         password=settings.password,
         skip_layer_validation=settings.skip_layer_validation,
+        remote_layer_certificates=settings.remote_layer_client_certificates_path,
         log=_logger(settings),
     )
     _print({"output": result.output, "manifest": result.manifest, "layers": result.layers})
