@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import containerd as ctrd_support
-from tests.support import images
+from tests.support import debian, images
 from tests.support import snapshots_wire as wire
 from tests.support.containerd import Containerd
 from tests.support.registry import start_registry
@@ -398,3 +398,18 @@ def test_ctr_snapshots_verbs(env: Env, ctr: Containerd, busybox: tuple[Path, ima
     ctr.ctr("images", "tag", ref, "gfs.test/collect:now")
     ctr.ctr("images", "rm", "--sync", "gfs.test/collect:now")
     assert {n.rsplit("/", 1)[-1] for n in env.names() if n.startswith(ctr.namespace + "/")} == {chain}
+
+
+@pytest.mark.skipif(bool(debian.available()), reason=debian.available() or "-")
+def test_run_debian(env: Env, ctr: Containerd) -> None:
+    """A real distribution's image (Debian bookworm, debootstrap minbase: tests/support/debian.py): imported,
+    unpacked by containerd into graftfs's snapshot, and run with its own shell, dpkg and apt."""
+    image = debian.write_debian_layout(env.dir / "debian-layout", tag="latest")
+    ref = _import(ctr, oci_archive(image.path, env.dir / "debian.tar"), "gfs.test/debian")
+    chain = image.diff_id  # a one-layer image's chain ID
+    assert [row[0] for row in _snapshots(ctr)] == [chain]
+    script = ". /etc/os-release && echo $PRETTY_NAME && dpkg-query -W -f '${Package}\\n' apt && apt-get --version"
+    out = ctr.ctr("run", "--rm", "--snapshotter", "graftfs", ref, "debian-1", "bash", "-c", script).stdout.splitlines()
+    assert out[:2] == ["Debian GNU/Linux 12 (bookworm)", "apt"], out
+    assert out[2].startswith("apt 2.6"), out
+    assert _snapshots(ctr) == [[chain, "Committed"]]
