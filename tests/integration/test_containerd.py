@@ -1,7 +1,8 @@
 """graftfs's snapshotter under the real containerd (Debian's 1.6): ``graftfs serve containerd-snapshotter`` as
 the proxy plugin ``graftfs`` of a containerd started with a private config (tests/support/containerd.py),
-driven with ``ctr``: image import and pull, ``ctr run`` (busybox and Debian), ``ctr snapshots ls|info|usage|tree|diff``, parallel
-runs, containerd's garbage collection, and restarts of containerd and of the snapshotter.
+driven with ``ctr``: image import and pull, ``ctr run`` (busybox and Debian), ``ctr snapshots
+ls|info|usage|tree|diff``, parallel runs, containerd's garbage collection, and restarts of containerd and of
+the snapshotter.
 
 One snapshotter server and one containerd serve the module; each test works in a containerd namespace of its
 own. The restart test starts its own pair."""
