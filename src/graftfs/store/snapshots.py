@@ -200,11 +200,6 @@ class _Found:
     def owner(self) -> str:
         return self.namespace or ""
 
-    @property
-    def shared(self) -> bool:
-        """Visible to every namespace by its name (as a parent, to ``stat``): a pulled layer, a remote layer."""
-        return self.id is None or self.remote is not None
-
     def entry(self) -> str:
         """How the lowers of the snapshots on this one name it."""
         if self.id is None:
