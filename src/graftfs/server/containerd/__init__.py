@@ -256,15 +256,19 @@ class Service:
 # -- serving ----------------------------------------------------------------------------------------------------
 
 
-def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
+def serve(root: str, socket_path: str, log: Logger, workers: int = 32, namespace: str = NAMESPACE) -> int:
     """Serve the snapshot service over the store (or bare directory) ``root`` on the unix socket
     ``socket_path`` (mode 0600) until SIGTERM or SIGINT, then stop gracefully: calls under way finish (for
-    up to 30 s), new ones are refused, and the socket is removed."""
+    up to 30 s), new ones are refused, and the socket is removed. containerd's snapshots are kept in the
+    core's ``namespace`` (:data:`NAMESPACE` unless ``--namespace``: two containerds sharing a store need one
+    each, or each one's garbage collection removes the other's); an old store's are adopted into the default
+    one only."""
     socket_path = claim_socket("serve containerd-snapshotter", socket_path)
     from concurrent import futures
 
-    snapshotter = Snapshotter(root, log=log, namespace=NAMESPACE)
-    snapshotter.adopt(containerds)
+    snapshotter = Snapshotter(root, log=log, namespace=namespace)
+    if namespace == NAMESPACE:
+        snapshotter.adopt(containerds)
     service = Service(snapshotter, log)
     stopping = threading.Event()
 
