@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -397,6 +398,8 @@ def test_containerds_gc_removes_its_own_snapshots_only_in_a_store_shared_with_ev
         assert garden.volumes() == set()
         assert os.listdir(work / "store" / "snapshots") == ["keys"]
     finally:
+        # Garden's image is mounted: a failure above must not leave it behind.
+        subprocess.run(["umount", str(work / "store" / "images" / "garden-1" / "rootfs")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 
