@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 import tempfile
 import time
@@ -67,10 +68,10 @@ class Env:
             client.close()
 
 
-def _start(work: Path, namespace: str) -> tuple[wire.Server, Containerd]:
+def _start(work: Path, namespace: str, cri: bool = False) -> tuple[wire.Server, Containerd]:
     server = wire.start_server(str(work / "store"), str(work / "s.sock"), work / "server.log")
     try:
-        containerd = ctrd_support.launch(work / "ctrd", server.socket_path, namespace)
+        containerd = ctrd_support.launch(work / "ctrd", server.socket_path, namespace, cri=cri)
     except BaseException:
         server.stop()
         raise
@@ -326,13 +327,17 @@ def test_restart_of_containerd_and_of_the_snapshotter_with_a_running_container(
             shutil.rmtree(work, ignore_errors=True)
 
 
-def test_a_store_shared_with_garden_keeps_its_images_through_containerds_gc(
+def test_containerds_gc_removes_its_own_snapshots_only_in_a_store_shared_with_every_front_end(
     busybox: tuple[Path, images.OCIImageInfo],
 ) -> None:
-    """The snapshotter over a graftfs store that Garden also uses: the store's pulled layers are committed
-    snapshots that containerd never made, so its garbage collection asks to remove them; the core refuses
-    (FailedPrecondition, which containerd's collector logs and passes over), Garden's image still works, and
-    containerd's own snapshots are collected as usual."""
+    """One store, every front end: Garden's image (its pulled layer), the Python API's snapshots (the default
+    namespace: one on Garden's layer, a committed one, a view), the graphdriver's layers (its ``Driver`` over
+    the store, namespace ``docker``) and containerd's. containerd's garbage collector removes every snapshot
+    its snapshotter lists that its records do not name: it is shown its own namespace only, so it removes its
+    unreferenced snapshots and asks to remove nothing else (no refusal in its log), and the others survive."""
+    from graftfs.log import LEVELS, Logger
+    from graftfs.server.docker.driver import Driver
+    from graftfs.store.snapshots import Snapshotter
     from tests.integration.conftest import Graftfs
 
     archive, info = busybox
@@ -344,28 +349,58 @@ def test_a_store_shared_with_garden_keeps_its_images_through_containerds_gc(
         garden.create(info.url(), "garden-1")
         volumes = garden.volumes()
         assert volumes
+        layer = info.chain_ids[-1]
+        python = Snapshotter(str(work / "store"))
+        python.prepare("python/active", layer)  # on Garden's pulled layer
+        python.prepare("python/base")
+        python.commit("python/committed", "python/base")
+        python.view("python/view", "python/committed")
+        with open(work / "driver.log", "a") as log:
+            driver = Driver(str(work / "store"), Logger(LEVELS["info"], log))
+            driver.create("d1", "")
+            driver.create("d2", "d1")  # d1 committed as d2's parent
+        before = {i.name for i in python.walk()}
+        assert before == {"python/active", "python/committed", "python/view", layer}
         server, containerd = _start(work, namespace)
         try:
             ref = _import(containerd, archive, "gfs.test/busybox")
             out = containerd.ctr("run", "--rm", "--snapshotter", "graftfs", ref, "c", "/bin/busybox", "echo", "hi")
             assert out.stdout == "hi\n"
+            # An unreferenced snapshot of containerd's own (its records dropped at once, the snapshot at the
+            # next collection), and the image's layer, unreferenced once the image is removed.
+            snap = ("snapshots", "--snapshotter", "graftfs")
+            containerd.ctr(*snap, "prepare", "scratch", layer)
+            assert sorted(r[0] for r in _snapshots(containerd)) == sorted([layer, "scratch"])
+            containerd.ctr(*snap, "rm", "scratch")
             containerd.ctr("images", "rm", "--sync", ref)
             client = wire.WireSnapshotter(server.socket_path)
             try:
                 names = [i.name for i in client.walk()]
             finally:
                 client.close()
-            assert not [n for n in names if n.startswith(namespace + "/")], names
+            assert names == [], names
+            assert _snapshots(containerd) == []
+            # containerd never saw the others, so it asked to remove none of them.
+            refused = [line for line in containerd.log_text().splitlines() if "failed to remove snapshot" in line]
+            assert refused == [], refused
+            assert {i.name for i in python.walk()} == before
             assert garden.volumes() == volumes
             assert (garden.rootfs("garden-1") / "bin" / "busybox").exists()
-            assert _snapshots(containerd) == []
-            # containerd asked, and was told why not.
-            refused = [line for line in containerd.log_text().splitlines() if "failed to remove snapshot" in line]
-            assert refused and all("it is a layer pulled for images" in line for line in refused), refused
+            assert driver.exists("d1") and driver.exists("d2")
+            assert {i.name for i in driver.sn.walk()} == {"docker/layer/d1", "docker/rw/d2"}
         finally:
             _stop(server, containerd)
+        for name in ("python/view", "python/committed", "python/active"):
+            python.remove(name)
+        driver.remove("d2")
+        driver.remove("d1")
         garden.run("delete", "garden-1")
+        garden.run("clean")
+        assert garden.volumes() == set()
+        assert os.listdir(work / "store" / "snapshots") == ["keys"]
     finally:
+        # Garden's image is mounted: a failure above must not leave it behind.
+        subprocess.run(["umount", str(work / "store" / "images" / "garden-1" / "rootfs")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
 
 

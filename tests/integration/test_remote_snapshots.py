@@ -293,3 +293,45 @@ def test_a_layer_garden_pulled_onto_a_repository_layer_stacks_on_its_remote_snap
         sn.remove("k")
         sn.remove(info.chain_ids[0])
         g.run("delete", "c1")
+
+
+def test_a_remote_layer_is_its_namespaces_to_walk_and_remove_and_every_namespaces_parent(
+    workdir: Path, image: tuple[OCIImageInfo, list[bytes]]
+) -> None:
+    """containerd's snapshotter (namespace ``containerd``) makes the remote layers; the Python API (the
+    default namespace) finds them by name and prepares on them, but neither walks them nor removes them; while
+    its snapshot stands on one, containerd's removal (its garbage collection) is refused. The same labels from
+    the default namespace make its own remote layers, which containerd's walk does not list."""
+    info, tars = image
+    src = workdir / "repo-src"
+    ducc.write_repository(src, list(zip(info.layer_digests, tars, strict=True)))
+    with ducc.erofs(src, workdir / "repo.erofs", workdir / "repo") as repo:
+        g = Graftfs(workdir / "store")
+        g.run("init-store", "--layer-repository", str(repo))
+        ctrd = Snapshotter(str(g.store), namespace="containerd")
+        python = Snapshotter(str(g.store))
+        _unpack(ctrd, info, "ns1", CRI_DIGEST)
+        top = info.chain_ids[-1]
+        assert list(python.walk()) == [] and python.stat(top).kind == KIND_COMMITTED
+        _mount_and_check(python, "python's", top, workdir / "rootfs")
+        with pytest.raises(FailedPrecondition, match="remote layer of namespace `containerd`"):
+            python.remove(top)
+        with pytest.raises(FailedPrecondition, match="parent of `python's`"):
+            ctrd.remove(top)
+        # The default namespace's own remote layers of the same layers: named apart, walked apart.
+        parent = ""
+        for i, target in enumerate(info.chain_ids):
+            with pytest.raises(AlreadyExists, match=target):
+                python.prepare(f"extract {i}", parent, _labels(info, i, CRI_DIGEST))
+            (found,) = python.walk(f'labels."{LABEL_TARGET}"=={target},parent=="{parent}"')
+            assert found.name.startswith(target + "@") and found.kind == KIND_COMMITTED
+            parent = found.name
+        assert len(list(ctrd.walk())) == 3 and len(list(python.walk())) == 4  # and python's active snapshot
+        python.remove("python's")
+        for name in reversed(info.chain_ids):
+            ctrd.remove(name)
+        for found in sorted(python.walk(), key=lambda f: f.created, reverse=True):
+            python.remove(found.name)
+        assert list(ctrd.walk()) == [] and list(python.walk()) == []
+        g.run("clean")
+        assert os.listdir(g.store / "snapshots") == ["keys"]

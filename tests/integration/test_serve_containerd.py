@@ -100,3 +100,30 @@ def test_the_socket_flag_is_required(tmp_path: Path) -> None:
     result = _run(*argv)
     assert (result.returncode, result.stdout) == (1, "invalid argument: --socket is required\n")
     assert not (tmp_path / "root").exists()
+
+
+def test_each_namespace_flag_is_a_snapshotter_of_its_own_over_one_store(sock_dir: Path, tmp_path: Path) -> None:
+    """Two containerds sharing a store, each with a server of its own ``--namespace``: neither lists (so
+    neither's garbage collection removes) the other's snapshots, nor the Python API's."""
+    from graftfs.store.snapshots import Snapshotter
+
+    root = tmp_path / "root"
+    first = wire.start_server(str(root), str(sock_dir / "a.sock"), tmp_path / "a.log")
+    second = wire.start_server(str(root), str(sock_dir / "b.sock"), tmp_path / "b.log", flags=("--namespace", "b"))
+    try:
+        a, b = wire.WireSnapshotter(first.socket_path), wire.WireSnapshotter(second.socket_path)
+        a.prepare("default/1/k", "", {"who": "a"})
+        assert list(b.walk()) == []
+        b.prepare("default/1/k", "", {"who": "b"})
+        assert [i.labels["who"] for i in a.walk()] == ["a"] and [i.labels["who"] for i in b.walk()] == ["b"]
+        assert list(Snapshotter(str(root)).walk()) == []
+        assert [i.name for i in Snapshotter(str(root), namespace="b").walk()] == ["default/1/k"]
+        a.remove("default/1/k")
+        assert b.stat("default/1/k").labels == {"who": "b"}
+        b.remove("default/1/k")
+        a.close()
+        b.close()
+    finally:
+        assert first.stop() == 0 and second.stop() == 0
+    result = _run(*wire.server_argv(str(root), str(sock_dir / "c.sock"), "info", "--namespace", "no/slash"))
+    assert result.returncode == 1 and "--namespace 'no/slash'" in result.stdout, result

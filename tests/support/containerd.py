@@ -39,9 +39,29 @@ DISABLED_PLUGINS = [
 ]
 
 
-def config(work: Path, snapshotter_socket: str) -> str:
-    """The private config.toml: everything under ``work``."""
-    disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS)
+#: The CRI plugin's section when it is enabled (``launch(..., cri=True)``): graftfs as its snapshotter, with
+#: the snapshot annotations that make it label each layer's prepare (``containerd.io/snapshot/cri.*``; 1.6
+#: defaults to not sending them), and its CNI directories, which it makes and watches, in ``work``. A registry
+#: on a loopback address is plain HTTP to it without configuration (its ``registryEndpoints``).
+CRI_SECTION = """
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "graftfs"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{work}/cni/bin"
+    conf_dir = "{work}/cni/conf"
+"""
+
+
+def config(work: Path, snapshotter_socket: str, cri: bool = False) -> str:
+    """The private config.toml: everything under ``work``; the CRI plugin disabled unless ``cri``."""
+    disabled = ", ".join(f'"{p}"' for p in DISABLED_PLUGINS if not (cri and p == "io.containerd.grpc.v1.cri"))
     return f"""version = 2
 root = "{work / "root"}"
 state = "{work / "state"}"
@@ -63,7 +83,7 @@ disabled_plugins = [{disabled}]
 [proxy_plugins.graftfs]
   type = "snapshot"
   address = "{snapshotter_socket}"
-"""
+""" + (CRI_SECTION.format(work=work) if cri else "")
 
 
 @dataclass
@@ -151,12 +171,13 @@ def _wait_listening(ctrd: Containerd, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def launch(work: Path, snapshotter_socket: str, namespace: str, timeout: float = 60) -> Containerd:
-    """Start containerd on ``work`` (made if need be) and wait until it answers."""
+def launch(work: Path, snapshotter_socket: str, namespace: str, timeout: float = 60, cri: bool = False) -> Containerd:
+    """Start containerd on ``work`` (made if need be) and wait until it answers; with its CRI plugin if
+    ``cri`` (see :data:`CRI_SECTION`)."""
     for sub in ("root", "state", "opt", "run", "tmp"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     conf = work / "config.toml"
-    conf.write_text(config(work, snapshotter_socket))
+    conf.write_text(config(work, snapshotter_socket, cri))
     script = 'mount --bind "$1" /run && shift && exec "$@"'
     argv = [
         "unshare",

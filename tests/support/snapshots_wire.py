@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -182,7 +182,7 @@ class Server:
             return ""
 
 
-def server_argv(root: str, socket_path: str, log_level: str = "info") -> list[str]:
+def server_argv(root: str, socket_path: str, log_level: str = "info", *flags: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -195,15 +195,22 @@ def server_argv(root: str, socket_path: str, log_level: str = "info") -> list[st
         root,
         "--socket",
         socket_path,
+        *flags,
     ]
 
 
-def start_server(root: str, socket_path: str, log: Path, timeout: float = 60) -> Server:
-    """Start the server on ``root`` and wait until its socket accepts connections."""
+def start_server(root: str, socket_path: str, log: Path, timeout: float = 60, flags: Sequence[str] = ()) -> Server:
+    """Start the server on ``root`` (with the command's ``flags``) and wait until its socket accepts
+    connections."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            server_argv(root, socket_path), stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env, cwd="/"
+            server_argv(root, socket_path, "info", *flags),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd="/",
         )
     server = Server(proc, socket_path, log)
     deadline = time.monotonic() + timeout

@@ -355,7 +355,7 @@ def cmd_serve_containerd_snapshotter(settings: Settings, args: list[str]) -> int
     log = _logger(settings)
     # A server has no stdout line to fail with: what it cannot answer is logged, whatever --log-level says.
     log.level = min(log.level, LEVELS["error"])
-    return serve(settings.store, settings.socket, log)
+    return serve(settings.store, settings.socket, log, namespace=settings.snapshot_namespace)
 
 
 def _thin(name: str) -> Callable[[Settings, list[str]], int]:
@@ -493,9 +493,9 @@ COMMANDS: dict[str, Command] = {
             subcommands=(
                 Command(
                     "serve containerd-snapshotter",
-                    "serve containerd-snapshotter --socket PATH [--store DIR]",
+                    "serve containerd-snapshotter --socket PATH [--store DIR] [--namespace NAME]",
                     "serve containerd's snapshot service (a proxy plugin) over the store on a unix socket",
-                    ("store", "socket"),
+                    ("store", "socket", "namespace"),
                     cmd_serve_containerd_snapshotter,
                     nargs=0,
                 ),

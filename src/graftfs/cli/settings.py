@@ -83,6 +83,13 @@ def _not_negative(what: str) -> Callable[[Any], str]:
     return lambda value: f"invalid argument: {what} cannot be negative" if value < 0 else ""
 
 
+def _namespace_check(value: str) -> str:
+    """As the snapshot core checks a namespace's name (graftfs.store.snapshots, not imported here)."""
+    if value[:1].isascii() and value[:1].isalnum() and all(c.isascii() and (c.isalnum() or c in "._-") for c in value):
+        return ""
+    return f"invalid argument: --namespace {value!r}: letters, digits, `.`, `_` and `-` only"
+
+
 class Settings:
     """The resolved settings of one run (see :func:`resolve`); the class body is the table. Config keys are
     grouped by section in the order GrootFS's files have them, and checks run in table order."""
@@ -253,6 +260,13 @@ class Settings:
         flag="socket",
         check=lambda value: "" if value else "invalid argument: --socket is required",
         help="unix socket to serve on (made 0600; a stale one is replaced)",
+    )
+    snapshot_namespace: str = _setting(
+        "containerd",
+        flag="namespace",
+        check=lambda value: _namespace_check(value),
+        help="the store's snapshot namespace this containerd's snapshots live in (default containerd): give each "
+        "containerd that shares the store one of its own, or each one's garbage collection removes the others'",
     )
 
     # -- thin flags, the `thin` section (graftfs's own: thin images, graftfs.repository) --

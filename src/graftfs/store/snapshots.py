@@ -5,8 +5,8 @@ Vocabulary (containerd's ``core/snapshots/snapshotter.go``, which this follows v
 * A **snapshot** is a directory tree that is either *committed* (read-only, a layer), *active* (writable:
   an upper directory over its parent chain) or a *view* (a read-only look at a parent chain). Active
   snapshots and views are named by a **key**, committed ones by a **name**; keys and names share one
-  namespace and may be any non-empty string (``ns/12/extract-1 sha256:…`` included): on disk they are
-  hashed.
+  space (a front end's namespace, below) and may be any non-empty string (``ns/12/extract-1 sha256:…``
+  included): on disk they are hashed.
 * ``prepare(key, parent)`` makes an active snapshot on the committed snapshot ``parent`` (or on nothing)
   and returns the mounts that show it; ``view`` does the same read-only. ``mounts(key)`` returns them
   again. The caller performs them (:func:`graftfs.mount.kernel.mount_all`) or hands them on (a runtime,
@@ -22,6 +22,18 @@ In a graftfs store, the layers pulled for images (``volumes/<chain-id-hex>``) ar
 :mod:`graftfs.store.volumes` and ``clean``, never by this module). A snapshot whose chain reaches them
 keeps them from ``clean`` by a record of its own in ``meta/dependencies/snapshot:<id>.json``, written
 while their locks are held, as an image's commit record is.
+
+**Namespaces.** Every front end keeps its keys in a namespace of its own (``Snapshotter(root,
+namespace=...)``): the Python API the default one (``""``, every store's keys before namespaces), the containerd
+snapshotter ``containerd``, the Docker graphdriver ``docker``. A snapshotter sees (``stat``, ``mounts``,
+``usage``, ``commit``, ``remove``, ``update``) and walks only its own namespace's snapshots, so containerd's
+garbage collector, which removes every snapshot its snapshotter lists and its own records do not name, never
+sees the Python API's or the graphdriver's. Two kinds of snapshot are **shared**, found by name from every
+namespace (``stat``, and as a parent): the store's pulled layers (walked by the default namespace only, as
+before, and removed by ``clean`` only) and remote layers (below: walked, removed and relabelled by the
+namespace that made them, and refused to its ``remove`` while another namespace's snapshot stands on one). A
+record says its namespace; one written before namespaces says none and is the default's until a front end
+claims it (:meth:`Snapshotter.adopt`, by the shape of its keys, when it starts).
 
 **Remote layers** (containerd's remote-snapshot protocol, as CernVM-FS's and stargz's snapshotters serve it):
 containerd's unpacker prepares each layer's snapshot with the label ``containerd.io/snapshot.ref`` (the
@@ -51,7 +63,9 @@ On disk, beside the store's own directories::
     snapshots/<id>/work         an active snapshot's overlay workdir
     snapshots/<id>/fs -> <repository>/.layers/<hh>/<hex>/layerfs     a remote layer's tree (and, when it
     snapshots/<id>/{above,below} -> <store>/r/<12 hex>.shim/…        has a shim, the shim's two lowers)
-    snapshots/keys/<sha256(key)> -> ../<id>     the index of keys and names
+    snapshots/keys/<sha256(key)> -> ../<id>     the index of keys and names: the default namespace's and
+                                                the shared ones' (remote layers)
+    snapshots/keys/<sha256(0xff ns 0xff key)>   another namespace's
     locks/snapshots.lock        held exclusively by every verb that changes something, shared by walk
 
 Crash safety: every change holds the lock (a killed holder's lock is free again) and has one commit point,
@@ -161,10 +175,16 @@ class Usage:
 class _Found:
     """A snapshot found by key: its directory id (None for a pulled layer) and record."""
 
-    __slots__ = ("id", "info", "lowers", "remote", "volume")
+    __slots__ = ("id", "info", "lowers", "namespace", "remote", "volume")
 
     def __init__(
-        self, id: str | None, info: Info, lowers: list[str], volume: str = "", remote: dict[str, str] | None = None
+        self,
+        id: str | None,
+        info: Info,
+        lowers: list[str],
+        volume: str = "",
+        remote: dict[str, str] | None = None,
+        namespace: str | None = "",
     ) -> None:
         self.id = id
         self.info = info
@@ -172,6 +192,13 @@ class _Found:
         self.lowers = lowers
         self.volume = volume
         self.remote = remote  # a remote layer's ``{"digest", "verdict"}``
+        # The front end's namespace that owns it; None for a record written before namespaces (the default's,
+        # until a front end adopts it: :meth:`Snapshotter.adopt`).
+        self.namespace = namespace
+
+    @property
+    def owner(self) -> str:
+        return self.namespace or ""
 
     def entry(self) -> str:
         """How the lowers of the snapshots on this one name it."""
@@ -188,9 +215,24 @@ class Snapshotter:
     Processes share a root safely: each verb that changes something holds ``locks/snapshots.lock``; walk
     holds it shared while it reads, stat and mounts not at all. ``overlay_options`` are added to every
     overlay mount; by default the store's (its layers' whiteouts may be ``user.*`` xattrs, which need
-    ``userxattr``)."""
+    ``userxattr``).
 
-    def __init__(self, root: str, overlay_options: Sequence[str] | None = None, log: Logger | None = None) -> None:
+    ``namespace`` is the front end's own space of keys (see the module's documentation): ``""``, the default,
+    is the Python API's (and every store's before namespaces); graftfs's containerd snapshotter uses
+    ``containerd`` and its Docker graphdriver ``docker``. A snapshotter sees, walks and removes the snapshots
+    of its own namespace only; the shared ones (pulled layers, remote layers) every namespace can stat and
+    name as a parent."""
+
+    def __init__(
+        self,
+        root: str,
+        overlay_options: Sequence[str] | None = None,
+        log: Logger | None = None,
+        namespace: str = "",
+    ) -> None:
+        if not isinstance(namespace, str) or (namespace and not _is_namespace(namespace)):
+            raise InvalidArgument(f"snapshot namespace {namespace!r}: letters, digits, `.`, `_` and `-` only")
+        self.namespace = namespace
         self.layout = Layout.at(root)
         self.log = log
         self.dir = os.path.join(self.layout.root, "snapshots")
@@ -258,7 +300,7 @@ class Snapshotter:
         # the snapshot twice, or not at all); let go before returning, so that the caller may call any verb
         # while it goes through them.
         with FileLock(self.layout.locks, "snapshots").held(shared=True, timeout=LOCK_WAIT):
-            everything = self._all()
+            everything = self._all(self.namespace)
         return iter(
             [f.info for f in everything if not matchers or any(all(cond(f.info) for cond in m) for m in matchers)]
         )
@@ -305,9 +347,9 @@ class Snapshotter:
             info = Info(name, KIND_COMMITTED, found.info.parent, labels, now, now)
             # The name's link first (invisible: its record still carries the key), then the record (the
             # commit point), then the key's link (invisible from the commit point on).
-            self._link(name, found.id)
-            self._write(found.id, info, found.lowers, found.remote)
-            unlink(self._key_path(key))
+            self._link(self._key_path(name, found.owner), found.id)
+            self._write(found.id, info, found.lowers, found.remote, found.namespace)
+            unlink(self._canonical(found))
 
     def update(self, info: Info, *fieldpaths: str) -> Info:
         """Change the labels of ``info.name``: all of them as ``info.labels`` says (no ``fieldpaths``, or
@@ -320,6 +362,7 @@ class Snapshotter:
             found = self._get(info.name)
             if found.id is None:
                 raise FailedPrecondition(f"labels of layer `{info.name}` belong to the images that pulled it")
+            self._check_owner(found, "change the labels of")
             labels = dict(found.info.labels)
             if not fieldpaths or "labels" in fieldpaths:
                 labels = dict(info.labels)
@@ -331,7 +374,7 @@ class Snapshotter:
                     else:
                         labels.pop(label, None)
             new = Info(found.info.name, found.info.kind, found.info.parent, labels, found.info.created, time.time_ns())
-            self._write(found.id, new, found.lowers, found.remote)
+            self._write(found.id, new, found.lowers, found.remote, found.namespace)
             return new
 
     def remove(self, key: str) -> None:
@@ -343,10 +386,11 @@ class Snapshotter:
                 raise FailedPrecondition(
                     f"cannot remove `{key}`: it is a layer pulled for images; clean removes it when none uses it"
                 )
+            self._check_owner(found, "remove")
             child = next(self._children(found.id), None)
             if child is not None:
                 raise FailedPrecondition(f"cannot remove snapshot `{key}`: it is the parent of `{child}`")
-            unlink(self._key_path(key))  # the commit point: gone for everyone
+            unlink(self._canonical(found))  # the commit point: gone for everyone
             below = _nearest_record(found.lowers)
             if below is not None:
                 unlink(os.path.join(self.dir, below, "children", found.id))
@@ -371,14 +415,14 @@ class Snapshotter:
         failures: list[str] = []
         doomed: list[str] = []
         with self._lock():
-            live = [f for f in self._all() if f.id is not None]
+            live = [f for f in self._all(None) if f.id is not None]  # every namespace's
             reached = {f.id for f in live}
             # Records first: one left behind keeps layers from ``clean`` for as long as it is there.
             for name in os.listdir(self.layout.dependencies) if os.path.isdir(self.layout.dependencies) else ():
                 if name.startswith("snapshot:") and name[len("snapshot:") :].split(".", 1)[0] not in reached:
                     unlink(os.path.join(self.layout.dependencies, name))
                     removed.append(name)
-            links = {self._key_path(f.info.name) for f in live}
+            links = {self._canonical(f) for f in live}
             for name in os.listdir(self.keys):
                 if os.path.join(self.keys, name) not in links:
                     unlink(os.path.join(self.keys, name))
@@ -409,6 +453,35 @@ class Snapshotter:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise FailedPrecondition(f"snapshot cleanup: {failures[0]}{more}")
         return removed
+
+    def adopt(self, claims: Callable[[Info, bool], bool]) -> list[str]:
+        """Move into this snapshotter's namespace the snapshots a store made before namespaces (records
+        without one, all in the default namespace then) for which ``claims(info, remote)`` says they are this
+        front end's (by the shape of their keys: containerd's ``<ns>/<n>/…``, the graphdriver's
+        ``docker/…``). Returns their names. A front end calls it as it starts; once a record says its
+        namespace, nothing moves it again.
+
+        Each move has one commit point, the record's rewrite: the new link is made first (invisible: the
+        record still says the default namespace), the old one unlinked after (invisible from the commit point
+        on; ``cleanup`` removes it if a kill left it). A remote layer keeps its link (the shared space's) and
+        only gains its owner."""
+        if not self.namespace:
+            raise InvalidArgument("the default namespace adopts nothing: its snapshots are the old ones already")
+        moved: list[str] = []
+        with self._lock():
+            for found in self._all(None):
+                if found.namespace is not None or found.id is None or not claims(found.info, found.remote is not None):
+                    continue
+                old = self._canonical(found)
+                if found.remote is None:
+                    self._link(self._key_path(found.info.name, self.namespace), found.id)
+                self._write(found.id, found.info, found.lowers, found.remote, self.namespace)  # the commit point
+                if found.remote is None:
+                    unlink(old)
+                moved.append(found.info.name)
+        if moved and self.log is not None:
+            self.log.info("adopted-snapshots", namespace=self.namespace, count=str(len(moved)))
+        return moved
 
     def close(self) -> None:
         """Nothing is held between verbs; closing twice is fine."""
@@ -459,8 +532,10 @@ class Snapshotter:
             try:
                 if volumes:
                     atomic_write(self._record(snapshot_id), jsonc.dumps(volumes).encode(), sync=False)
-                self._write(snapshot_id, info, lowers, remote)
-                self._link(info.name, snapshot_id)  # the commit point
+                self._write(snapshot_id, info, lowers, remote, self.namespace)
+                # The commit point. A remote layer's link is in the shared space (by its name alone), as a
+                # pulled layer's name is: every namespace finds it as a parent.
+                self._link(self._key_path(info.name, "" if remote is not None else self.namespace), snapshot_id)
             finally:
                 for lock in held:
                     lock.release()
@@ -484,24 +559,32 @@ class Snapshotter:
         if layer is None:
             return
         path, verdict, shim = layer
-        name = target
-        existing = self._find(name)
-        if existing is not None and not (existing.remote is not None and existing.info.parent == parent):
-            # The name is taken: by this layer on another parent (a containerd namespace that unpacked the
-            # layers below it itself), or by a pulled layer of the same chain ID. containerd finds the snapshot
-            # by its labels and parent, not by its name: one per parent, named after it.
-            from hashlib import sha256
+        # Remote layers are named in the shared space (every namespace's parents can be one). The target's
+        # name may be taken: by this layer on another parent (a containerd namespace that unpacked the layers
+        # below it itself), by a pulled layer of the same chain ID, by a key of the default namespace, or by
+        # another front end's remote layer of it (each front end walks, and removes, its own). containerd
+        # finds the snapshot by its labels and parent, not by its name: one per parent and namespace, named
+        # after them.
+        from hashlib import sha256
 
-            name = f"{target}@{sha256(parent.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
-            existing = self._find(name)
-        if existing is not None:
-            if existing.remote is not None and existing.info.parent == parent:
+        def suffixed(text: str) -> str:
+            return f"{target}@{sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
+
+        names = [target, suffixed(parent)]
+        if self.namespace:
+            names.append(suffixed(f"{self.namespace}\0{parent}"))
+        for name in names:
+            existing = self._find_in("", name)
+            if existing is None:
+                break
+            if existing.remote is not None and existing.owner == self.namespace and existing.info.parent == parent:
                 raise AlreadyExists(f"target snapshot `{target}` already exists (layer {digest}, in place)")
+        else:
             self._note(
                 "remote-layer-not-used",
                 digest=digest,
                 target=target,
-                reason=f"the store has a snapshot named `{name}` already, on `{existing.info.parent}`",
+                reason=f"the store has snapshots named `{'`, `'.join(names)}` already",
             )
             return
         now = time.time_ns()
@@ -661,7 +744,8 @@ class Snapshotter:
         for child_id in names:
             loaded = self._load(child_id)
             if loaded is not None:
-                found = self._find(loaded.info.name)
+                # In its own namespace: another front end's snapshot on a shared layer is a child too.
+                found = self._find_in(loaded.owner, loaded.info.name)
                 if found is not None and found.id == child_id:
                     yield loaded.info.name
 
@@ -708,7 +792,14 @@ class Snapshotter:
             raise
         return held
 
-    def _write(self, snapshot_id: str, info: Info, lowers: list[str], remote: dict[str, str] | None = None) -> None:
+    def _write(
+        self,
+        snapshot_id: str,
+        info: Info,
+        lowers: list[str],
+        remote: dict[str, str] | None = None,
+        namespace: str | None = "",
+    ) -> None:
         record: dict[str, object] = {
             "name": info.name,
             "kind": info.kind,
@@ -720,33 +811,67 @@ class Snapshotter:
         }
         if remote is not None:
             record["repository"] = remote
+        if namespace is not None:  # None: a record from before namespaces, kept so (a front end may adopt it)
+            record["namespace"] = namespace
         # Not fsynced: like an image's commit record, it falls back with the tree it describes on a power cut.
         atomic_write(os.path.join(self.dir, snapshot_id, "info.json"), jsonc.dumps(record).encode(), 0o600, sync=False)
 
-    def _link(self, key: str, snapshot_id: str) -> None:
-        """Point the index entry of ``key`` at ``snapshot_id`` atomically (a stale one is replaced)."""
-        path = self._key_path(key)
+    def _link(self, path: str, snapshot_id: str) -> None:
+        """Point the index entry ``path`` (:meth:`_key_path`) at ``snapshot_id`` atomically (a stale one is
+        replaced)."""
         tmp = f"{path}-tmp-{os.urandom(4).hex()}"
         os.symlink(os.path.join("..", snapshot_id), tmp)
         os.rename(tmp, path)
 
-    def _key_path(self, key: str) -> str:
+    def _key_path(self, key: str, namespace: str) -> str:
+        """The index entry of ``key`` in ``namespace``: ``sha256(key)`` in the default namespace (as every
+        store had it before namespaces) and for the shared snapshots; ``sha256(0xff namespace 0xff key)`` in
+        another (no string's UTF-8 has a byte 0xff, so no default key hashes the same bytes)."""
         from hashlib import sha256
 
-        return os.path.join(self.keys, sha256(key.encode("utf-8", "surrogatepass")).hexdigest())
+        data = key.encode("utf-8", "surrogatepass")
+        if namespace:
+            data = b"\xff" + namespace.encode() + b"\xff" + data
+        return os.path.join(self.keys, sha256(data).hexdigest())
+
+    def _canonical(self, found: _Found) -> str:
+        """The one index entry through which the snapshot ``found`` is visible."""
+        return self._key_path(found.info.name, "" if found.remote is not None else found.owner)
+
+    def _check_owner(self, found: _Found, verb: str) -> None:
+        """Another namespace's remote layer is shared: it can be a parent here, but only its own front end
+        removes it or changes its labels."""
+        if found.owner != self.namespace:
+            owner = f"namespace `{found.owner}`" if found.owner else "the default namespace"
+            raise FailedPrecondition(
+                f"cannot {verb} `{found.info.name}`: it is a remote layer of {owner}, shared with this one"
+            )
 
     def _record(self, snapshot_id: str) -> str:
         return os.path.join(self.layout.dependencies, f"snapshot:{snapshot_id}.json")
 
     def _find(self, key: str) -> _Found | None:
-        try:
-            snapshot_id = os.path.basename(os.readlink(self._key_path(key)))
-        except FileNotFoundError:
-            return self._volume(key)
-        found = self._load(snapshot_id)
-        if found is None or found.info.name != key:
-            return self._volume(key)  # a link a killed commit or remove left behind
-        return found
+        return self._find_in(self.namespace, key)
+
+    def _find_in(self, namespace: str, key: str) -> _Found | None:
+        """The snapshot ``key`` as ``namespace`` sees it: its own, else a shared one (a remote layer, a
+        pulled layer). A link is followed only to a record that carries ``key`` and for which it is the
+        canonical link: one a killed commit, remove or adoption left behind is invisible."""
+        paths = [self._key_path(key, namespace), self._key_path(key, "")] if namespace else [self._key_path(key, "")]
+        for path in paths:
+            try:
+                snapshot_id = os.path.basename(os.readlink(path))
+            except FileNotFoundError:
+                continue
+            found = self._load(snapshot_id)
+            if (
+                found is not None
+                and found.info.name == key
+                and (found.owner == namespace or found.remote is not None)
+                and self._canonical(found) == path
+            ):
+                return found
+        return self._volume(key)
 
     def _get(self, key: str, what: str = "snapshot") -> _Found:
         found = self._find(key)
@@ -764,7 +889,14 @@ class Snapshotter:
             record["name"], record["kind"], record["parent"], record["labels"], record["created"], record["updated"]
         )
         remote = record.get("repository")
-        return _Found(snapshot_id, info, list(record["lowers"]), remote=dict(remote) if remote else None)
+        namespace = record.get("namespace")
+        return _Found(
+            snapshot_id,
+            info,
+            list(record["lowers"]),
+            remote=dict(remote) if remote else None,
+            namespace=namespace if isinstance(namespace, str) else None,
+        )
 
     def _volume(self, key: str) -> _Found | None:
         """A layer pulled for images, as the committed snapshot ``sha256:<chain id>``. Its ``lowers`` are
@@ -853,7 +985,9 @@ class Snapshotter:
             return None
         return f"{_LAYER_PREFIX}{verdict}:{hexd}", str(record.get("parent", ""))
 
-    def _all(self) -> list[_Found]:
+    def _all(self, namespace: str | None) -> list[_Found]:
+        """The snapshots of ``namespace`` (in the default one, with the store's pulled layers, as before
+        namespaces), or with None every namespace's records (no pulled layers)."""
         found = []
         for name in os.listdir(self.keys):
             if "-tmp-" in name:
@@ -863,12 +997,16 @@ class Snapshotter:
             except OSError:
                 continue
             loaded = self._load(snapshot_id)
-            if loaded is not None and self._key_path(loaded.info.name).endswith(name):
+            if loaded is not None and os.path.basename(self._canonical(loaded)) == name:
                 found.append(loaded)
-        if os.path.isdir(self.layout.volumes):
+        if namespace is None:
+            return found
+        # A snapshot in the shared space under a layer's name hides the layer.
+        taken = {f.info.name for f in found if f.remote is not None or not f.owner}
+        found = [f for f in found if f.owner == namespace]
+        if namespace == "" and os.path.isdir(self.layout.volumes):
             from .volumes import Volumes
 
-            taken = {f.info.name for f in found}  # a snapshot committed under a layer's name hides the layer
             for volume_id in Volumes(self.layout).ids():
                 volume = self._volume(_CHAIN_PREFIX + volume_id)
                 if volume is not None and volume.info.name not in taken:
@@ -940,6 +1078,10 @@ def _nearest_record(lowers: Sequence[str]) -> str | None:
             continue
         return entry.rpartition(":")[2]
     return None
+
+
+def _is_namespace(text: str) -> bool:
+    return text[0].isascii() and text[0].isalnum() and all(c.isascii() and (c.isalnum() or c in "._-") for c in text)
 
 
 def _is_hex(text: str) -> bool:

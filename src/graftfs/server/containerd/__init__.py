@@ -6,8 +6,13 @@ containerd reaches a snapshotter outside its own binary over gRPC on a unix sock
 onto one :class:`graftfs.store.snapshots.Snapshotter` over the store:
 
 * keys and names as containerd sends them (its metadata store namespaces them, ``<ns>/<n>/<key>``): the core
-  takes any string. The request's ``snapshotter`` field (the plugin's name in containerd's config) is not
-  checked: one server serves one snapshotter under whatever name containerd gives it.
+  takes any string, and keeps them in its namespace :data:`NAMESPACE`, apart from every other front end's:
+  ``List`` shows containerd only its own snapshots (and the remote layers it made), so its garbage collector,
+  which removes whatever its snapshotter lists and its records do not name, never sees the Python API's, the
+  graftfs graphdriver's or the store's pulled layers. A store made before namespaces has its containerd
+  snapshots (keys of containerd's shape, and remote layers) moved into the namespace as the server starts
+  (:meth:`Snapshotter.adopt`). The request's ``snapshotter`` field (the plugin's name in containerd's config)
+  is not checked: one server serves one snapshotter under whatever name containerd gives it.
 * labels kept as they are; ``List`` takes containerd's filters (the core's ``walk``) and streams the
   snapshots in batches; ``Mounts`` are ``containerd.types.Mount`` with an empty target; times are
   ``google.protobuf.Timestamp``.
@@ -28,6 +33,7 @@ grpc and protobuf (the ``containerd`` extra) are imported by this module, which 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -66,6 +72,19 @@ METHODS: dict[str, tuple[type[Message], type[Message], bool]] = {
     "Usage": (pb.UsageRequest, pb.UsageResponse, False),
     "Cleanup": (pb.CleanupRequest, empty_pb2.Empty, False),
 }
+
+#: The core's namespace for containerd's snapshots (:mod:`graftfs.store.snapshots`).
+NAMESPACE = "containerd"
+#: A key as containerd's metadata store makes it for its snapshotter: ``<namespace>/<sequence>/<key>``
+#: (containerd's namespaces are labels: letters and digits, with ``.``, ``_`` or ``-`` between them).
+CONTAINERD_KEY = re.compile(r"[A-Za-z0-9]+(?:[._-][A-Za-z0-9]+)*/[0-9]+/.")
+
+
+def containerds(info: Info, remote: bool) -> bool:
+    """Whether a snapshot a store made before namespaces is containerd's: a key of containerd's shape, or a
+    remote layer (containerd's remote-snapshot protocol made it)."""
+    return remote or CONTAINERD_KEY.match(info.name) is not None
+
 
 #: Snapshots per ``ListSnapshotsResponse`` (containerd's own server sends 100 at a time).
 LIST_BATCH = 100
@@ -237,14 +256,19 @@ class Service:
 # -- serving ----------------------------------------------------------------------------------------------------
 
 
-def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
+def serve(root: str, socket_path: str, log: Logger, workers: int = 32, namespace: str = NAMESPACE) -> int:
     """Serve the snapshot service over the store (or bare directory) ``root`` on the unix socket
     ``socket_path`` (mode 0600) until SIGTERM or SIGINT, then stop gracefully: calls under way finish (for
-    up to 30 s), new ones are refused, and the socket is removed."""
+    up to 30 s), new ones are refused, and the socket is removed. containerd's snapshots are kept in the
+    core's ``namespace`` (:data:`NAMESPACE` unless ``--namespace``: two containerds sharing a store need one
+    each, or each one's garbage collection removes the other's); an old store's are adopted into the default
+    one only."""
     socket_path = claim_socket("serve containerd-snapshotter", socket_path)
     from concurrent import futures
 
-    snapshotter = Snapshotter(root, log=log)
+    snapshotter = Snapshotter(root, log=log, namespace=namespace)
+    if namespace == NAMESPACE:
+        snapshotter.adopt(containerds)
     service = Service(snapshotter, log)
     stopping = threading.Event()
 
@@ -282,4 +306,4 @@ def serve(root: str, socket_path: str, log: Logger, workers: int = 32) -> int:
     return 0
 
 
-__all__ = ["METHODS", "SERVICE", "Service", "serve"]
+__all__ = ["METHODS", "NAMESPACE", "SERVICE", "Service", "serve"]

@@ -25,7 +25,9 @@ containerd's differs read an upperdir out of a snapshot's mounts; and ``prepare`
   tree against its own parent (the only parent dockerd asks about: any other is refused by name).
 
 So the core keeps its rule (only committed snapshots are parents) and every snapshot the plugin leaves is an
-ordinary one: ``graftfs``'s containerd front end, ``walk`` and ``cleanup`` see them as they are. Overlay
+ordinary one, in the core's namespace :data:`NAMESPACE`: its own ``walk`` and the store's ``cleanup`` see them
+as they are, and the other front ends (graftfs's containerd snapshotter, whose garbage collector removes what
+it lists, and the Python API) do not see them at all. Overlay
 whiteouts and opaque directories are converted by :mod:`graftfs.layers.unpack` on the way in and
 :mod:`graftfs.layers.diff` on the way out; with ``UIDMaps``/``GIDMaps`` from ``Init`` (``--userns-remap``)
 the IDs are mapped on the way in and back on the way out, and a new layer's root belongs to the mapped root.
@@ -56,6 +58,9 @@ if TYPE_CHECKING:
     from ...log import Logger
     from ...quota import Backend
 
+#: The core's namespace for the graphdriver's snapshots (:mod:`graftfs.store.snapshots`): containerd's garbage
+#: collector, through graftfs's containerd snapshotter over the same store, never sees them.
+NAMESPACE = "docker"
 RW = "docker/rw/"
 LAYER = "docker/layer/"
 VIEW = "docker/view/"
@@ -94,7 +99,9 @@ class Driver:
     this process, and the core's own lock for the records."""
 
     def __init__(self, root: str, log: Logger) -> None:
-        self.sn = Snapshotter(root)
+        self.sn = Snapshotter(root, log=log, namespace=NAMESPACE)
+        # A store made before namespaces: the graphdriver's snapshots were the default namespace's.
+        self.sn.adopt(lambda info, remote: not remote and info.name.startswith((RW, LAYER, VIEW)))
         self.log = log
         self.home = os.path.join(self.sn.layout.root, "graphdriver")
         self.mnt = os.path.join(self.home, "mnt")
@@ -192,7 +199,7 @@ class Driver:
     def status(self) -> list[list[str]]:
         _, fstype, _ = kernel.mount_of(self.sn.layout.root)
         layers = active = 0
-        for info in self.sn.walk("name~=^docker/"):
+        for info in self.sn.walk():
             layers += info.name.startswith(LAYER)
             active += info.name.startswith(RW)
         mounted = len(os.listdir(self.refs))
