@@ -690,22 +690,16 @@ class Store:
     def _check_thin(self, image: ThinImage, record: str) -> None:
         """A thin image's layers must all be in the store's layer repository: refused, in one line naming the
         missing ones, when they are not, or when the store has no repository."""
-        from .repository import layers
+        from .repository import layers, thin
 
         if not record:
-            raise FailedPrecondition(
-                f"thin image ({len(image.layers)} layers named by /thin.json): store {self.path} has no layer "
-                "repository to stack them from (init-store --layer-repository DIR)"
-            )
+            raise FailedPrecondition(thin.no_repository(image, self.path))
         root = layers.parse(record)[0]
         missing = [
             lay.digest for lay in image.layers if not os.path.isdir(layers.layer_dir(root, "sha256:" + lay.digest))
         ]
         if missing:
-            raise NotFound(
-                f"thin image: {len(missing)} of its {len(image.layers)} layers not in the layer repository {root}: "
-                + ", ".join(missing)
-            )
+            raise NotFound(thin.missing(image, missing, root))
 
     def _in_place(
         self, record: str, spec: ImageSpec, mapped: bool, feats: Features, options: CreateOptions, log: Logger
