@@ -252,6 +252,15 @@ class Snapshotter:
         a snapshot's mounts; nothing else may write a committed snapshot's tree."""
         return self._tree(self._get(key))
 
+    def lower_dirs(self, key: str) -> list[str]:
+        """The directories the snapshot ``key``'s mounts stack below its own tree, nearest first (a thin image's
+        layer's descriptor layers, shims included, in its place): what a front end compares a layer's tree
+        with (a graphdriver's ``Changes``)."""
+        found = self._get(key)
+        if found.id is None:
+            return self._lower_dirs(self._volume_chain(found.volume)[1:])
+        return self._lower_dirs(found.lowers)
+
     def walk(self, *filters: str) -> Iterator[Info]:
         """Every snapshot, or those matching any of ``filters`` (containerd's syntax: comma-separated
         ``field==value``, ``field!=value``, ``field~=regexp`` or ``field`` conditions that must all hold;
