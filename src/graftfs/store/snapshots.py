@@ -44,6 +44,16 @@ links are unlinked, never followed). A repository layer that is gone later (the 
 layer removed from it) fails ``mounts``, ``prepare`` and ``view`` on any snapshot whose chain holds it with one
 line naming the layer: never an overlay with a hole in it.
 
+**Thin images' layers** (the CernVM-FS graphdriver's, :mod:`graftfs.repository.thin`): a committed snapshot
+whose tree holds exactly one entry, the regular file ``thin.json`` (a thin image's only layer, unpacked as any
+layer by a front end: ``docker load``, containerd's unpacker), stands for the layers its descriptor lists. A
+snapshot prepared or viewed on it stacks those layers from the store's layer repository, in place (short links
+``r/<12 hex>``, shims, ``r/.hide``, as Garden's creates of thin images), instead of the thin layer and
+everything below it; snapshots above inherit that, so ordinary layers above stack above as usual. A store
+without a repository, a layer missing from it (named) or one it cannot stack in place here is refused in one
+line, and nothing is made. ``thin`` reads a snapshot's descriptor and ``thin_layer`` says which thin layer a
+snapshot's mounts stand on (the Docker front end's ``docker commit`` publishes on it).
+
 On disk, beside the store's own directories::
 
     snapshots/<id>/info.json    the record: name, kind, parent, labels, times, and the parent chain's ids

@@ -18,7 +18,9 @@ the tar; a failure in the middle of the tar cuts the chunked stream short, which
 
 The verbs are :class:`graftfs.server.docker.driver.Driver`'s (the mapping onto the core is described there).
 ``Capabilities`` says ``ReproducesExactDiffs: false``, so dockerd keeps its tar-split records and ``docker
-save`` gives back the loaded layers byte for byte.
+save`` gives back the loaded layers byte for byte. With ``--s3-bucket`` (:class:`.driver.Publishing`), ``Diff``
+of a thin image's container publishes its changes before it answers (``docker commit`` of a thin image gives a
+thin image).
 """
 
 from __future__ import annotations

@@ -32,6 +32,13 @@ the IDs are mapped on the way in and back on the way out, and a new layer's root
 ``StorageOpt`` ``size=`` (``docker run --storage-opt size=``) has the store's quota backend make the layer's
 snapshot directory (the core's ``prepare(make_dir=...)``: a btrfs subvolume, an XFS project) and set its
 limit; a store whose backend cannot (``none``) refuses it by name.
+
+**Thin images** (a layer whose tree is ``/thin.json`` only): the core stacks the repository's layers under
+every layer created on such a layer; ``Get`` of the thin layer itself shows its own tree (``docker save`` reads
+``/thin.json`` back through it); ``Diff`` of a layer on it, directly or through its ``-init`` layer (``docker
+commit``), publishes the layer's changes through S3 as ``thin publish`` does when the plugin has a bucket
+(:class:`Publishing`), and answers with the new descriptor alone, so the committed image is thin again (see
+:meth:`Driver.diff`).
 """
 
 from __future__ import annotations
