@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.leftovers import kill_until_gone, unmount_under
+from tests.support.leftovers import kill_until_gone, reap, subreaper, unmount_under
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"  # the 20.10 client of the same package (/usr/local/bin/docker may be newer)
@@ -206,6 +206,21 @@ class Dockerd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill_dockerd(self) -> None:
+        """SIGKILL dockerd, as a crash or the OOM killer would. Its containerd dies with it (dockerd starts it
+        with a parent-death signal) and, orphaned, would become a zombie of PID 1, which reaps nothing here: its
+        PID, still in ``containerd.pid``, answers ``kill(pid, 0)``, so the next dockerd would take it for a live
+        containerd and give up after waiting for its socket ("timeout waiting for containerd to start"). So
+        this process is the subreaper for the kill, and reaps containerd by its PID."""
+        assert self.proc is not None
+        pidfile = self.work / "exec" / "containerd" / "containerd.pid"
+        containerd = int(pidfile.read_text().strip() or 0) if pidfile.exists() else 0
+        with subreaper():
+            self.proc.kill()
+            self.proc.wait()
+            if containerd:
+                reap(containerd)
 
     def strays(self) -> list[int]:
         """Processes other than ours that name the work directory (dockerd's containerd, its shims) or live in
