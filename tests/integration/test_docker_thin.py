@@ -2,7 +2,9 @@
 ``graftfs serve docker-graphdriver`` loads and runs it (the snapshot core stacks the repository's layers in
 place of the layer holding ``/thin.json``), and ``docker commit`` of its container publishes the changes to S3
 (Ceph's RADOS Gateway) from the plugin's ``Diff``: the committed image is thin again, and once ``graftfs thin
-publisher`` has ingested the new layer, it runs with exactly the container's changes.
+publisher`` has ingested the new layer, it runs with exactly the container's changes. With the plugin's
+``--wait``, a commit returns once the publisher has ingested its layer: a legacy build on the thin image works,
+each step published and waited for.
 
 The layer repository is a directory only root can write, where the publisher ingests (a Stratum 0's), shown
 to the store through a read-only bind mount of it (a CernVM-FS client's view: the store cannot write it, and
@@ -192,7 +194,42 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes(t
                 d.docker("create", "--name", "again", "thin:2")
                 assert _exported(d, "again") == expected  # exactly the container's changes
                 d.docker("rm", "again", "changer")
-                d.docker("rmi", "thin:2", "thin:1")
+
+                # With --wait, a commit returns once the publisher (running beside) has ingested the layer: a
+                # legacy build's next step, or a run, can use the committed image at once.
+                d.stop_plugin()
+                d.plugin_args = [*s3, "--wait", "--wait-timeout-seconds", "120"]
+                d.start_plugin()
+                publisher = subprocess.Popen(
+                    [
+                        *dk.GRAFTFS,
+                        "thin",
+                        "publisher",
+                        "--repository",
+                        str(repo_src),
+                        *s3,
+                        "--poll-interval-seconds",
+                        "1",
+                    ],
+                    env={**os.environ, **creds},
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                try:
+                    (work / "ctx").mkdir()
+                    (work / "ctx" / "Dockerfile").write_text(
+                        "FROM thin:2\nRUN echo built > /built && rm /etc/added\nRUN cat /built > /again\n"
+                    )
+                    d.docker("build", "-t", "built:1", str(work / "ctx"), env={"DOCKER_BUILDKIT": "0"})
+                finally:
+                    publisher.terminate()
+                    publisher.wait(timeout=30)
+                script = "cat /built /again /etc/motd; test -e /etc/added || echo gone"
+                assert d.out("run", "--rm", "built:1", "sh", "-c", script) == "built\nbuilt\nchanged\ngone\n"
+                built = _descriptor(_saved(d, "built:1")[-1])["layers"]
+                assert isinstance(built, list) and len(built) == 6  # thin:2's four, and one for each RUN
+                d.docker("rmi", "built:1", "thin:2", "thin:1")
                 log = d.plugin_log.read_text(errors="replace")
                 assert "thin-layer-published" in log and "unexpected-error" not in log, d.logs()
                 assert secret_key not in log

@@ -405,7 +405,8 @@ def cmd_serve_docker_graphdriver(settings: Settings, args: list[str]) -> int:
             return s3_client(settings, log)
 
         client().close()  # the settings checked (credentials there, the endpoint a URL) before dockerd needs them
-        publishing = Publishing(client, settings.publish_compression, settings.repository_name)
+        wait = settings.wait_timeout_seconds if settings.wait else 0
+        publishing = Publishing(client, settings.publish_compression, settings.repository_name, wait)
     return serve(settings.store, settings.socket, log, publishing)
 
 
@@ -529,7 +530,7 @@ COMMANDS: dict[str, Command] = {
                     "serve docker-graphdriver",
                     "serve docker-graphdriver --socket PATH [--store DIR] [--s3-bucket BUCKET]",
                     "serve a Docker graphdriver plugin (dockerd 20.10, --experimental) over the store on a unix socket",
-                    ("store", "socket", *_S3_FLAGS, "compression", "repository-name"),
+                    ("store", "socket", *_S3_FLAGS, "compression", "repository-name", "wait", "wait-timeout-seconds"),
                     cmd_serve_docker_graphdriver,
                     nargs=0,
                     optional=("s3-bucket",),
@@ -539,6 +540,9 @@ COMMANDS: dict[str, Command] = {
                         "layer on the thin one",
                         "repository-name": "the repository's name in published layers' cvmfs://<name>/ urls "
                         "(default: the one the thin image's layers name)",
+                        "wait": "docker commit returns once the publisher has put the layer in the store's layer "
+                        "repository (then a container of the committed image, a build's next step, can start)",
+                        "wait-timeout-seconds": "how long --wait waits (default 600)",
                     },
                 ),
             ),

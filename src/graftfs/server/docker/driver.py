@@ -101,14 +101,22 @@ def id_maps(entries: Sequence[dict[str, Any]] | None, what: str) -> list[Mapping
 class Publishing:
     """Where ``Diff`` publishes a thin image's container's changes (``serve docker-graphdriver --s3-bucket``):
     ``client`` makes an S3 client of the bucket (one per ``Diff``), ``compression`` and ``repository_name`` as
-    for ``thin publish``."""
+    for ``thin publish``; ``wait_seconds`` (0: do not wait), how long ``Diff`` waits for the publisher to put the
+    layer in the store's layer repository before it answers (``thin publish --wait``)."""
 
-    __slots__ = ("client", "compression", "repository_name")
+    __slots__ = ("client", "compression", "repository_name", "wait_seconds")
 
-    def __init__(self, client: Callable[[], S3Client], compression: str = "gzip", repository_name: str = "") -> None:
+    def __init__(
+        self,
+        client: Callable[[], S3Client],
+        compression: str = "gzip",
+        repository_name: str = "",
+        wait_seconds: float = 0,
+    ) -> None:
         self.client = client
         self.compression = compression
         self.repository_name = repository_name
+        self.wait_seconds = wait_seconds
 
 
 class Driver:
@@ -279,7 +287,8 @@ class Driver:
         A layer on a thin image's layer (directly, or through its container's ``-init`` layer: ``docker
         commit``), with ``publishing`` configured: its changes are published as ``thin publish`` does (the
         layer to S3 as ``layers/<hex>``), here, before the answer, and the tar is the new descriptor alone,
-        ``/thin.json`` with the layer appended on top: the committed image is thin again. Without
+        ``/thin.json`` with the layer appended on top: the committed image is thin again (with
+        ``publishing.wait_seconds``, once the publisher has put the layer in the store's repository). Without
         ``publishing``, or with other layers in between, an ordinary diff (the log says why)."""
         from ...layers.diff import write_layer
 
@@ -372,6 +381,15 @@ class Driver:
         self.log.info(
             "thin-layer-published", layer=layer_id, digest=published.layer.digest, uploaded=published.uploaded
         )
+        if publishing.wait_seconds > 0:
+            # Until the publisher has put it in the store's repository: a container of the committed image (the
+            # next step of a docker build) can then start at once.
+            from ...repository import layers
+            from ...repository.publish import wait_for
+
+            root = layers.parse(read_text(self.sn.layout.layer_repository_file))[0]
+            wait_for(root, published.layer.digest, publishing.wait_seconds)
+            self.log.info("thin-layer-in-repository", layer=layer_id, digest=published.layer.digest)
         return descriptor_tar(new.to_json())
 
     def _on_thin(self, key: str) -> bool:
