@@ -594,7 +594,7 @@ class Snapshotter:
                 "",
                 (
                     "this store has ID mappings: its repository's layers would need idmapped mounts, which "
-                    "containerd's mounts cannot express"
+                    "a snapshot's mounts (containerd's, a graphdriver's) cannot express"
                 ),
             )
         if feats is not None and feats.overlay != "kernel":
