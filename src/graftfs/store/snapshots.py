@@ -588,17 +588,14 @@ class Snapshotter:
 
         namespace = Namespace.from_json(read_text(self.layout.namespace_file))
         feats = self._features()
+        why = ""
         if namespace.uid_mappings or namespace.gid_mappings:
-            return (
-                "",
-                "",
-                (
-                    "this store has ID mappings: its repository's layers would need idmapped mounts, which "
-                    "a snapshot's mounts (containerd's, a graphdriver's) cannot express"
-                ),
-            )
-        if feats is not None and feats.overlay != "kernel":
-            return "", "", f"this store's overlay is {feats.overlay}, not the kernel's"
+            why = "this store has ID mappings: its repository's layers would need idmapped mounts, which a "
+            why += "snapshot's mounts (containerd's, a graphdriver's) cannot express"
+        elif feats is not None and feats.overlay != "kernel":
+            why = f"this store's overlay is {feats.overlay}, not the kernel's"
+        if why:
+            return "", "", why
         verdict = repository.verdict(digest, path)
         flags = verdict.split(",")
         hide_ready = os.path.lexists(os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER))
