@@ -219,7 +219,7 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes(t
                 try:
                     (work / "ctx").mkdir()
                     (work / "ctx" / "Dockerfile").write_text(
-                        "FROM thin:2\nRUN echo built > /built && rm /etc/added\nRUN cat /built > /again\n"
+                        "FROM thin:2\nRUN echo built > /built && rm /etc/added\nENV STEP=2\nRUN cat /built > /again\n"
                     )
                     d.docker("build", "-t", "built:1", str(work / "ctx"), env={"DOCKER_BUILDKIT": "0"})
                 finally:
@@ -227,8 +227,11 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes(t
                     publisher.wait(timeout=30)
                 script = "cat /built /again /etc/motd; test -e /etc/added || echo gone"
                 assert d.out("run", "--rm", "built:1", "sh", "-c", script) == "built\nbuilt\nchanged\ngone\n"
-                built = _descriptor(_saved(d, "built:1")[-1])["layers"]
+                # Each RUN published (the ENV step changed no file: no layer, nothing published), the image thin.
+                saved = _saved(d, "built:1")
+                built = _descriptor(saved[-1])["layers"]
                 assert isinstance(built, list) and len(built) == 6  # thin:2's four, and one for each RUN
+                assert len(saved) == 4  # thin:1's /thin.json layer, then one for thin:2 and for each RUN
                 d.docker("rmi", "built:1", "thin:2", "thin:1")
                 log = d.plugin_log.read_text(errors="replace")
                 assert "thin-layer-published" in log and "unexpected-error" not in log, d.logs()

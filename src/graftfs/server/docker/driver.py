@@ -289,11 +289,20 @@ class Driver:
         layer to S3 as ``layers/<hex>``), here, before the answer, and the tar is the new descriptor alone,
         ``/thin.json`` with the layer appended on top: the committed image is thin again (with
         ``publishing.wait_seconds``, once the publisher has put the layer in the store's repository). Without
-        ``publishing``, or with other layers in between, an ordinary diff (the log says why)."""
+        ``publishing``, or with other layers in between, an ordinary diff (the log says why). A layer with no
+        change at all is Docker's empty tar, never published."""
         from ...layers.diff import write_layer
 
         key = self._against(layer_id, parent)
         tree = self.sn.tree(key)
+        if not os.listdir(tree):
+            # No change: the empty tar Docker's own drivers give (two zero blocks, as Go's tar writer ends one),
+            # which dockerd recognises (layer.DigestSHA256EmptyTar) and keeps out of the image's layers: a build's
+            # ENV or CMD step adds no layer, and leaves a thin image thin (nothing is published).
+            def empty(out: IO[bytes]) -> None:
+                out.write(bytes(1024))
+
+            return empty
         image = self._thin_below(layer_id, key)
         if image is not None and self.publishing is not None:
             data = self._publish(layer_id, tree, image, self.publishing)
