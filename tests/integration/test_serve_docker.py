@@ -225,6 +225,17 @@ def _thin_on_the_wire(plugin: Plugin, digest: str, sock_dir: Path) -> None:
         code, data = plugin.raw("GraphDriver.Diff", json.dumps({"ID": "c", "Parent": "c-init"}).encode())
         assert code == 200
         assert "etc/motd" in names(data) and "thin.json" not in names(data)  # an ordinary layer
+        # With a bucket whose S3 cannot be reached: the Diff (docker commit) fails in one line, before any byte
+        # of tar, and leaves nothing behind.
+        plugin.stop()
+        plugin.args = ["--s3-endpoint", "http://127.0.0.1:9", "--s3-bucket", "layers"]
+        plugin.env = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "not-shown-anywhere"}
+        plugin.start()
+        code, data = plugin.raw("GraphDriver.Diff", json.dumps({"ID": "c", "Parent": "c-init"}).encode())
+        err = json.loads(data)["Err"]
+        assert code == 500 and "s3://layers/layers/" in err and "\n" not in err, err
+        assert "not-shown-anywhere" not in err + plugin.log.read_text()
+        assert not [n for n in os.listdir(plugin.store / "tmp") if "publish" in n]
         for layer_id in ("c", "c-init", "thin"):
             plugin.call("Remove", {"ID": layer_id})
     finally:
