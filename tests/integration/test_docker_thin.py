@@ -108,7 +108,7 @@ def _exported(d: dk.Dockerd, container: str) -> dict[str, tuple[str, int, int, b
     return out
 
 
-def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes(tmp_path: Path) -> None:
+def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes() -> None:
     work = Path(tempfile.mkdtemp(prefix="gfs-dt-"))
     repo_src = work / "unpacked.example.org"  # the publisher's (Stratum 0): root's only
     repo = work / "repo"  # the store's view of it: read-only
