@@ -178,6 +178,7 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes()
                 # its first layer is the loaded one, byte for byte.
                 saved = _saved(d, "thin:2")
                 assert len(saved) == 2 and saved[0] == _saved(d, "thin:1")[0]
+                assert list(dk.archive_layers(archive.read_bytes()).values()) == [saved[0]]  # as loaded
                 listed = _descriptor(saved[1])["layers"]
                 assert isinstance(listed, list)
                 assert [lay["digest"] for lay in listed] == [*converted["layers"], layer]
