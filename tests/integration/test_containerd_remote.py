@@ -205,3 +205,34 @@ def test_a_layer_gone_from_the_repository_is_reported_not_mounted_empty(
     finally:
         if kernel.is_mountpoint(str(repo)):
             kernel.unmount(str(repo))
+
+
+def test_a_thin_image_imported_into_containerd_runs_on_the_repository_s_layers(
+    work: Path, registry: Registry, app: Image
+) -> None:
+    """The snapshot core's thin images under containerd: ``thin convert`` fills a repository and writes the
+    thin image; ``ctr images import`` unpacks its one layer (``/thin.json``) as any layer, and ``ctr run`` on it
+    stacks the repository's layers the descriptor names instead."""
+    from tests.integration.test_containerd import oci_archive
+
+    src = work / "thin-src"
+    src.mkdir(mode=0o755)
+    Graftfs(work / "thin-convert").run(
+        "thin",
+        "convert",
+        f"docker://{app.ref}",
+        "--repository",
+        str(src),
+        "--output",
+        f"oci://{work}/thin-layout:1",
+        "--insecure-registry",
+        registry.host,
+    )
+    archive = oci_archive(work / "thin-layout", work / "thin.tar")
+    with ducc.erofs(src, work / "thin.erofs", work / "thin-repo") as repo, _pair(work, "thin", repo) as (_, ctr):
+        ctr.ctr("images", "import", "--snapshotter", "graftfs", "--base-name", "gfs.test/thin", str(archive))
+        _check_run(_run(ctr, "gfs.test/thin:1", "thin"))
+        out = ctr.ctr("run", "--rm", "--snapshotter", "graftfs", "gfs.test/thin:1", "json", "/bin/busybox", "ls", "/")
+        assert "thin.json" not in out.stdout
+        ctr.ctr("images", "rm", "--sync", "gfs.test/thin:1")
+        assert _snapshot_rows(ctr) == []

@@ -1,7 +1,8 @@
 """``graftfs serve docker-graphdriver`` under a real dockerd (Debian's ``docker.io``, 20.10): load, run, exec,
 cp, diff, ps -s, commit, save (the layers byte for byte), rmi, push and pull through a local registry, a legacy
-build, restarts of dockerd and of the plugin with a running container, parallel runs, and our errors as the
-docker CLI shows them. One dockerd for the module (:mod:`tests.support.dockerd`: its own mount namespace)."""
+build, restarts of dockerd (stopped, killed, live-restored) and of the plugin with a running container,
+parallel runs, and our errors as the docker CLI shows them. One dockerd for the module
+(:mod:`tests.support.dockerd`: its own mount namespace)."""
 
 from __future__ import annotations
 
@@ -187,6 +188,26 @@ def test_dockerd_restart_with_a_running_container(docker: dk.Dockerd, busybox: l
         assert docker.out("exec", "sleeper3", "cat", "/kept") == "kept\n"
     finally:
         docker.docker("rm", "-f", "sleeper3")
+
+
+def test_dockerd_killed_with_a_running_container(docker: dk.Dockerd, busybox: list[bytes]) -> None:
+    """dockerd SIGKILLed under a running container (no Put, no Cleanup: the plugin keeps the layer mounted and
+    counted); the dockerd started again stops the container it finds (no --live-restore: its one Put
+    unmounts), and the container starts again with what it wrote."""
+    docker.docker("run", "-d", "--name", "sleeper4", "busybox", "sh", "-c", "echo kept > /kept; sleep 1000")
+    try:
+        refs = docker.store / "graphdriver" / "refs"
+        assert len(os.listdir(refs)) == 1
+        docker.kill_dockerd()
+        assert len(os.listdir(refs)) == 1  # still mounted, still counted
+        docker.start_dockerd()
+        assert docker.out("inspect", "--format", "{{.State.Running}}", "sleeper4") == "false\n"
+        assert not os.listdir(refs)
+        docker.docker("start", "sleeper4")
+        assert docker.out("exec", "sleeper4", "cat", "/kept") == "kept\n"
+    finally:
+        docker.docker("rm", "-f", "sleeper4")
+    assert not os.listdir(docker.store / "graphdriver" / "refs")
 
 
 def _layers(docker: dk.Dockerd) -> int:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from graftfs.errors import AlreadyExists, FailedPrecondition
+from graftfs.errors import AlreadyExists, FailedPrecondition, NotFound
 from graftfs.log import LEVELS, Logger
 from graftfs.mount import kernel
 from graftfs.store.snapshots import KIND_ACTIVE, KIND_COMMITTED, LABEL_REMOTE, LABEL_TARGET, Snapshotter
@@ -335,3 +335,72 @@ def test_a_remote_layer_is_its_namespaces_to_walk_and_remove_and_every_namespace
         assert list(ctrd.walk()) == [] and list(python.walk()) == []
         g.run("clean")
         assert os.listdir(g.store / "snapshots") == ["keys"]
+
+
+# -- thin images' layers (a layer whose tree is /thin.json only), as the Docker front end loads them ----------
+
+
+def _thin_snapshot(sn: Snapshotter, name: str, parent: str, descriptor: bytes) -> None:
+    """A committed snapshot whose tree holds ``thin.json`` only: what a thin image's layer unpacks to."""
+    sn.prepare(name + "-extract", parent)
+    Path(sn.tree(name + "-extract"), "thin.json").write_bytes(descriptor)
+    sn.commit(name, name + "-extract")
+
+
+def test_the_snapshots_on_a_thin_image_s_layer_stack_its_descriptor_s_layers(
+    workdir: Path, image: tuple[OCIImageInfo, list[bytes]]
+) -> None:
+    from graftfs.errors import InvalidImage
+    from graftfs.repository.thin import ThinImage, ThinLayer
+
+    info, tars = image
+    src = workdir / "repo-src"
+    ducc.write_repository(src, list(zip(info.layer_digests, tars, strict=True)))
+    descriptor = ThinImage([ThinLayer(d[7:], "") for d in info.layer_digests]).to_json()
+    with ducc.erofs(src, workdir / "repo.erofs", workdir / "repo") as repo:
+        g = Graftfs(workdir / "store")
+        g.run("init-store", "--layer-repository", str(repo))
+        sn = Snapshotter(str(g.store))
+        _thin_snapshot(sn, "thin", "", descriptor)
+        assert sn.thin("thin") == ThinImage([ThinLayer(d[7:], "") for d in info.layer_digests])
+        _mount_and_check(sn, "container", "thin", workdir / "rootfs")
+        assert sn.thin_layer("container") == "thin"
+        # An ordinary layer above it stacks above the repository's layers, as usual.
+        sn.prepare("above-extract", "thin")
+        Path(sn.tree("above-extract"), "above").write_text("above\n")
+        sn.commit("above", "above-extract")
+        assert sn.thin("above") is None
+        view = workdir / "view"
+        view.mkdir()
+        kernel.mount_all(sn.view("look", "above"), str(view))
+        try:
+            _check(view)
+            assert (view / "above").read_text() == "above\n"
+            assert not (view / "thin.json").exists()
+        finally:
+            kernel.unmount(str(view))
+        assert sn.thin_layer("look") == "thin"
+        with pytest.raises(FailedPrecondition, match="parent of"):
+            sn.remove("thin")
+        # A descriptor naming a layer the repository lacks: refused by name, nothing made.
+        lacking = "ab" * 32
+        _thin_snapshot(
+            sn, "thin2", "thin", ThinImage([ThinLayer(info.layer_digests[0][7:]), ThinLayer(lacking)]).to_json()
+        )
+        with pytest.raises(NotFound, match=f"1 of its 2 layers not in the layer repository .*: {lacking}$"):
+            sn.prepare("never", "thin2")
+        _thin_snapshot(sn, "broken", "", b"not json\n")
+        with pytest.raises(InvalidImage, match=r"thin\.json: not a thin image descriptor"):
+            sn.prepare("never", "broken")
+        assert sorted(i.name for i in sn.walk("name==never")) == []
+        for key in ("look", "above", "container", "thin2", "broken", "thin"):
+            sn.remove(key)
+
+    # A store without a layer repository refuses it in one line.
+    g2 = Graftfs(workdir / "store2")
+    g2.run("init-store")
+    sn2 = Snapshotter(str(g2.store))
+    _thin_snapshot(sn2, "thin", "", descriptor)
+    with pytest.raises(FailedPrecondition, match="has no layer repository to stack them from"):
+        sn2.prepare("never", "thin")
+    sn2.remove("thin")

@@ -174,3 +174,73 @@ def test_the_socket_is_0600_and_removed_at_sigterm(plugin: Plugin) -> None:
     assert plugin.stop() == 0
     assert not plugin.sock.exists()
     plugin.start()
+
+
+def test_a_thin_layer_stacks_the_repository_and_without_s3_a_diff_on_it_is_ordinary(tmp_path: Path) -> None:
+    """A layer whose tree is ``/thin.json`` (a thin image's, as ``docker load`` applies it): the layers on it
+    stack the repository's layers it names, its own Get shows the descriptor, ``Changes`` compares with the
+    repository's layers, and, with no S3 bucket configured, ``Diff`` of a container on it is an ordinary layer."""
+    import subprocess
+    import sys
+
+    from tests.support import ducc
+    from tests.support.images import TarBuilder, busybox_layer, sha256_digest
+
+    base = busybox_layer(TarBuilder().file("etc/motd", b"from the repository\n"))
+    digest = sha256_digest(b"pretend this is the compressed blob")
+    src = ducc.write_repository(tmp_path / "repo-src", [(digest, base)])
+    store = tmp_path / "store"
+    sock_dir = Path(tempfile.mkdtemp(prefix="gfs-gd-"))
+    with ducc.erofs(src, tmp_path / "repo.erofs", tmp_path / "repo") as repo:
+        subprocess.run(
+            [sys.executable, "-m", "graftfs", "--store", str(store), "init-store", "--layer-repository", str(repo)],
+            check=True,
+        )
+        plugin = Plugin(store, sock_dir / "gd.sock", tmp_path / "plugin.log")
+        _thin_on_the_wire(plugin, digest, sock_dir)
+    assert not [m.point for m in kernel.mountinfo() if m.point.startswith(str(tmp_path) + "/")]
+    assert "unexpected-error" not in plugin.log.read_text()
+
+
+def _thin_on_the_wire(plugin: Plugin, digest: str, sock_dir: Path) -> None:
+    from graftfs.repository.thin import ThinImage, ThinLayer
+
+    try:
+        plugin.call("Init")
+        plugin.call("Create", {"ID": "thin"})
+        descriptor = ThinImage([ThinLayer(digest[7:], "cvmfs://repo/x")]).to_json()
+        plugin.apply("thin", "", layer(("thin.json", descriptor)))
+        own = plugin.call("Get", {"ID": "thin"})["Dir"]
+        assert os.listdir(own) == ["thin.json"]  # the layer itself: what docker save reads back
+        plugin.call("Put", {"ID": "thin"})
+        plugin.call("CreateReadWrite", {"ID": "c-init", "Parent": "thin"})
+        plugin.call("CreateReadWrite", {"ID": "c", "Parent": "c-init"})
+        root = plugin.call("Get", {"ID": "c"})["Dir"]
+        assert Path(root, "etc/motd").read_text() == "from the repository\n"
+        assert not Path(root, "thin.json").exists() and not Path(root, ".cvmfscatalog").exists()
+        Path(root, "etc/motd").write_text("changed\n")
+        changes = plugin.call("Changes", {"ID": "c", "Parent": "c-init"})["Changes"]
+        assert {"Path": "/etc/motd", "Kind": 0} in changes, changes  # modified: it is in the repository's layer
+        plugin.call("Put", {"ID": "c"})
+        code, data = plugin.raw("GraphDriver.Diff", json.dumps({"ID": "c", "Parent": "c-init"}).encode())
+        assert code == 200
+        assert "etc/motd" in names(data) and "thin.json" not in names(data)  # an ordinary layer
+        # With a bucket whose S3 cannot be reached: the Diff (docker commit) fails in one line, before any byte
+        # of tar, and leaves nothing behind.
+        plugin.stop()
+        plugin.args = ["--s3-endpoint", "http://127.0.0.1:9", "--s3-bucket", "layers"]
+        plugin.env = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "not-shown-anywhere"}
+        plugin.start()
+        code, data = plugin.raw("GraphDriver.Diff", json.dumps({"ID": "c", "Parent": "c-init"}).encode())
+        err = json.loads(data)["Err"]
+        assert code == 500 and "s3://layers/layers/" in err and "\n" not in err, err
+        assert "not-shown-anywhere" not in err + plugin.log.read_text()
+        assert not [n for n in os.listdir(plugin.store / "tmp") if "publish" in n]
+        for layer_id in ("c", "c-init", "thin"):
+            plugin.call("Remove", {"ID": layer_id})
+    finally:
+        plugin.stop()
+        plugin.start()
+        plugin.call("Cleanup")
+        plugin.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)

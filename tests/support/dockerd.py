@@ -33,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.leftovers import kill_until_gone, unmount_under
+from tests.support.leftovers import kill_until_gone, reap, subreaper, unmount_under
 
 DOCKERD = "/usr/sbin/dockerd"
 DOCKER = "/usr/bin/docker"  # the 20.10 client of the same package (/usr/local/bin/docker may be newer)
@@ -59,6 +59,9 @@ class Dockerd:
     proc: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
     driver: str = "graftfs"  # or one of dockerd's own (overlay2), for comparisons: then no plugin
+    plugin_args: list[str] = field(default_factory=list)  # more flags for serve docker-graphdriver
+    plugin_env: dict[str, str] = field(default_factory=dict)  # and its environment (S3 credentials)
+    plugin_log_level: str = ""  # --log-level (a server logs errors whatever it says)
 
     @property
     def host(self) -> str:
@@ -133,13 +136,16 @@ class Dockerd:
             *GRAFTFS,
             "--store",
             str(self.store),
+            *(["--log-level", self.plugin_log_level] if self.plugin_log_level else []),
             "serve",
             "docker-graphdriver",
             "--socket",
             self.plugin_socket,
+            *self.plugin_args,
         ]
+        env = {**os.environ, **self.plugin_env}
         with open(self.plugin_log, "ab") as log:
-            self.plugin = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/")
+            self.plugin = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd="/", env=env)
         _wait(lambda: _connects(self.plugin_socket), self.plugin, timeout, "the plugin", self.logs)
 
     def stop_plugin(self, sig: int = signal.SIGTERM) -> int:
@@ -200,6 +206,21 @@ class Dockerd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill_dockerd(self) -> None:
+        """SIGKILL dockerd, as a crash or the OOM killer would. Its containerd dies with it (dockerd starts it
+        with a parent-death signal) and, orphaned, would become a zombie of PID 1, which reaps nothing here: its
+        PID, still in ``containerd.pid``, answers ``kill(pid, 0)``, so the next dockerd would take it for a live
+        containerd and give up after waiting for its socket ("timeout waiting for containerd to start"). So
+        this process is the subreaper for the kill, and reaps containerd by its PID."""
+        assert self.proc is not None
+        pidfile = self.work / "exec" / "containerd" / "containerd.pid"
+        containerd = int(pidfile.read_text().strip() or 0) if pidfile.exists() else 0
+        with subreaper():
+            self.proc.kill()
+            self.proc.wait()
+            if containerd:
+                reap(containerd)
 
     def strays(self) -> list[int]:
         """Processes other than ours that name the work directory (dockerd's containerd, its shims) or live in
@@ -265,9 +286,18 @@ def d_sock(work: Path) -> str:
     return str(work / "gd.sock")
 
 
-def launch(work: Path, extra_args: Sequence[str] = (), subids: str = "", driver: str = "graftfs") -> Dockerd:
+def launch(
+    work: Path,
+    extra_args: Sequence[str] = (),
+    subids: str = "",
+    driver: str = "graftfs",
+    plugin_args: Sequence[str] = (),
+    plugin_env: dict[str, str] | None = None,
+    plugin_log_level: str = "",
+) -> Dockerd:
     """The namespace, the plugin, then dockerd (see the module's text). ``subids``: the lines of the
-    ``/etc/subuid`` and ``/etc/subgid`` the namespace sees (for ``--userns-remap``), the machine's untouched."""
+    ``/etc/subuid`` and ``/etc/subgid`` the namespace sees (for ``--userns-remap``), the machine's untouched.
+    ``plugin_args``, ``plugin_env`` and ``plugin_log_level``: more flags, environment and logs for the plugin."""
     for sub in ("run", "tmp", "client", "data", "exec"):
         (work / sub).mkdir(parents=True, exist_ok=True)
     subid_file = ""
@@ -289,7 +319,15 @@ def launch(work: Path, extra_args: Sequence[str] = (), subids: str = "", driver:
         holder.kill()
         holder.wait()
         raise AssertionError(f"the namespace holder failed: {(work / 'holder.log').read_text(errors='replace')}")
-    d = Dockerd(work, holder, extra_args=list(extra_args), driver=driver)
+    d = Dockerd(
+        work,
+        holder,
+        extra_args=list(extra_args),
+        driver=driver,
+        plugin_args=list(plugin_args),
+        plugin_env=plugin_env or {},
+        plugin_log_level=plugin_log_level,
+    )
     try:
         if driver == "graftfs":
             d.start_plugin()
@@ -315,9 +353,15 @@ def teardown(d: Dockerd) -> list[str]:
 
 @contextmanager
 def start_dockerd(
-    work: Path, extra_args: Sequence[str] = (), subids: str = "", driver: str = "graftfs"
+    work: Path,
+    extra_args: Sequence[str] = (),
+    subids: str = "",
+    driver: str = "graftfs",
+    plugin_args: Sequence[str] = (),
+    plugin_env: dict[str, str] | None = None,
+    plugin_log_level: str = "",
 ) -> Iterator[Dockerd]:
-    d = launch(work, extra_args, subids, driver)
+    d = launch(work, extra_args, subids, driver, plugin_args, plugin_env, plugin_log_level)
     try:
         yield d
     finally:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,13 @@ class Conn(http.client.HTTPConnection):
 
 
 class Plugin:
-    def __init__(self, store: Path, sock: Path, log: Path) -> None:
+    """``args`` and ``env``: more flags and environment for ``serve docker-graphdriver``."""
+
+    def __init__(
+        self, store: Path, sock: Path, log: Path, args: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> None:
         self.store, self.sock, self.log = store, sock, log
+        self.args, self.env = list(args), dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -40,7 +46,11 @@ class Plugin:
         argv = [sys.executable, "-m", "graftfs", "--store", str(self.store), "serve", "docker-graphdriver"]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [*argv, "--socket", str(self.sock)], stdin=subprocess.DEVNULL, stdout=out, stderr=out
+                [*argv, "--socket", str(self.sock), *self.args],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env={**os.environ, **self.env},
             )
         deadline = time.monotonic() + 30
         while True:

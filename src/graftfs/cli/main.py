@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..idmap import Mapping
     from ..log import Logger
     from ..metrics import Metrics
+    from ..repository.s3 import S3Client
 
 VERSION = "0.1.0"
 #: The command's metrics destination, when one is configured (see :func:`run`).
@@ -66,9 +67,21 @@ GLOBAL_FLAGS = [
 class Command:
     """``flag_names``: the command's flags, from the settings table (``flag_help`` words some of them for this
     command); ``nargs``: the number of arguments it takes, when it takes a fixed number; ``subcommands``: the
-    commands that run in its place (``serve containerd-snapshotter``), by the name that follows it."""
+    commands that run in its place (``serve containerd-snapshotter``), by the name that follows it; ``optional``:
+    flags whose check (a required value) does not apply to this command when they are not given."""
 
-    __slots__ = ("flag_help", "flag_names", "help", "hidden", "name", "nargs", "run", "subcommands", "usage")
+    __slots__ = (
+        "flag_help",
+        "flag_names",
+        "help",
+        "hidden",
+        "name",
+        "nargs",
+        "optional",
+        "run",
+        "subcommands",
+        "usage",
+    )
 
     def __init__(
         self,
@@ -81,8 +94,10 @@ class Command:
         hidden: bool = False,
         flag_help: dict[str, str] | None = None,
         subcommands: tuple[Command, ...] = (),
+        optional: tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.optional = optional
         self.usage = usage
         self.help = help
         self.flag_names = flag_names
@@ -380,7 +395,19 @@ def cmd_serve_docker_graphdriver(settings: Settings, args: list[str]) -> int:
 
     log = _logger(settings)
     log.level = min(log.level, LEVELS["error"])
-    return serve(settings.store, settings.socket, log)
+    publishing = None
+    if settings.s3_bucket:
+        # docker commit of a thin image's container publishes its changes to this bucket (Diff).
+        from ..server.docker.driver import Publishing
+        from .thin import s3_client
+
+        def client() -> S3Client:
+            return s3_client(settings, log)
+
+        client().close()  # the settings checked (credentials there, the endpoint a URL) before dockerd needs them
+        wait = settings.wait_timeout_seconds if settings.wait else 0
+        publishing = Publishing(client, settings.publish_compression, settings.repository_name, wait)
+    return serve(settings.store, settings.socket, log, publishing)
 
 
 COMMANDS: dict[str, Command] = {
@@ -501,11 +528,22 @@ COMMANDS: dict[str, Command] = {
                 ),
                 Command(
                     "serve docker-graphdriver",
-                    "serve docker-graphdriver --socket PATH [--store DIR]",
+                    "serve docker-graphdriver --socket PATH [--store DIR] [--s3-bucket BUCKET]",
                     "serve a Docker graphdriver plugin (dockerd 20.10, --experimental) over the store on a unix socket",
-                    ("store", "socket"),
+                    ("store", "socket", *_S3_FLAGS, "compression", "repository-name", "wait", "wait-timeout-seconds"),
                     cmd_serve_docker_graphdriver,
                     nargs=0,
+                    optional=("s3-bucket",),
+                    flag_help={
+                        "s3-bucket": "docker commit of a thin image's container publishes its changes to this bucket "
+                        "(layers/<hex>), and the committed image is thin; without it, such a commit is an ordinary "
+                        "layer on the thin one",
+                        "repository-name": "the repository's name in published layers' cvmfs://<name>/ urls "
+                        "(default: the one the thin image's layers name)",
+                        "wait": "docker commit returns once the publisher has put the layer in the store's layer "
+                        "repository (then a container of the committed image, a build's next step, can start)",
+                        "wait-timeout-seconds": "how long --wait waits (default 600)",
+                    },
                 ),
             ),
         ),
@@ -588,7 +626,7 @@ def run(argv: Sequence[str]) -> int:
             # As GrootFS: the arguments first, then what the command's flags (or the file) say.
             if command.nargs is not None and len(args) != command.nargs:
                 raise _usage_error(command.name)
-            validate(settings, given, command.flag_names)
+            validate(settings, given, command.flag_names, command.optional)
             return command.run(settings, args)
         finally:
             if _metrics is not None:

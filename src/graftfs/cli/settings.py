@@ -427,10 +427,14 @@ def _default(setting: Setting) -> Any:
     return list(default) if default.__class__ is list else default
 
 
-def validate(settings: Settings, given: dict[str, Any], names: tuple[str, ...]) -> None:
-    """Refuse what a command cannot run with: the settings it has flags for (``names``), in table order."""
+def validate(settings: Settings, given: dict[str, Any], names: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
+    """Refuse what a command cannot run with: the settings it has flags for (``names``), in table order; the
+    check of a flag in ``optional`` is skipped when it is empty (``serve docker-graphdriver`` publishes to S3
+    only when given a bucket)."""
     for setting in TABLE:
         if setting.flag not in names and setting.off_flag not in names:
+            continue
+        if setting.flag in optional and not getattr(settings, setting.name):
             continue
         if setting.exclusive and given.get(setting.flag) and given.get(setting.off_flag):
             raise InvalidArgument(f"{setting.flag} and {setting.off_flag} cannot be used together")

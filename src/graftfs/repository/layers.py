@@ -395,18 +395,14 @@ def probe_idmapped(layout: Layout, root: str, maps: tuple[str, str]) -> str:
 def check_thin(store_path: str, image: ThinImage, record: str) -> None:
     """A thin image's layers must all be in the store's layer repository: refused, in one line naming the
     missing ones, when they are not, or when the store has no repository."""
+    from . import thin
+
     if not record:
-        raise FailedPrecondition(
-            f"thin image ({len(image.layers)} layers named by /thin.json): store {store_path} has no layer "
-            "repository to stack them from (init-store --layer-repository DIR)"
-        )
+        raise FailedPrecondition(thin.no_repository(image, store_path))
     root = parse(record)[0]
     missing = [lay.digest for lay in image.layers if not os.path.isdir(layer_dir(root, "sha256:" + lay.digest))]
     if missing:
-        raise NotFound(
-            f"thin image: {len(missing)} of its {len(image.layers)} layers not in the layer repository {root}: "
-            + ", ".join(missing)
-        )
+        raise NotFound(thin.missing(image, missing, root))
 
 
 def use_in_place(

@@ -29,12 +29,13 @@ from . import thin
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from typing import IO, Any
 
     from ..api import Store
     from ..idmap import Mapping
     from ..log import Logger
+    from ..store.layout import Layout
     from .s3 import S3Client
 
 PREFIX = "layers/"
@@ -101,28 +102,56 @@ def publish(
     log: Logger | None = None,
 ) -> Published:
     """Upload the changes of image ``image_id`` and write the thin image that has them on top to ``output``."""
-    from ..layers.diff import write_layer
-    from ..store.fsutil import temp_name
-    from .convert import parse_output, thin_url, write_thin
+    from .convert import parse_output, write_thin
 
     parse_output(output)
     parent, config = parent_of(store, image_id)
-    name = repository_name or _repository_name(parent, store)
-    upper = os.path.join(store.layout.image(image_id), "diff")
     namespace = store.namespace()
-    feats = store.features()
-    os.makedirs(store.layout.tmp, mode=0o700, exist_ok=True)
-    tmp = temp_name(os.path.join(store.layout.tmp, "publish"), "layer")
+    image, published = publish_changes(
+        os.path.join(store.layout.image(image_id), "diff"),
+        parent,
+        client,
+        store.layout,
+        compression=compression,
+        repository_name=repository_name,
+        xattr_namespace=store.features().xattrs,
+        uid=_to_image(namespace.uid_mappings),
+        gid=_to_image(namespace.gid_mappings),
+        log=log,
+    )
+    published.manifest = write_thin(output, image, config)
+    return published
+
+
+def publish_changes(
+    upper: str,
+    parent: thin.ThinImage,
+    client: S3Client,
+    layout: Layout,
+    *,
+    compression: str = "gzip",
+    repository_name: str = "",
+    xattr_namespace: str = "trusted",
+    uid: Callable[[int], int] | None = None,
+    gid: Callable[[int], int] | None = None,
+    log: Logger | None = None,
+) -> tuple[thin.ThinImage, Published]:
+    """The overlay upper directory ``upper`` (a container's changes over the thin image ``parent``) written as
+    an OCI layer (owners through ``uid``/``gid``, overlay xattrs in ``xattr_namespace``), in a temporary file of
+    the store ``layout``, uploaded to S3 as ``layers/<hex>`` with ``If-None-Match: *``; returns the descriptor
+    with the layer appended on top, and what was published (its ``manifest`` empty: no image written). For
+    ``thin publish`` and the Docker graphdriver's ``Diff`` alike."""
+    from ..layers.diff import write_layer
+    from ..store.fsutil import temp_name
+    from .convert import thin_url
+
+    name = repository_name or _repository_name(parent, layout)
+    os.makedirs(layout.tmp, mode=0o700, exist_ok=True)
+    tmp = temp_name(os.path.join(layout.tmp, "publish"), "layer")
+    identity = _to_image(())
     try:
         with open(tmp, "xb") as f:
-            written = write_layer(
-                upper,
-                f,
-                compression,
-                feats.xattrs,
-                _to_image(namespace.uid_mappings),
-                _to_image(namespace.gid_mappings),
-            )
+            written = write_layer(upper, f, compression, xattr_namespace, uid or identity, gid or identity)
         hexd = written.digest.partition(":")[2]
         key = PREFIX + hexd
         uploaded = client.put_file(key, tmp, if_none_match=True)
@@ -134,11 +163,10 @@ def publish(
     if log is not None:
         log.info("layer-published", key=key, digest=written.digest, size=written.size, uploaded=uploaded)
     layer = thin.ThinLayer(hexd, thin_url(name, written.digest))
-    manifest = write_thin(output, parent.with_layer(layer), config)
-    return Published(layer, key, uploaded, manifest)
+    return parent.with_layer(layer), Published(layer, key, uploaded, "")
 
 
-def _repository_name(parent: thin.ThinImage, store: Store) -> str:
+def _repository_name(parent: thin.ThinImage, layout: Layout) -> str:
     """The repository the parent's layers name (its top layer's url), else the store repository's name."""
     for layer in reversed(parent.layers):
         if layer.url:
@@ -146,7 +174,7 @@ def _repository_name(parent: thin.ThinImage, store: Store) -> str:
     from ..store.fsutil import read_text
     from .layers import parse
 
-    record = read_text(store.layout.layer_repository_file)
+    record = read_text(layout.layer_repository_file)
     if record:
         return os.path.basename(parse(record)[0])
     raise InvalidArgument("thin publish: give --repository-name: the thin image names no repository")

@@ -203,6 +203,21 @@ def image_spec(image: ThinImage, config: dict[str, Any]) -> ImageSpec:
     )
 
 
+def no_repository(image: ThinImage, store: str, what: str = "thin image") -> str:
+    """The one line refusing a thin image in a store without a layer repository."""
+    return (
+        f"{what} ({len(image.layers)} layers named by /{DESCRIPTOR}): store {store} has no layer repository to "
+        "stack them from (init-store --layer-repository DIR)"
+    )
+
+
+def missing(image: ThinImage, digests: Sequence[str], root: str, what: str = "thin image") -> str:
+    """The one line refusing a thin image whose layers ``digests`` (bare hex) the repository ``root`` lacks."""
+    return f"{what}: {len(digests)} of its {len(image.layers)} layers not in the layer repository {root}: " + ", ".join(
+        digests
+    )
+
+
 def parse(data: bytes, where: str = DESCRIPTOR) -> ThinImage:
     """A descriptor from its bytes; InvalidImage, in one line naming ``where``, if it is not one."""
     from .. import jsonc
@@ -237,4 +252,4 @@ def parse(data: bytes, where: str = DESCRIPTOR) -> ThinImage:
     return ThinImage(parsed, version=version, **optional)
 
 
-__all__ = ["DESCRIPTOR", "ThinImage", "ThinLayer", "parse"]
+__all__ = ["DESCRIPTOR", "ThinImage", "ThinLayer", "missing", "no_repository", "parse"]

@@ -56,6 +56,16 @@ links are unlinked, never followed). A repository layer that is gone later (the 
 layer removed from it) fails ``mounts``, ``prepare`` and ``view`` on any snapshot whose chain holds it with one
 line naming the layer: never an overlay with a hole in it.
 
+**Thin images' layers** (the CernVM-FS graphdriver's, :mod:`graftfs.repository.thin`): a committed snapshot
+whose tree holds exactly one entry, the regular file ``thin.json`` (a thin image's only layer, unpacked as any
+layer by a front end: ``docker load``, containerd's unpacker), stands for the layers its descriptor lists. A
+snapshot prepared or viewed on it stacks those layers from the store's layer repository, in place (short links
+``r/<12 hex>``, shims, ``r/.hide``, as Garden's creates of thin images), instead of the thin layer and
+everything below it; snapshots above inherit that, so ordinary layers above stack above as usual. A store
+without a repository, a layer missing from it (named) or one it cannot stack in place here is refused in one
+line, and nothing is made. ``thin`` reads a snapshot's descriptor and ``thin_layer`` says which thin layer a
+snapshot's mounts stand on (the Docker front end's ``docker commit`` publishes on it).
+
 On disk, beside the store's own directories::
 
     snapshots/<id>/info.json    the record: name, kind, parent, labels, times, and the parent chain's ids
@@ -95,6 +105,8 @@ if TYPE_CHECKING:
 
     from ..log import Logger
     from ..mount.spec import Mount
+    from ..repository import layers
+    from ..repository.thin import ThinImage
     from .features import Features
 
 KIND_VIEW = "view"
@@ -117,6 +129,9 @@ _REPO_PREFIX = "repo:"
 #: A lowers entry of a repository layer a Garden create used in place (no snapshot record of its own):
 #: ``layer:<verdict>:<digest hex>``, stacked through the store's short link ``r/<12 hex>`` (and shim).
 _LAYER_PREFIX = "layer:"
+#: A lowers entry of a thin image's layer (its tree holds ``/thin.json`` only): ``thin:<id>``. It shows
+#: nothing; the entries after it are its descriptor's layers (``layer:``), top first, and nothing else.
+_THIN_PREFIX = "thin:"
 _ID_BYTES = 5  # 10 hex digits: short lowerdir paths (``<id>/fs:``, 14 bytes a layer) and no collisions
 
 
@@ -288,6 +303,15 @@ class Snapshotter:
         place (a graphdriver's ``Diff`` and ``ApplyDiff``), as containerd's differs read the upperdir out of
         a snapshot's mounts; nothing else may write a committed snapshot's tree."""
         return self._tree(self._get(key))
+
+    def lower_dirs(self, key: str) -> list[str]:
+        """The directories the snapshot ``key``'s mounts stack below its own tree, nearest first (a thin image's
+        layer's descriptor layers, shims included, in its place): what a front end compares a layer's tree
+        with (a graphdriver's ``Changes``)."""
+        found = self._get(key)
+        if found.id is None:
+            return self._lower_dirs(self._volume_chain(found.volume)[1:])
+        return self._lower_dirs(found.lowers)
 
     def walk(self, *filters: str) -> Iterator[Info]:
         """Every snapshot, or those matching any of ``filters`` (containerd's syntax: comma-separated
@@ -507,6 +531,12 @@ class Snapshotter:
                 if base.info.kind != KIND_COMMITTED:
                     raise InvalidArgument(f"parent snapshot `{parent}` is not committed")
                 lowers = self._volume_chain(base.volume) if base.id is None else [base.entry(), *base.lowers]
+                if base.id is not None and base.remote is None:
+                    image = self._thin(base)
+                    if image is not None:
+                        # A thin image's layer: its descriptor's layers, from the repository, stand in for it
+                        # and for everything below it.
+                        lowers = self._thin_lowers(base, image)
             self._lower_dirs(lowers)  # a repository layer gone from under the chain is refused by name
             if kind == KIND_ACTIVE and labels and labels.get(LABEL_TARGET):
                 self._remote(parent, labels, lowers)  # AlreadyExists when the target is made from the repository
@@ -612,7 +642,6 @@ class Snapshotter:
         if not record:
             return None
         from ..errors import GraftfsError
-        from ..idmap import IdMap, Namespace
         from ..repository import layers
 
         try:
@@ -623,37 +652,113 @@ class Snapshotter:
                 if self.log is not None:
                     self.log.debug("remote-layer-not-in-repository", digest=digest, repository=root)
                 return None
-            namespace = Namespace.from_json(read_text(self.layout.namespace_file))
-            feats = self._features()
-            why = ""
-            if namespace.uid_mappings or namespace.gid_mappings:
-                why = "this store has ID mappings: its repository's layers would need idmapped mounts, which "
-                why += "containerd's mounts cannot express"
-            elif feats is not None and feats.overlay != "kernel":
-                why = f"this store's overlay is {feats.overlay}, not the kernel's"
-            if why:
-                self._note("remote-layer-not-used", digest=digest, reason=why)
-                return None
-            verdict = repository.verdict(digest, path)
-            flags = verdict.split(",")
-            if layers.HIDE in flags and not os.path.lexists(
-                os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER)
-            ):
-                why = "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
-            elif layers.SHIM in flags and feats is not None and feats.whiteouts != "device":
-                why = "it holds OCI whiteouts as plain files, and this store cannot make the overlay whiteouts"
-            if why:
-                self._note("remote-layer-not-used", digest=digest, reason=why)
-                return None
-            shim = ""
-            if layers.SHIM in flags:
-                identity = IdMap([])
-                shim = repository.shim(digest, path, identity, identity, feats.xattrs if feats else "trusted")
+            verdict, shim, why = self._stackable(repository, digest, path)
         except GraftfsError as exc:
             # A repository that is not mounted, or that others could write: its layers are downloaded.
             self._note("remote-layer-not-used", digest=digest, reason=str(exc))
             return None
+        if why:
+            self._note("remote-layer-not-used", digest=digest, reason=why)
+            return None
         return path, verdict, shim
+
+    def _stackable(self, repository: layers.Repository, digest: str, path: str) -> tuple[str, str, str]:
+        """How the repository layer ``digest`` (its ``layerfs`` at ``path``) stacks in this store: its verdict,
+        its shim relative to the store ("" if it needs none) and "", or ``("", "", why)`` when this store
+        cannot stack it in place (a store with ID mappings, fuse-overlayfs, no whiteouts for its shim)."""
+        from ..idmap import IdMap, Namespace
+        from ..repository import layers
+
+        namespace = Namespace.from_json(read_text(self.layout.namespace_file))
+        feats = self._features()
+        why = ""
+        if namespace.uid_mappings or namespace.gid_mappings:
+            why = "this store has ID mappings: its repository's layers would need idmapped mounts, which a "
+            why += "snapshot's mounts (containerd's, a graphdriver's) cannot express"
+        elif feats is not None and feats.overlay != "kernel":
+            why = f"this store's overlay is {feats.overlay}, not the kernel's"
+        if why:
+            return "", "", why
+        verdict = repository.verdict(digest, path)
+        flags = verdict.split(",")
+        hide_ready = os.path.lexists(os.path.join(self.layout.repository_hide, layers.CATALOG_MARKER))
+        if layers.HIDE in flags and not hide_ready:
+            return "", "", "it has a .cvmfscatalog marker, and this store has no whiteout to hide it with"
+        if layers.SHIM in flags and feats is not None and feats.whiteouts != "device":
+            return "", "", "it holds OCI whiteouts as plain files, and this store cannot make the overlay whiteouts"
+        shim = ""
+        if layers.SHIM in flags:
+            identity = IdMap([])
+            shim = repository.shim(digest, path, identity, identity, feats.xattrs if feats else "trusted")
+        return verdict, shim, ""
+
+    # -- thin images ------------------------------------------------------------------------------------------
+
+    def thin(self, key: str) -> ThinImage | None:
+        """The descriptor of the committed snapshot ``key`` if it is a thin image's layer (its tree holds
+        exactly one entry, the regular file ``thin.json``), else None. InvalidImage, in one line, if that file
+        is not a descriptor."""
+        found = self._get(key)
+        if found.info.kind != KIND_COMMITTED or found.id is None or found.remote is not None:
+            return None
+        return self._thin(found)
+
+    def thin_layer(self, key: str) -> str:
+        """The name of the thin image's layer whose descriptor the mounts of ``key`` stack ("" if none: its
+        chain holds no thin image's layer)."""
+        for entry in self._get(key).lowers:
+            if entry.startswith(_THIN_PREFIX):
+                loaded = self._load(entry[len(_THIN_PREFIX) :])
+                return loaded.info.name if loaded is not None else ""
+        return ""
+
+    def _thin(self, found: _Found) -> ThinImage | None:
+        import stat
+
+        tree = self._tree(found)
+        try:
+            if os.listdir(tree) != ["thin.json"]:
+                return None  # one listing per prepare on an ordinary layer: nothing imported, nothing read
+            path = os.path.join(tree, "thin.json")
+            st = os.lstat(path)
+        except OSError:
+            return None
+        from ..repository import thin
+
+        if not stat.S_ISREG(st.st_mode) or st.st_size > thin.DETECT_MAX:
+            return None
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            data = f.read(thin.DETECT_MAX + 1)
+        return thin.parse(data, f"snapshot `{found.info.name}`: /{thin.DESCRIPTOR}")
+
+    def _thin_lowers(self, found: _Found, image: ThinImage) -> list[str]:
+        """The lowers entries of a snapshot on the thin image's layer ``found``: the layer itself, marked
+        (``thin:<id>``: it shows nothing, and is the parent whose ``children`` list the snapshot), then the
+        descriptor's layers, top first, from the store's layer repository as Garden's creates stack them in
+        place (short links ``r/<12 hex>``, shims, ``r/.hide``). One line, and nothing made, when the store has
+        no repository, or the repository lacks some of them (named), or cannot stack them here."""
+        from ..repository import layers, thin
+
+        record = read_text(self.layout.layer_repository_file)
+        if not record:
+            raise FailedPrecondition(thin.no_repository(image, self.layout.root, f"thin image in `{found.info.name}`"))
+        root = layers.check(layers.parse(record)[0])
+        repository = layers.Repository(self.layout, root)
+        paths = [("sha256:" + lay.digest, repository.find("sha256:" + lay.digest)) for lay in image.layers]
+        missing = [digest.partition(":")[2] for digest, path in paths if path is None]
+        if missing:
+            raise NotFound(thin.missing(image, missing, root, f"thin image in `{found.info.name}`"))
+        entries = [_THIN_PREFIX + str(found.id)]
+        for digest, path in reversed(paths):
+            assert path is not None
+            verdict, _, why = self._stackable(repository, digest, path)
+            if why:
+                raise FailedPrecondition(
+                    f"thin image layer {digest} cannot be stacked in place from the layer repository {root}: {why}"
+                )
+            repository.link(digest, path)
+            entries.append(f"{_LAYER_PREFIX}{verdict}:{digest.partition(':')[2]}")
+        return entries
 
     def _features(self) -> Features | None:
         if not os.path.isfile(self.layout.features_file):
@@ -676,6 +781,8 @@ class Snapshotter:
             if entry.startswith("volume:"):
                 dirs.append(self._dir(entry))
                 continue
+            if entry.startswith(_THIN_PREFIX):
+                continue  # a thin image's layer: the repository layers after it stand in for it
             if entry.startswith(_LAYER_PREFIX):
                 # A repository layer a Garden create used in place: its short link and shim in the store.
                 verdict, _, hexd = entry[len(_LAYER_PREFIX) :].partition(":")

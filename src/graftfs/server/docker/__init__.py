@@ -18,7 +18,9 @@ the tar; a failure in the middle of the tar cuts the chunked stream short, which
 
 The verbs are :class:`graftfs.server.docker.driver.Driver`'s (the mapping onto the core is described there).
 ``Capabilities`` says ``ReproducesExactDiffs: false``, so dockerd keeps its tar-split records and ``docker
-save`` gives back the loaded layers byte for byte.
+save`` gives back the loaded layers byte for byte. With ``--s3-bucket`` (:class:`.driver.Publishing`), ``Diff``
+of a thin image's container publishes its changes before it answers (``docker commit`` of a thin image gives a
+thin image).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ...errors import GraftfsError, InvalidArgument, os_reason
 from .. import claim_socket
-from .driver import Driver, id_maps
+from .driver import Driver, Publishing, id_maps
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -346,12 +348,12 @@ class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         super().__init__(path, Handler)
 
 
-def serve(root: str, socket_path: str, log: Logger) -> int:
+def serve(root: str, socket_path: str, log: Logger, publishing: Publishing | None = None) -> int:
     """Serve the graphdriver over the store (or bare directory) ``root`` on the unix socket ``socket_path``
     (mode 0600) until SIGTERM or SIGINT; then calls under way finish (up to 30 s) and the socket is removed.
     Mounts stay: a plugin started again continues with them (dockerd's ``Cleanup`` undoes them)."""
     socket_path = claim_socket("serve docker-graphdriver", socket_path)
-    plugin = Plugin(Driver(root, log), log)
+    plugin = Plugin(Driver(root, log, publishing), log)
     stopping = threading.Event()
 
     def stop(signum: int, frame: object) -> None:

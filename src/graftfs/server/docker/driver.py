@@ -34,6 +34,13 @@ the IDs are mapped on the way in and back on the way out, and a new layer's root
 ``StorageOpt`` ``size=`` (``docker run --storage-opt size=``) has the store's quota backend make the layer's
 snapshot directory (the core's ``prepare(make_dir=...)``: a btrfs subvolume, an XFS project) and set its
 limit; a store whose backend cannot (``none``) refuses it by name.
+
+**Thin images** (a layer whose tree is ``/thin.json`` only): the core stacks the repository's layers under
+every layer created on such a layer; ``Get`` of the thin layer itself shows its own tree (``docker save`` reads
+``/thin.json`` back through it); ``Diff`` of a layer on it, directly or through its ``-init`` layer (``docker
+commit``), publishes the layer's changes through S3 as ``thin publish`` does when the plugin has a bucket
+(:class:`Publishing`), and answers with the new descriptor alone, so the committed image is thin again (see
+:meth:`Driver.diff`).
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ if TYPE_CHECKING:
 
     from ...log import Logger
     from ...quota import Backend
+    from ...repository.s3 import S3Client
+    from ...repository.thin import ThinImage
 
 #: The core's namespace for the graphdriver's snapshots (:mod:`graftfs.store.snapshots`): containerd's garbage
 #: collector, through graftfs's containerd snapshotter over the same store, never sees them.
@@ -94,15 +103,38 @@ def id_maps(entries: Sequence[dict[str, Any]] | None, what: str) -> list[Mapping
     return maps
 
 
+class Publishing:
+    """Where ``Diff`` publishes a thin image's container's changes (``serve docker-graphdriver --s3-bucket``):
+    ``client`` makes an S3 client of the bucket (one per ``Diff``), ``compression`` and ``repository_name`` as
+    for ``thin publish``; ``wait_seconds`` (0: do not wait), how long ``Diff`` waits for the publisher to put the
+    layer in the store's layer repository before it answers (``thin publish --wait``)."""
+
+    __slots__ = ("client", "compression", "repository_name", "wait_seconds")
+
+    def __init__(
+        self,
+        client: Callable[[], S3Client],
+        compression: str = "gzip",
+        repository_name: str = "",
+        wait_seconds: float = 0,
+    ) -> None:
+        self.client = client
+        self.compression = compression
+        self.repository_name = repository_name
+        self.wait_seconds = wait_seconds
+
+
 class Driver:
     """The graphdriver over the store (or bare directory) ``root``. Thread-safe: one lock per layer id in
-    this process, and the core's own lock for the records."""
+    this process, and the core's own lock for the records. With ``publishing``, ``Diff`` of a thin image's
+    container publishes its changes (see :meth:`diff`)."""
 
-    def __init__(self, root: str, log: Logger) -> None:
+    def __init__(self, root: str, log: Logger, publishing: Publishing | None = None) -> None:
         self.sn = Snapshotter(root, log=log, namespace=NAMESPACE)
         # A store made before namespaces: the graphdriver's snapshots were the default namespace's.
         self.sn.adopt(lambda info, remote: not remote and info.name.startswith((RW, LAYER, VIEW)))
         self.log = log
+        self.publishing = publishing
         self.home = os.path.join(self.sn.layout.root, "graphdriver")
         self.mnt = os.path.join(self.home, "mnt")
         self.refs = os.path.join(self.home, "refs")
@@ -137,6 +169,11 @@ class Driver:
             if self._find(layer_id) is not None:
                 raise AlreadyExists(f"layer {layer_id} already exists")
             parent_key = self._as_parent(parent) if parent else ""
+            if parent_key and (self.uid_map or self.gid_map) and self._on_thin(parent_key):
+                raise Unsupported(
+                    f"layer {layer_id}: its parent {parent} is (or stands on) a thin image, whose layers are the "
+                    "layer repository's, with their IDs unshifted: they cannot be used with --userns-remap"
+                )
             backend = self._backend() if size else None
             make_dir = backend.make_image_dir if backend is not None else None
             self.sn.prepare(RW + layer_id, parent_key, {"graftfs.docker/id": layer_id}, make_dir=make_dir)
@@ -173,6 +210,12 @@ class Driver:
                 return point
             if key.startswith(RW):
                 mounts = self.sn.mounts(key)
+            elif self._own_tree_only(key):
+                # A thin image's layer itself (dockerd reads a layer back through Get for docker save and push,
+                # with its tar-split record): its own tree, /thin.json, not the repository's layers it names.
+                from ...mount.spec import Mount
+
+                mounts = [Mount("bind", self.sn.tree(key), ("ro", "rbind"))]
             else:
                 try:
                     mounts = self.sn.mounts(VIEW + layer_id)
@@ -246,10 +289,35 @@ class Driver:
         return _apparent_size(self.sn.tree(self._against(layer_id, parent)))
 
     def diff(self, layer_id: str, parent: str) -> Callable[[IO[bytes]], None]:
-        """Check everything that can fail before a byte is sent; return what writes the tar."""
+        """Check everything that can fail before a byte is sent; return what writes the tar.
+
+        A layer on a thin image's layer (directly, or through its container's ``-init`` layer: ``docker
+        commit``), with ``publishing`` configured: its changes are published as ``thin publish`` does (the
+        layer to S3 as ``layers/<hex>``), here, before the answer, and the tar is the new descriptor alone,
+        ``/thin.json`` with the layer appended on top: the committed image is thin again (with
+        ``publishing.wait_seconds``, once the publisher has put the layer in the store's repository). Without
+        ``publishing``, or with other layers in between, an ordinary diff (the log says why). A layer with no
+        change at all is Docker's empty tar, never published."""
         from ...layers.diff import write_layer
 
-        tree = self.sn.tree(self._against(layer_id, parent))
+        key = self._against(layer_id, parent)
+        tree = self.sn.tree(key)
+        if not os.listdir(tree):
+            # No change: the empty tar Docker's own drivers give (two zero blocks, as Go's tar writer ends one),
+            # which dockerd recognises (layer.DigestSHA256EmptyTar) and keeps out of the image's layers: a build's
+            # ENV or CMD step adds no layer, and leaves a thin image thin (nothing is published).
+            def empty(out: IO[bytes]) -> None:
+                out.write(bytes(1024))
+
+            return empty
+        image = self._thin_below(layer_id, key)
+        if image is not None and self.publishing is not None:
+            data = self._publish(layer_id, tree, image, self.publishing)
+
+            def descriptor(out: IO[bytes]) -> None:
+                out.write(data)
+
+            return descriptor
 
         def write(out: IO[bytes]) -> None:
             write_layer(tree, out, "none", self.xattr_namespace, self.uid_back, self.gid_back)
@@ -277,6 +345,82 @@ class Driver:
             result = unpack(stream, tree, opts)
             self.sn.commit(LAYER + layer_id, key, info.labels)
             return result.bytes_written
+
+    # -- thin images ------------------------------------------------------------------------------------
+
+    def _thin_below(self, layer_id: str, key: str) -> ThinImage | None:
+        """The descriptor of the thin image's layer right below ``key`` (or below its ``-init`` layer), if the
+        chain has one; None (logged when the chain is thin all the same) otherwise."""
+        name = self.sn.thin_layer(key)
+        if not name:
+            return None
+        below = self.sn.stat(key).parent
+        while below != name:
+            if not below.endswith("-init"):
+                self.log.info(
+                    "thin-diff-ordinary",
+                    layer=layer_id,
+                    reason=f"{below} lies between it and the thin image's layer {name}: its changes are an "
+                    "ordinary layer",
+                )
+                return None
+            below = self.sn.stat(below).parent
+        if self.publishing is None:
+            self.log.info(
+                "thin-diff-ordinary",
+                layer=layer_id,
+                reason="no S3 bucket to publish to (serve docker-graphdriver --s3-bucket): its changes are an "
+                "ordinary layer on the thin image's",
+            )
+            return None
+        return self.sn.thin(name)
+
+    def _publish(self, layer_id: str, tree: str, image: ThinImage, publishing: Publishing) -> bytes:
+        """Publish the changes in ``tree`` over the thin image ``image`` (as ``thin publish``); the new
+        descriptor's layer tar."""
+        from ...repository.convert import descriptor_tar
+        from ...repository.publish import publish_changes
+
+        with publishing.client() as client:
+            new, published = publish_changes(
+                tree,
+                image,
+                client,
+                self.sn.layout,
+                compression=publishing.compression,
+                repository_name=publishing.repository_name,
+                xattr_namespace=self.xattr_namespace,
+                uid=self.uid_back,
+                gid=self.gid_back,
+                log=self.log,
+            )
+        self.log.info(
+            "thin-layer-published", layer=layer_id, digest=published.layer.digest, uploaded=published.uploaded
+        )
+        if publishing.wait_seconds > 0:
+            # Until the publisher has put it in the store's repository: a container of the committed image (the
+            # next step of a docker build) can then start at once.
+            from ...repository import layers
+            from ...repository.publish import wait_for
+
+            root = layers.parse(read_text(self.sn.layout.layer_repository_file))[0]
+            wait_for(root, published.layer.digest, publishing.wait_seconds)
+            self.log.info("thin-layer-in-repository", layer=layer_id, digest=published.layer.digest)
+        return descriptor_tar(new.to_json())
+
+    def _on_thin(self, key: str) -> bool:
+        """Whether ``key`` is a thin image's layer or stands on one."""
+        return bool(self.sn.thin_layer(key)) or self._own_tree_only(key)
+
+    def _own_tree_only(self, key: str) -> bool:
+        """Whether the committed layer ``key`` is a thin image's (a damaged descriptor counts: it is one
+        file, shown as it is)."""
+        from ...errors import InvalidImage
+
+        try:
+            return self.sn.thin(key) is not None
+        except InvalidImage:
+            return True
 
     # -- helpers -----------------------------------------------------------------------------------------
 
@@ -332,13 +476,9 @@ class Driver:
         return key
 
     def _lowers(self, key: str) -> list[str]:
-        """The directories of the parent chain of ``key``, nearest first."""
-        lowers = []
-        parent = self.sn.stat(key).parent
-        while parent:
-            lowers.append(self.sn.tree(parent))
-            parent = self.sn.stat(parent).parent
-        return lowers
+        """The directories the mounts of ``key`` stack under its own tree, nearest first (on a thin image, the
+        repository's layers)."""
+        return self.sn.lower_dirs(key)
 
     def _count(self, layer_id: str) -> int:
         text = read_text(os.path.join(self.refs, layer_id), "0").strip()
