@@ -23,12 +23,11 @@ import pytest
 
 from tests.integration.conftest import Graftfs
 from tests.integration.test_containerd import _start, _stop
-from tests.integration.test_containerd_remote import Image, _blobs_asked, _check_run, _run, _snapshot_rows
+from tests.integration.test_containerd_remote import Image, _blobs_asked, _check_run, _run, _snapshot_rows, push_app
 from tests.support import containerd as ctrd_support
 from tests.support import cri, ducc
 from tests.support import snapshots_wire as wire
 from tests.support.containerd import Containerd
-from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
 from tests.support.registry import REGISTRY, Registry, start_registry
 
 pytestmark = [
@@ -67,19 +66,7 @@ def registry(work: Path) -> Iterator[Registry]:
 
 @pytest.fixture(scope="module")
 def app(registry: Registry, work: Path) -> Image:
-    """The remote-layer tests' image (test_containerd_remote.py): busybox, an app, a layer of whiteouts and an
-    opaque directory (DUCC keeps them as plain files), one on top."""
-    tars = [
-        busybox_layer(
-            TarBuilder().file("etc/motd", b"from the base\n").file("etc/old.conf", b"old\n").dir("opt").file("opt/x")
-        ),
-        TarBuilder().dir("app").file("app/run.sh", b"#!/bin/sh\necho running\n", mode=0o755).build(),
-        TarBuilder().dir("etc").whiteout("etc/old.conf").dir("opt").opaque("opt").file("opt/y", b"y\n").build(),
-        TarBuilder().dir("app").file("app/version", b"4\n").build(),
-    ]
-    info = write_oci_layout(work / "app-layout", tars, tag="1")
-    registry.push(info.path, "1", "team/app")
-    return Image(f"{registry.host}/team/app:1", info.config_digest, info.layer_digests, info.chain_ids, tars)
+    return push_app(registry, work)
 
 
 @contextmanager

@@ -70,10 +70,10 @@ def registry(work: Path) -> Iterator[Registry]:
         yield reg
 
 
-@pytest.fixture(scope="module")
-def app(registry: Registry, work: Path) -> Image:
-    """Four layers: busybox, an app, one that deletes a file and makes a directory opaque (DUCC keeps those
-    whiteouts as plain files: the store's shim applies them), and one on top."""
+def push_app(registry: Registry, work: Path) -> Image:
+    """The remote-layer tests' image (the CRI tests' too), pushed to ``registry`` as ``team/app:1``. Four
+    layers: busybox, an app, one that deletes a file and makes a directory opaque (DUCC keeps those whiteouts as
+    plain files: the store's shim applies them), and one on top."""
     tars = [
         busybox_layer(
             TarBuilder().file("etc/motd", b"from the base\n").file("etc/old.conf", b"old\n").dir("opt").file("opt/x")
@@ -85,6 +85,11 @@ def app(registry: Registry, work: Path) -> Image:
     info = write_oci_layout(work / "app-layout", tars, tag="1")
     registry.push(info.path, "1", "team/app")
     return Image(f"{registry.host}/team/app:1", info.config_digest, info.layer_digests, info.chain_ids, tars)
+
+
+@pytest.fixture(scope="module")
+def app(registry: Registry, work: Path) -> Image:
+    return push_app(registry, work)
 
 
 def _blobs_asked(registry: Registry, since: int) -> set[str]:

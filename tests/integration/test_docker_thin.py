@@ -27,8 +27,9 @@ from pathlib import Path
 import pytest
 
 from graftfs.mount import kernel
+from tests.integration.test_thin import _app_layers
 from tests.support import dockerd as dk
-from tests.support.images import TarBuilder, busybox_layer, write_oci_layout
+from tests.support.images import write_oci_layout
 from tests.support.rgw import missing_tools, start_rgw
 
 pytestmark = [
@@ -37,31 +38,6 @@ pytestmark = [
     pytest.mark.skipif(not shutil.which("skopeo"), reason="needs skopeo"),
     pytest.mark.skipif(bool(missing_tools()), reason="needs Ceph's radosgw, ceph-mon and ceph-osd"),
 ]
-
-
-def _app_layers() -> list[bytes]:
-    """busybox with a few files, an application layer, and one that deletes (a whiteout, an opaque dir)."""
-    base = busybox_layer(
-        TarBuilder()
-        .file("etc/motd", b"from the base\n")
-        .file("etc/old.conf", b"deleted above\n")
-        .dir("opt")
-        .dir("opt/dir")
-        .file("opt/dir/a", b"a\n")
-        .file("opt/dir/b", b"b\n")
-    )
-    app = TarBuilder().dir("app").file("app/run.sh", b"#!/bin/sh\necho running\n", mode=0o755).build()
-    deleting = (
-        TarBuilder()
-        .dir("etc")
-        .whiteout("etc/old.conf")
-        .dir("opt")
-        .dir("opt/dir")
-        .opaque("opt/dir")
-        .file("opt/dir/c", b"c\n")
-        .build()
-    )
-    return [base, app, deleting]
 
 
 def _graftfs(*args: str, env: dict[str, str] | None = None) -> str:

@@ -55,6 +55,7 @@ def _base() -> bytes:
 
 
 def _app_layers() -> list[bytes]:
+    """busybox with a few files, an application layer, and one that deletes (a whiteout, an opaque dir)."""
     return [
         _base(),
         TarBuilder().dir("app").file("app/run.sh", b"#!/bin/sh\necho running\n", mode=0o755).build(),
