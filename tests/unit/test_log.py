@@ -6,7 +6,10 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 
-from graftfs.log import LEVELS, Logger
+from hypothesis import given
+from hypothesis import strategies as st
+
+from graftfs.log import LEVELS, Logger, plain_json
 
 
 def _lines(buffer: io.StringIO) -> list[dict[str, object]]:
@@ -65,3 +68,31 @@ def test_below_the_level_nothing_is_written() -> None:
     log = Logger(LEVELS["info"], out).session("init-store")
     log.debug("store-already-initialized")
     assert out.getvalue() == ""
+
+
+_SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+_VALUES = st.recursive(
+    _SCALARS | st.lists(_SCALARS, max_size=3),
+    lambda inner: st.dictionaries(st.text() | st.integers(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(_VALUES)
+def test_plain_json_is_json_dumps_or_declines(value: object) -> None:
+    """Log lines skip ``_json`` when they can: then byte for byte what ``json.dumps`` writes."""
+    text = plain_json(value)
+    if text is not None:
+        assert text == json.dumps(value, separators=(",", ":"))
+
+
+def test_a_delete_s_log_lines_need_no_json_module() -> None:
+    line = {
+        "timestamp": "2026-11-29T15:00:00.000000000Z",
+        "level": "info",
+        "source": "grootfs",
+        "message": "grootfs.delete.groot-deleting.ending",
+        "data": {"imageID": "my-container", "session": "1.1", "storePath": "/var/lib/graftfs", "seconds": 0.25},
+    }
+    assert plain_json(line) == json.dumps(line, separators=(",", ":"))
+    assert plain_json({"error": 'a "quoted" path'}) is None  # escapes: jsonc's
