@@ -16,7 +16,7 @@ from graftfs.api import Store
 from graftfs.cli import main
 from graftfs.errors import GraftfsError, errno_reason, os_reason
 from graftfs.idmap import Mapping, Namespace
-from graftfs.layers.expect import Expect
+from graftfs.layers import Expect
 from graftfs.log import Logger, error_text
 from graftfs.pull import LayerBuilder, QuotaExceeded
 from graftfs.reference import parse

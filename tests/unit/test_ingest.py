@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from graftfs.errors import VerificationError
-from graftfs.layers.expect import Expect
+from graftfs.layers import Expect
 from graftfs.repository import ingest, layers
 from tests.support.images import TarBuilder, compress, sha256_digest
 

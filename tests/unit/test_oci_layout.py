@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from graftfs.errors import GraftfsError, InvalidImage, NotFound, VerificationError
-from graftfs.layers.expect import Expect
+from graftfs.layers import Expect
 from graftfs.layers.stream import LayerStream
 from graftfs.reference import parse
 from graftfs.sources import open_source

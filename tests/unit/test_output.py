@@ -1,4 +1,4 @@
-"""graftfs.cli.output: JSON byte for byte as GrootFS's Go encoding/json prints it."""
+"""What the CLI prints (graftfs.cli.main.go_json, runtime_spec): JSON byte for byte as Go's encoding/json."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from graftfs.api import Image
-from graftfs.cli.output import go_json, runtime_spec
+from graftfs.cli.main import go_json, runtime_spec
 
 ROOTFS = "/var/vcap/data/grootfs/store/unprivileged/images/handle/rootfs"
 

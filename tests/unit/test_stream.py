@@ -12,7 +12,7 @@ import pytest
 import zstandard
 
 from graftfs.errors import GraftfsError, InvalidImage, VerificationError
-from graftfs.layers.expect import Expect
+from graftfs.layers import Expect
 from graftfs.layers.stream import CHUNK, DigestReader, LayerStream, _ZstdFrames
 from graftfs.layers.unpack import unpack
 from tests.support.images import TarBuilder, compress, sha256_digest

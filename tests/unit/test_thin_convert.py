@@ -11,7 +11,7 @@ from typing import IO
 import pytest
 
 from graftfs.errors import InvalidArgument, InvalidImage
-from graftfs.layers.expect import Expect
+from graftfs.layers import Expect
 from graftfs.reference import parse as parse_ref
 from graftfs.repository import convert, thin
 from graftfs.sources import open_source

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any
 
-    from ..api import Store
+    from ..api import Image, Store
     from ..idmap import Mapping
     from ..log import Logger
     from ..metrics import Metrics
@@ -165,6 +165,34 @@ def parse_flags(args: Sequence[str], flags: Sequence[Flag]) -> tuple[dict[str, A
     return values, list(args[i:])
 
 
+# -- what the commands print: byte for byte as GrootFS's Go ``encoding/json`` writes it --------------------------
+
+# Go escapes these inside strings (HTML safety); Garden parses either form, scripts that grep may not.
+_GO_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def go_json(value: Any) -> str:
+    from .. import jsonc  # not for every command: delete prints no JSON
+
+    text = jsonc.dumps(value, ensure_ascii=False)
+    for char, escaped in _GO_ESCAPES.items():
+        if char in text:
+            text = text.replace(char, escaped)
+    return text
+
+
+def runtime_spec(image: Image) -> str:
+    """The runtime-spec document GrootFS prints for create: key order is that of Go's specs.Spec."""
+    process: dict[str, Any] = {"user": {"uid": 0, "gid": 0}}
+    if image.env:
+        process["env"] = image.env
+    process["cwd"] = ""
+    spec: dict[str, Any] = {"ociVersion": "", "process": process, "root": {"path": image.rootfs}}
+    if image.mount is not None:
+        spec["mounts"] = [image.mount]
+    return go_json(spec)
+
+
 # -- commands ------------------------------------------------------------------------------------------------
 
 
@@ -264,8 +292,6 @@ def cmd_create(settings: Settings, args: list[str]) -> int:
         if progress is not None:
             progress.close()
 
-    from .output import runtime_spec
-
     sys.stdout.write(runtime_spec(image) + "\n")
     sys.stdout.flush()
     if settings.with_clean:
@@ -315,8 +341,6 @@ def cmd_delete(settings: Settings, args: list[str]) -> int:
 
 def cmd_stats(settings: Settings, args: list[str]) -> int:
     usage = _store(settings).stats(args[0])
-    from .output import go_json
-
     sys.stdout.write(go_json({"disk_usage": usage.as_dict()}) + "\n")
     return 0
 
@@ -340,8 +364,6 @@ def cmd_clean(settings: Settings, args: list[str]) -> int:
 
 
 def cmd_capacity(settings: Settings, args: list[str]) -> int:
-    from .output import go_json
-
     sys.stdout.write(go_json({"capacity": settings.store_size_bytes}) + "\n")
     return 0
 

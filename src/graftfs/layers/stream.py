@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import IO, Any, cast
 
 from ..errors import GraftfsError, InvalidImage, VerificationError, os_reason
-from .expect import Expect
+from . import Expect
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"

@@ -155,9 +155,10 @@ def mount_all(mounts: Sequence[Mount], target: str) -> None:
     """Perform ``mounts`` (a snapshot's, as data) at ``target``, in order, as containerd's ``mount.All``
     does: binds (``ro`` made read-only by a remount, as the kernel wants) and overlays. An overlay whose
     absolute layer paths would not fit in the kernel's page is mounted from their longest common directory
-    with relative paths, containerd's trick (:func:`compact_options`). The working directory is the
-    process's: do not mount from two threads at once."""
+    with relative paths, containerd's trick (:func:`graftfs.mount.spec.compact_options`). The working directory
+    is the process's: do not mount from two threads at once."""
     from ..errors import InvalidArgument
+    from .spec import compact_options
 
     for m in mounts:
         if m.type == "bind":
@@ -179,9 +180,6 @@ def mount_all(mounts: Sequence[Mount], target: str) -> None:
             raise InvalidArgument(f"mount type `{m.type}` is not supported (bind and overlay are)")
 
 
-_PATH_OPTIONS = ("lowerdir=", "upperdir=", "workdir=")
-
-
 #: statvfs's f_flag bits and the mount flags they are (MS_RELATIME is not ST_RELATIME's value).
 _STATVFS_TO_MS = ((2, 2), (4, 4), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 << 21))
 
@@ -189,36 +187,6 @@ _STATVFS_TO_MS = ((2, 2), (4, 4), (8, 8), (1024, 1024), (2048, 2048), (4096, 1 <
 def _locked_flags(path: str) -> int:
     f_flag = os.statvfs(path).f_flag
     return sum(ms for st, ms in _STATVFS_TO_MS if f_flag & st)
-
-
-def compact_options(options: Sequence[str]) -> tuple[str, str]:
-    """``(cwd, option string)`` for an overlay: ``/`` and the options as they are when they fit in a page,
-    else their layer paths made relative to the longest directory they share. Unsupported when even that
-    does not fit: the kernel would cut the string at its page and mount fewer layers, without an error."""
-    joined = ",".join(options)
-    if len(joined.encode()) < 4096:
-        return "/", joined
-    paths = [p for o in options if o.startswith(_PATH_OPTIONS) for p in o.split("=", 1)[1].split(":")]
-    common = os.path.commonpath(paths) if paths else "/"
-    if common in paths:  # a layer itself: mount from its parent so that it keeps a name
-        common = os.path.dirname(common)
-
-    def rel(option: str) -> str:
-        if not option.startswith(_PATH_OPTIONS):
-            return option
-        name, _, value = option.partition("=")
-        return name + "=" + ":".join(os.path.relpath(p, common) for p in value.split(":"))
-
-    compact = ",".join(rel(o) for o in options)
-    if len(compact.encode()) >= 4096:
-        from ..errors import Unsupported
-
-        layers = sum(o.count(":") + 1 for o in options if o.startswith("lowerdir="))
-        raise Unsupported(
-            f"an overlay of {layers} layers: its mount options take {len(compact.encode())} bytes even from "
-            f"{common}, more than the kernel's page of 4095"
-        )
-    return common, compact
 
 
 def mount_tmpfs(target: str, size: int) -> None:

@@ -1,7 +1,8 @@
 """Overlay mount specs as data.
 
 An image's mount is built here and either performed by :mod:`graftfs.mount.kernel` or returned to the
-caller (``create --without-mount``) in the runtime-spec form GrootFS prints.
+caller (``create --without-mount``) in the runtime-spec form GrootFS prints; so are a snapshot's mounts
+(:class:`Mount`, containerd's), with :func:`compact_options` fitting an overlay's options in the kernel's page.
 
 The kernel copies mount options into a single page, so the option string must stay under 4096 bytes. With
 128 layers, absolute lowerdir paths would not fit. Like GrootFS (and containerd, with its numeric snapshot
@@ -14,6 +15,10 @@ from __future__ import annotations
 import os
 
 from ..errors import Unsupported
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 PAGE_LIMIT = 4096 - 1  # option string plus its NUL terminator must fit in one page
 OVERLAY_MAX_STACK = 500  # fs/overlayfs: OVL_MAX_STACK
@@ -116,3 +121,34 @@ class Mount:
     def as_dict(self) -> dict[str, object]:
         """The runtime spec's (and containerd's) JSON form."""
         return {"type": self.type, "source": self.source, "options": list(self.options)}
+
+
+_PATH_OPTIONS = ("lowerdir=", "upperdir=", "workdir=")
+
+
+def compact_options(options: Sequence[str]) -> tuple[str, str]:
+    """``(cwd, option string)`` for an overlay: ``/`` and the options as they are when they fit in a page,
+    else their layer paths made relative to the longest directory they share. Unsupported when even that
+    does not fit: the kernel would cut the string at its page and mount fewer layers, without an error."""
+    joined = ",".join(options)
+    if len(joined.encode()) < 4096:
+        return "/", joined
+    paths = [p for o in options if o.startswith(_PATH_OPTIONS) for p in o.split("=", 1)[1].split(":")]
+    common = os.path.commonpath(paths) if paths else "/"
+    if common in paths:  # a layer itself: mount from its parent so that it keeps a name
+        common = os.path.dirname(common)
+
+    def rel(option: str) -> str:
+        if not option.startswith(_PATH_OPTIONS):
+            return option
+        name, _, value = option.partition("=")
+        return name + "=" + ":".join(os.path.relpath(p, common) for p in value.split(":"))
+
+    compact = ",".join(rel(o) for o in options)
+    if len(compact.encode()) >= 4096:
+        layers = sum(o.count(":") + 1 for o in options if o.startswith("lowerdir="))
+        raise Unsupported(
+            f"an overlay of {layers} layers: its mount options take {len(compact.encode())} bytes even from "
+            f"{common}, more than the kernel's page of 4095"
+        )
+    return common, compact

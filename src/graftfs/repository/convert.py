@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import IO, Any
 
-    from ..layers.expect import Expect
+    from ..layers import Expect
     from ..log import Logger
     from ..reference import ImageRef
     from ..sources.base import LayerInfo, Source
@@ -286,7 +286,7 @@ def convert(
     """Ingest the layers of ``source`` into the repository at ``repository`` and write the thin image to
     ``output``; returns it and its manifest digest (the part of :func:`thin_convert` after the source is
     open)."""
-    from ..layers.expect import Expect
+    from ..layers import Expect
     from . import ingest
 
     parse_output(output)  # refused before anything is fetched
@@ -315,7 +315,7 @@ def _digest_of(source: Source, layer: LayerInfo) -> Expect:
     """A blob without a digest (a rootfs tarball) read once to find it."""
     import hashlib
 
-    from ..layers.expect import Expect
+    from ..layers import Expect
 
     digest = hashlib.sha256()
     size = 0

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import IO
 
-    from ..layers.expect import Expect
+    from ..layers import Expect
 
 METADATA = ".metadata"
 LAYERS_JSON = "layers.json"

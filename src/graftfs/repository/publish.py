@@ -318,7 +318,7 @@ def publisher_pass(client: S3Client, repository: str, log: Logger, command: Sequ
                 actual = _file_digest(f)
                 if actual != digest:
                     raise VerificationError(f"layerID digest mismatch: expected: {digest}, actual: {actual}")
-                from ..layers.expect import Expect
+                from ..layers import Expect
 
                 def reopen(f: IO[bytes] = f) -> IO[bytes]:
                     f.seek(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import jsonc
 from ..errors import InvalidImage, VerificationError
-from ..layers.expect import Expect
+from ..layers import Expect
 
 TYPE_CHECKING = False  # typing and dataclasses cost more than the interpreter start-up; annotations are strings
 if TYPE_CHECKING:

@@ -11,7 +11,6 @@ import os
 
 from ..errors import GraftfsError, InvalidImage, NotFound, Unavailable
 from ..reference import ImageRef
-from . import platform
 from .base import (
     BASE_DIRECTORY,
     LAYER_TYPES,
@@ -94,6 +93,8 @@ class OCILayoutSource:
                 return descriptors[0]
         if not descriptors:
             raise InvalidImage(f"{where} lists no manifests")
+        from . import platform  # only for a choice among several (or a platform to check): not a warm create's
+
         chosen = platform.choose(descriptors)
         if chosen is None:
             if not any("platform" in d for d in descriptors):

@@ -28,7 +28,7 @@ import os
 from .. import jsonc
 from ..errors import GraftfsError, InvalidImage, NotFound, PermissionDenied, Unavailable
 from ..reference import ImageRef
-from . import platform, wire
+from . import wire
 from .base import ImageSpec, LayerInfo, check_digest, image_spec, parse_object, verify_blob
 from .oci_layout import INDEX_TYPES, MAX_INDEX_DEPTH, MAX_JSON
 from .transport import ConnectFailed, Retry, Transport, basic_authorization, describe, registry_error, transient
@@ -307,6 +307,8 @@ class RegistrySource:
             raise InvalidImage("invalid image index: no manifests list")
         if not manifests:
             raise InvalidImage("image index lists no manifests")
+        from . import platform  # an index only: a warm create of a one-platform image never loads it
+
         chosen = platform.choose(manifests)
         if chosen is None:
             raise NotFound(f"no image for platform {platform.host_string()} in the image index of {self.url}")

@@ -1136,7 +1136,7 @@ class Snapshotter:
 
     def _check_fits(self, found: _Found) -> None:
         """Refuse, before making anything, a snapshot whose overlay the kernel could not mount whole."""
-        from ..mount.kernel import compact_options
+        from ..mount.spec import compact_options
 
         for mount in self._mounts(found):
             if mount.type == "overlay":
