@@ -235,6 +235,9 @@ def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
 
 
 def is_mountpoint(path: str) -> bool:
+    """Whether another filesystem (a tmpfs, the backing XFS, a btrfs subvolume) is mounted at ``path``: a
+    device check, two ``lstat`` calls. A bind mount of the same filesystem does not show this way; what must
+    see those reads the mount table (:func:`mount_entries`)."""
     try:
         st = os.lstat(path)
         parent = os.lstat(os.path.join(path, ".."))
