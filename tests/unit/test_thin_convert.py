@@ -57,7 +57,7 @@ def test_the_layout_gets_the_image_and_replaces_the_tag(tmp_path: Path) -> None:
     source = open_source(parse_ref(f"oci://{tmp_path}/out:1"))
     spec = source.resolve()
     assert len(spec.layers) == 1
-    assert thin.read_layer(source, spec.layers[0]) == IMAGE
+    assert thin.look_into(source, spec.layers[0])[0] == IMAGE
     assert [layer.blob for layer in thin.image_spec(IMAGE, spec.config).layers] == ["sha256:" + HEX]
 
 
@@ -89,14 +89,14 @@ class _Blob:
 )
 def test_a_layer_is_thin_when_its_only_entry_is_thin_json(tar: bytes, thin_expected: bool) -> None:
     layer = LayerInfo("v", "sha256:" + HEX, Expect(diff_id=sha256_digest(tar)))
-    found = thin.read_layer(_Blob(tar), layer)  # type: ignore[arg-type]
+    found = thin.look_into(_Blob(tar), layer)[0]  # type: ignore[arg-type]
     assert (found == IMAGE) if thin_expected else found is None
 
 
 def test_a_thin_json_that_is_not_a_descriptor_is_one_line() -> None:
     tar = TarBuilder().file("thin.json", b"{nope").build()
     with pytest.raises(InvalidImage, match="not a thin image descriptor") as err:
-        thin.read_layer(_Blob(tar), LayerInfo("v", "sha256:" + HEX))  # type: ignore[arg-type]
+        thin.look_into(_Blob(tar), LayerInfo("v", "sha256:" + HEX))[0]  # type: ignore[arg-type]
     assert "\n" not in str(err.value)
 
 

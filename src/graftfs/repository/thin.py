@@ -108,15 +108,10 @@ class ThinImage:
 DETECT_MAX = 64 << 10
 
 
-def read_layer(source: Source, layer: LayerInfo) -> ThinImage | None:
-    """The descriptor in ``layer`` if its tar holds exactly one entry, a regular file ``thin.json`` (the rule:
-    such a layer is a thin image's), else None. A thin layer's blob is verified as any layer's."""
-    return look_into(source, layer)[0]
-
-
 def look_into(source: Source, layer: LayerInfo) -> tuple[ThinImage | None, Source]:
-    """Whether the small one-layer image ``layer`` is thin (see :func:`read_layer`): ``(descriptor, source)``,
-    or ``(None, source)`` for an ordinary layer. Its blob is fetched once, read whole (at most
+    """Whether the small one-layer image ``layer`` is thin, its tar holding exactly one entry, a regular file
+    ``thin.json`` (the rule: such a layer is a thin image's): ``(descriptor, source)``, or ``(None, source)``
+    for an ordinary layer. Its blob is fetched once, read whole (at most
     :data:`DETECT_MAX` bytes); the source returned serves this blob from those bytes (and every other from
     ``source``), so the pull of an ordinary layer does not fetch it again, and verifies it as it would the
     source's. A thin layer is verified here (size, digest, diffID); a blob that is not a readable tar, or not
