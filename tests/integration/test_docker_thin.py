@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from graftfs.mount import kernel
-from tests.integration.test_thin import _app_layers
+from tests.integration.test_thin import _app_layers, layer_descriptor
 from tests.support import dockerd as dk
 from tests.support.images import write_oci_layout
 from tests.support.rgw import missing_tools, start_rgw
@@ -46,16 +46,6 @@ def _graftfs(*args: str, env: dict[str, str] | None = None) -> str:
     )
     assert result.returncode == 0, (args, result.stdout, result.stderr)
     return result.stdout
-
-
-def _descriptor(layer_tar: bytes) -> dict[str, object]:
-    with tarfile.open(fileobj=io.BytesIO(layer_tar)) as tar:
-        assert tar.getnames() == ["thin.json"]
-        member = tar.extractfile("thin.json")
-        assert member is not None
-        doc = json.loads(member.read())
-    assert isinstance(doc, dict)
-    return doc
 
 
 def _saved(d: dk.Dockerd, ref: str) -> list[bytes]:
@@ -155,7 +145,7 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes()
                 saved = _saved(d, "thin:2")
                 assert len(saved) == 2 and saved[0] == _saved(d, "thin:1")[0]
                 assert list(dk.archive_layers(archive.read_bytes()).values()) == [saved[0]]  # as loaded
-                listed = _descriptor(saved[1])["layers"]
+                listed = layer_descriptor(saved[1])["layers"]
                 assert isinstance(listed, list)
                 assert [lay["digest"] for lay in listed] == [*converted["layers"], layer]
                 assert listed[-1]["url"] == f"cvmfs://unpacked.example.org/.layers/{layer[:2]}/{layer}/layerfs"
@@ -206,7 +196,7 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes()
                 assert d.out("run", "--rm", "built:1", "sh", "-c", script) == "built\nbuilt\nchanged\ngone\n"
                 # Each RUN published (the ENV step changed no file: no layer, nothing published), the image thin.
                 saved = _saved(d, "built:1")
-                built = _descriptor(saved[-1])["layers"]
+                built = layer_descriptor(saved[-1])["layers"]
                 assert isinstance(built, list) and len(built) == 6  # thin:2's four, and one for each RUN
                 assert len(saved) == 4  # thin:1's /thin.json layer, then one for thin:2 and for each RUN
                 d.docker("rmi", "built:1", "thin:2", "thin:1")

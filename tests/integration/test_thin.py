@@ -124,11 +124,17 @@ def _layout_image(path: Path, tag: str) -> tuple[dict[str, object], bytes]:
 
 def _descriptor(path: Path, tag: str) -> dict[str, object]:
     import gzip
+
+    _, blob = _layout_image(path, tag)
+    return layer_descriptor(gzip.decompress(blob))
+
+
+def layer_descriptor(layer_tar: bytes) -> dict[str, object]:
+    """The thin image descriptor a layer holds, which must be its only file (``thin.json``)."""
     import io
     import tarfile
 
-    _, blob = _layout_image(path, tag)
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(layer_tar)) as tar:
         assert tar.getnames() == ["thin.json"]
         member = tar.extractfile("thin.json")
         assert member is not None
