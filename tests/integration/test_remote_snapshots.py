@@ -393,6 +393,21 @@ def test_the_snapshots_on_a_thin_image_s_layer_stack_its_descriptor_s_layers(
         with pytest.raises(InvalidImage, match=r"thin\.json: not a thin image descriptor"):
             sn.prepare("never", "broken")
         assert sorted(i.name for i in sn.walk("name==never")) == []
+        # A layer holding only /thin.json above an ordinary layer is an ordinary image's file (`COPY thin.json
+        # /`), valid descriptor or not: stacked as it is, nothing taken from the repository.
+        for name, content in (("copied", descriptor), ("copied-junk", b'{"config": 1}\n')):
+            _thin_snapshot(sn, name, "above", content)
+            assert sn.thin(name) is None and sn.thin_layer(name) == "thin"
+            view = workdir / name
+            view.mkdir()
+            kernel.mount_all(sn.view(name + "-look", name), str(view))
+            try:
+                assert (view / "thin.json").read_bytes() == content
+                assert (view / "above").read_text() == "above\n"
+            finally:
+                kernel.unmount(str(view))
+            sn.remove(name + "-look")
+            sn.remove(name)
         for key in ("look", "above", "container", "thin2", "broken", "thin"):
             sn.remove(key)
 

@@ -58,7 +58,9 @@ line naming the layer: never an overlay with a hole in it.
 
 **Thin images' layers** (the CernVM-FS graphdriver's, :mod:`graftfs.repository.thin`): a committed snapshot
 whose tree holds exactly one entry, the regular file ``thin.json`` (a thin image's only layer, unpacked as any
-layer by a front end: ``docker load``, containerd's unpacker), stands for the layers its descriptor lists. A
+layer by a front end: ``docker load``, containerd's unpacker), at the base of its chain or directly on another
+such layer (``docker commit`` of a thin image's container), stands for the layers its descriptor lists (such a
+file anywhere else is an ordinary file of an ordinary layer). A
 snapshot prepared or viewed on it stacks those layers from the store's layer repository, in place (short links
 ``r/<12 hex>``, shims, ``r/.hide``, as Garden's creates of thin images), instead of the thin layer and
 everything below it; snapshots above inherit that, so ordinary layers above stack above as usual. A store
@@ -713,6 +715,11 @@ class Snapshotter:
         return ""
 
     def _thin(self, found: _Found) -> ThinImage | None:
+        # Only where a thin image's layer can be: its image's base (a thin image has one layer), or directly on
+        # another one (``docker commit`` of a thin image's container adds a new descriptor on top). A file
+        # /thin.json alone in a layer anywhere else (an ordinary image's `COPY thin.json /`) is a file.
+        if found.lowers and not found.lowers[0].startswith(_THIN_PREFIX):
+            return None
         import stat
 
         tree = self._tree(found)
