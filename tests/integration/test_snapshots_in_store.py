@@ -216,6 +216,23 @@ def test_a_store_from_before_namespaces_keeps_its_snapshots_and_each_front_end_a
     python.remove("default/9/made-later")
     assert os.listdir(gfs.store / "snapshots") == ["keys"]
 
+    # An old record beside a snapshot of the same name in containerd's namespace (an older graftfs wrote it
+    # after the upgrade): never adopted over it; it stays the default namespace's.
+    ctrd.prepare("default/7/k")
+    Path(ctrd.tree("default/7/k"), "data").write_text("containerd's\n")
+    python.prepare("default/7/k")
+    (record,) = [r for r in (gfs.store / "snapshots").glob("*/info.json") if '"namespace":""' in r.read_text()]
+    data = json.loads(record.read_text())
+    del data["namespace"]
+    record.write_text(json.dumps(data))
+    assert ctrd.adopt(containerds) == []
+    assert Path(ctrd.tree("default/7/k"), "data").read_text() == "containerd's\n"
+    assert python.stat("default/7/k").kind == KIND_ACTIVE
+    ctrd.remove("default/7/k")
+    python.remove("default/7/k")
+    assert python.cleanup() == [] and ctrd.cleanup() == []
+    assert os.listdir(gfs.store / "snapshots") == ["keys"]
+
 
 def test_an_adoption_killed_half_way_is_invisible_and_cleanup_finishes_it(gfs: Graftfs) -> None:
     """A move's commit point is its record: a kill before it leaves an extra link that points at a record of

@@ -494,9 +494,15 @@ class Snapshotter:
         if not self.namespace:
             raise InvalidArgument("the default namespace adopts nothing: its snapshots are the old ones already")
         moved: list[str] = []
+        kept: list[str] = []
         with self._lock():
             for found in self._all(None):
                 if found.namespace is not None or found.id is None or not claims(found.info, found.remote is not None):
+                    continue
+                if found.remote is None and self._find(found.info.name) is not None:
+                    # This namespace has a snapshot of that name already (an older graftfs wrote the old one
+                    # beside it): the old one stays the default namespace's, never over the other.
+                    kept.append(found.info.name)
                     continue
                 old = self._canonical(found)
                 if found.remote is None:
@@ -505,8 +511,10 @@ class Snapshotter:
                 if found.remote is None:
                     unlink(old)
                 moved.append(found.info.name)
-        if moved and self.log is not None:
-            self.log.info("adopted-snapshots", namespace=self.namespace, count=str(len(moved)))
+        if self.log is not None and (moved or kept):
+            # By name: an operator can tell which snapshots changed hands (a Python program's keys shaped like
+            # containerd's would be among them).
+            self.log.info("adopted-snapshots", namespace=self.namespace, names=moved, kept_in_default=kept)
         return moved
 
     def close(self) -> None:
