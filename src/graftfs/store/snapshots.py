@@ -1068,8 +1068,9 @@ class Snapshotter:
                 # snapshot of that name if there is one (containerd pulled the layer as a remote layer: the
                 # same chain ID names both), else through the record the create wrote of the layer it used
                 # in place there (meta/repository-chains), else refused by name rather than mounted with a
-                # hole in it.
-                named = self._find(_CHAIN_PREFIX + below)
+                # hole in it. Found as the default namespace finds it, whichever front end asks: a pulled
+                # layer's chain is the store's, the same for every namespace.
+                named = self._find_in("", _CHAIN_PREFIX + below)
                 if named is not None and named.id is not None and named.info.kind == KIND_COMMITTED:
                     return [*chain, named.entry(), *named.lowers]
                 used = self._repository_chain(below)
