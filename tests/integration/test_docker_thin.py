@@ -115,7 +115,8 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes()
             bucket = S3Client("layers", endpoint=endpoint, access_key=access_key, secret_key=secret_key, environ={})
             with bucket:
                 assert bucket.create_bucket()
-            with dk.start_dockerd(work / "dk", plugin_args=s3, plugin_env=creds, plugin_log_level="info") as d:
+            plugin = ("--publish-commits", *s3)
+            with dk.start_dockerd(work / "dk", plugin_args=plugin, plugin_env=creds, plugin_log_level="info") as d:
                 assert "Loaded image: thin:1" in d.out("load", "-i", str(archive))
                 # Its only layer holds /thin.json; the container shows the repository's layers instead.
                 script = "cat /etc/motd; /app/run.sh; ls /opt/dir; echo $GREETING; test -e /thin.json || echo no-json"
@@ -165,7 +166,7 @@ def test_docker_runs_a_thin_image_and_commit_publishes_its_container_s_changes()
                 # With --wait, a commit returns once the publisher (running beside) has ingested the layer: a
                 # legacy build's next step, or a run, can use the committed image at once.
                 d.stop_plugin()
-                d.plugin_args = [*s3, "--wait", "--wait-timeout-seconds", "120"]
+                d.plugin_args = [*plugin, "--wait", "--wait-timeout-seconds", "120"]
                 d.start_plugin()
                 publisher = subprocess.Popen(
                     [

@@ -228,7 +228,7 @@ def _thin_on_the_wire(plugin: Plugin, digest: str, sock_dir: Path) -> None:
         # With a bucket whose S3 cannot be reached: the Diff (docker commit) fails in one line, before any byte
         # of tar, and leaves nothing behind.
         plugin.stop()
-        plugin.args = ["--s3-endpoint", "http://127.0.0.1:9", "--s3-bucket", "layers"]
+        plugin.args = ["--publish-commits", "--s3-endpoint", "http://127.0.0.1:9", "--s3-bucket", "layers"]
         plugin.env = {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "not-shown-anywhere"}
         plugin.start()
         code, data = plugin.raw("GraphDriver.Diff", json.dumps({"ID": "c", "Parent": "c-init"}).encode())

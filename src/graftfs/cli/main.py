@@ -418,8 +418,10 @@ def cmd_serve_docker_graphdriver(settings: Settings, args: list[str]) -> int:
     log = _logger(settings)
     log.level = min(log.level, LEVELS["error"])
     publishing = None
-    if settings.s3_bucket:
-        # docker commit of a thin image's container publishes its changes to this bucket (Diff).
+    if settings.publish_commits:
+        # docker commit of a thin image's container publishes its changes to the bucket (Diff).
+        if not settings.s3_bucket:
+            raise InvalidArgument("invalid argument: --publish-commits needs --s3-bucket (thin.s3_bucket)")
         from ..server.docker.driver import Publishing
         from .thin import s3_client
 
@@ -550,16 +552,23 @@ COMMANDS: dict[str, Command] = {
                 ),
                 Command(
                     "serve docker-graphdriver",
-                    "serve docker-graphdriver --socket PATH [--store DIR] [--s3-bucket BUCKET]",
+                    "serve docker-graphdriver --socket PATH [--store DIR] [--publish-commits --s3-bucket BUCKET]",
                     "serve a Docker graphdriver plugin (dockerd 20.10, --experimental) over the store on a unix socket",
-                    ("store", "socket", *_S3_FLAGS, "compression", "repository-name", "wait", "wait-timeout-seconds"),
+                    (
+                        "store",
+                        "socket",
+                        "publish-commits",
+                        *_S3_FLAGS,
+                        "compression",
+                        "repository-name",
+                        "wait",
+                        "wait-timeout-seconds",
+                    ),
                     cmd_serve_docker_graphdriver,
                     nargs=0,
                     optional=("s3-bucket",),
                     flag_help={
-                        "s3-bucket": "docker commit of a thin image's container publishes its changes to this bucket "
-                        "(layers/<hex>), and the committed image is thin; without it, such a commit is an ordinary "
-                        "layer on the thin one",
+                        "s3-bucket": "the bucket --publish-commits publishes to (layers/<hex>)",
                         "repository-name": "the repository's name in published layers' cvmfs://<name>/ urls "
                         "(default: the one the thin image's layers name)",
                         "wait": "docker commit returns once the publisher has put the layer in the store's layer "

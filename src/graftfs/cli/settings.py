@@ -320,6 +320,14 @@ class Settings:
         help="compression of the published layer: gzip (default) or zstd",
     )
     wait: bool = _setting(False, flag="wait", help="return once the publisher has put the layer in --repository")
+    # Flag only, never the config file: a host set up for `thin publish` (thin.s3_bucket in its file) must not
+    # start uploading every docker commit's changes without being told to.
+    publish_commits: bool = _setting(
+        False,
+        flag="publish-commits",
+        help="docker commit of a thin image's container publishes its changes to --s3-bucket (layers/<hex>), and "
+        "the committed image is thin; without it, such a commit is an ordinary layer on the thin one",
+    )
     wait_timeout_seconds: int = _setting(
         600,
         flag="wait-timeout-seconds",
