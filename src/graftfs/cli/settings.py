@@ -84,10 +84,13 @@ def _not_negative(what: str) -> Callable[[Any], str]:
 
 
 def _namespace_check(value: str) -> str:
-    """As the snapshot core checks a namespace's name (graftfs.store.snapshots, not imported here)."""
-    if value[:1].isascii() and value[:1].isalnum() and all(c.isascii() and (c.isalnum() or c in "._-") for c in value):
-        return ""
-    return f"invalid argument: --namespace {value!r}: letters, digits, `.`, `_` and `-` only"
+    from ..store.snapshots import valid_namespace  # only serve containerd-snapshotter has the flag
+
+    return (
+        ""
+        if valid_namespace(value)
+        else f"invalid argument: --namespace {value!r}: letters, digits, `.`, `_` and `-` only"
+    )
 
 
 class Settings:
@@ -264,7 +267,7 @@ class Settings:
     snapshot_namespace: str = _setting(
         "containerd",
         flag="namespace",
-        check=lambda value: _namespace_check(value),
+        check=_namespace_check,
         help="the store's snapshot namespace this containerd's snapshots live in (default containerd): give each "
         "containerd that shares the store one of its own, or each one's garbage collection removes the others'",
     )

@@ -247,7 +247,7 @@ class Snapshotter:
         log: Logger | None = None,
         namespace: str = "",
     ) -> None:
-        if not isinstance(namespace, str) or (namespace and not _is_namespace(namespace)):
+        if not isinstance(namespace, str) or (namespace and not valid_namespace(namespace)):
             raise InvalidArgument(f"snapshot namespace {namespace!r}: letters, digits, `.`, `_` and `-` only")
         self.namespace = namespace
         self.layout = Layout.at(root)
@@ -1203,8 +1203,9 @@ def _nearest_record(lowers: Sequence[str]) -> str | None:
     return None
 
 
-def _is_namespace(text: str) -> bool:
-    return text[0].isascii() and text[0].isalnum() and all(c.isascii() and (c.isalnum() or c in "._-") for c in text)
+def valid_namespace(text: str) -> bool:
+    """A front end's namespace name: ASCII letters, digits, `.`, `_` and `-`, starting with a letter or digit."""
+    return text[:1].isascii() and text[:1].isalnum() and all(c.isascii() and (c.isalnum() or c in "._-") for c in text)
 
 
 def _is_hex(text: str) -> bool:
