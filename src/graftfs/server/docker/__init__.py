@@ -66,7 +66,24 @@ VERBS = (
 )
 
 
-class ChunkedReader:
+class _Body:
+    """A request body as a stream: ``read`` is the subclass's; ``readinto`` (the unpacker's) and ``drain`` (what
+    an answer before the body's end leaves unread) are read's."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, view: Any) -> int:
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+
+class ChunkedReader(_Body):
     """A request body sent with ``Transfer-Encoding: chunked``, read as a plain stream."""
 
     def __init__(self, raw: io.BufferedIOBase) -> None:
@@ -98,17 +115,8 @@ class ChunkedReader:
                 self.raw.readline(16)  # the CRLF after the chunk
         return bytes(out)
 
-    def readinto(self, view: Any) -> int:
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
 
-    def drain(self) -> None:
-        while self.read(1 << 16):
-            pass
-
-
-class LengthReader:
+class LengthReader(_Body):
     """A request body of ``Content-Length`` bytes."""
 
     def __init__(self, raw: io.BufferedIOBase, length: int) -> None:
@@ -120,15 +128,6 @@ class LengthReader:
         data = self.raw.read(want) if want else b""
         self.left -= len(data)
         return data
-
-    def readinto(self, view: Any) -> int:
-        data = self.read(len(view))
-        view[: len(data)] = data
-        return len(data)
-
-    def drain(self) -> None:
-        while self.read(1 << 16):
-            pass
 
 
 class ChunkedWriter:
