@@ -411,16 +411,19 @@ def test_ctr_snapshots_verbs(env: Env, ctr: Containerd, busybox: tuple[Path, ima
     ref = _import(ctr, archive, "gfs.test/busybox")
     chain = info.chain_ids[-1]
     snap = ("snapshots", "--snapshotter", "graftfs")
-    root = "containerd.io/gc.root=test"  # else containerd's garbage collector may take them meanwhile
+    # containerd's garbage collector takes a snapshot nothing refers to, at any moment after a deletion (the
+    # commit's): the image's own snapshot, which it keeps, refers to these by name before they exist.
+    refs = [f"containerd.io/gc.ref.snapshot.graftfs/{key}={key}" for key in ("work-1", "layer-2", "look")]
+    ctr.ctr(*snap, "label", chain, *refs)
     ctr.ctr(*snap, "prepare", "work-1", chain)
-    ctr.ctr(*snap, "label", "work-1", root)
     mount = ctr.ctr(*snap, "mounts", "/target", "work-1").stdout
     assert mount.startswith("mount -t overlay overlay /target -o "), mount
     assert str(env.store) in mount and "upperdir=" in mount, mount
     ctr.ctr(*snap, "commit", "layer-2", "work-1")
-    ctr.ctr(*snap, "label", "layer-2", root)
     ctr.ctr(*snap, "view", "look", "layer-2")
-    ctr.ctr(*snap, "label", "look", root)
+    # A collection now (a synchronous image removal, of a second tag, runs one) leaves them all.
+    ctr.ctr("images", "tag", ref, "gfs.test/collect:first")
+    ctr.ctr("images", "rm", "--sync", "gfs.test/collect:first")
     rows = sorted(_snapshots(ctr))
     assert rows == sorted([[chain, "Committed"], ["layer-2", chain, "Committed"], ["look", "layer-2", "View"]]), rows
     names = {n.rsplit("/", 1)[-1]: n for n in env.names() if n.startswith(ctr.namespace + "/")}
