@@ -349,13 +349,18 @@ class Store:
             credentials=(options.username, options.password) if options.username or options.password else None,
             remote_layer_certificates=options.remote_layer_certificates,
             plain_http_hosts=self.layout.plain_http_hosts,
+            documents=self.layout.documents,
         )
         try:
-            return self._create_from(source, image_id, options, limit, feats, backend, repository, log, start_ns)
+            image = self._create_from(source, image_id, options, limit, feats, backend, repository, log, start_ns)
         finally:
             close = getattr(source, "close", None)  # a registry's keep-alive connections
             if close is not None:
                 close()
+        remember = getattr(source, "remember", None)  # a registry's manifests and configs, for the next create
+        if remember is not None:
+            remember()
+        return image
 
     def _create_from(
         self,

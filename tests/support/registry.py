@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import re
 import shutil
 import socket
 import ssl
@@ -62,6 +63,10 @@ class Registry:
 
     def blob_requests(self) -> int:
         return self.log.read_text(errors="replace").count("/blobs/sha256:")
+
+    def requests(self) -> list[str]:
+        """Every request so far, ``METHOD /path``, oldest first (its access log's lines)."""
+        return re.findall(r'"([A-Z]+ /\S*) HTTP/1\.[01]"', self.log.read_text(errors="replace"))
 
     # -- raw pushes ----------------------------------------------------------------------------------------
 

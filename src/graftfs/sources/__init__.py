@@ -23,10 +23,12 @@ def open_source(
     credentials: tuple[str, str] | None = None,
     remote_layer_certificates: str = "",
     plain_http_hosts: str = "",
+    documents: str = "",
 ) -> Source:
     """``credentials`` (username, password) are for registries; ``remote_layer_certificates`` is the
     directory of CAs and a client pair used for layers that an OCI layout fetches from their ``urls``;
-    ``plain_http_hosts`` a directory where insecure registries found to speak plain HTTP are remembered."""
+    ``plain_http_hosts`` a directory where insecure registries found to speak plain HTTP are remembered,
+    ``documents`` one where manifests and configs are kept by digest (see :mod:`.registry`)."""
     if ref.kind == "tar":
         from .tarball import TarballSource
 
@@ -37,7 +39,13 @@ def open_source(
         return OCILayoutSource(ref, verify=not skip_layer_validation, certificates=remote_layer_certificates)
     from .registry import RegistrySource
 
-    return RegistrySource(ref, insecure=insecure_registries, credentials=credentials, plain_http_hosts=plain_http_hosts)
+    return RegistrySource(
+        ref,
+        insecure=insecure_registries,
+        credentials=credentials,
+        plain_http_hosts=plain_http_hosts,
+        documents=documents,
+    )
 
 
 __all__ = ["ImageSpec", "LayerInfo", "open_source"]

@@ -13,7 +13,11 @@ auth challenge:
   and tokens are never sent to another host (a blob redirected to a CDN) and never logged.
 
 Manifests and configs are small and read whole: a manifest is checked against its digest whenever one is
-known (pulling by digest, or a manifest chosen from an index), the config always. Layers are returned as
+known (pulling by digest, or a manifest chosen from an index), the config always. What a reference names is
+asked of the registry on every pull (that request is also where the registry says whether the caller may
+have the image); what that names by digest below it (an index's manifest, the config) is kept in the store
+once an image is made from it (:attr:`RegistrySource.documents`) and read from there next time, checked
+against its digest as a fetched one is. A warm create of an image by tag is then one request. Layers are returned as
 live resumable streams and verified while they stream (see layers.stream). A layer whose descriptor has
 ``urls`` (a foreign layer) is fetched from the first of them that answers, then from the registry.
 Requests may come from several threads at once (layers are pulled in parallel): connections are per
@@ -59,6 +63,7 @@ class RegistrySource:
         insecure: Iterable[str] = (),
         credentials: tuple[str, str] | None = None,
         plain_http_hosts: str = "",
+        documents: str = "",
     ) -> None:
         self.url = ref.original
         self.host = ref.host
@@ -73,9 +78,28 @@ class RegistrySource:
         self._auth_lock = _thread.allocate_lock()
         #: A directory where insecure hosts found to speak plain HTTP are remembered ("" to probe every time).
         self.plain_http_hosts = plain_http_hosts
+        #: A directory of manifests and configs by digest, from earlier pulls ("" to fetch every time).
+        self.documents = documents
+        self._fetched: dict[str, bytes] = {}  # what was fetched by digest, for remember()
 
     def close(self) -> None:
         self.transport.close()
+
+    def remember(self) -> None:
+        """Keep the manifests and configs this pull fetched by digest, for the next (called once an image is
+        made from them: a failed create leaves the store as it was). Not synced: a copy lost in a crash is
+        fetched again, and a torn one fails its digest check and is too."""
+        if not self.documents or not self._fetched:
+            return
+        from ..store.fsutil import atomic_write
+
+        try:
+            os.makedirs(self.documents, mode=0o755, exist_ok=True)
+            for digest, data in self._fetched.items():
+                atomic_write(os.path.join(self.documents, digest.replace(":", "-")), data, sync=False)
+            _prune(self.documents)
+        except OSError:
+            pass  # a copy, not a record: without it the next create fetches again
 
     # -- version check and auth ---------------------------------------------------------------------------
 
@@ -108,9 +132,12 @@ class RegistrySource:
     def _marker(self) -> str:
         return os.path.join(self.plain_http_hosts, self.host.replace("/", "_")) if self.plain_http_hosts else ""
 
-    def _ping_remembered(self) -> wire.Response | None:
+    def _plain_http_remembered(self) -> bool:
         marker = self._marker()
-        if not marker or self.host not in self.transport.insecure or not os.path.exists(marker):
+        return bool(marker) and self.host in self.transport.insecure and os.path.exists(marker)
+
+    def _ping_remembered(self) -> wire.Response | None:
+        if not self._plain_http_remembered():
             return None
         try:
             resp, _ = self.transport.get(f"http://{self.host}/v2/", self.transport.retry())
@@ -230,9 +257,11 @@ class RegistrySource:
             + (f": {detail}" if detail else "")
         )
 
-    def _fetch(self, path: str, what: str, accept: str = "", not_found: str = "") -> tuple[str, bytes]:
+    def _fetch(
+        self, path: str, what: str, accept: str = "", not_found: str = "", retry: Retry | None = None
+    ) -> tuple[str, bytes]:
         """A small document (manifest, config), read whole; returns its Content-Type and bytes."""
-        retry = self.transport.retry()
+        retry = retry or self.transport.retry()
         while True:
             resp, url = self._get(path, retry, accept)
             if resp.status == 404 and not_found:
@@ -260,18 +289,41 @@ class RegistrySource:
 
     # -- manifests -----------------------------------------------------------------------------------------
 
+    def _top(self) -> tuple[str, dict[str, Any]]:
+        """The manifest or index the reference names, after the version check (which picks the scheme and
+        reads the auth challenge). A host remembered to speak plain HTTP is asked for the manifest straight
+        away, once: the version check is made only if that fails, so that every error reads as it did."""
+        if self._plain_http_remembered():
+            self.base = f"http://{self.host}"
+            try:
+                return self._manifest(self.reference, self._top_digest(), top=True, retry=Retry(0))
+            except GraftfsError:
+                self.base = f"https://{self.host}"
+        self._ping()
+        return self._manifest(self.reference, self._top_digest(), top=True)
+
+    def _top_digest(self) -> str:
+        return self.reference if self.by_digest else ""
+
     def _manifest(
-        self, reference: str, digest: str = "", size: int = -1, top: bool = False
+        self, reference: str, digest: str = "", size: int = -1, top: bool = False, retry: Retry | None = None
     ) -> tuple[str, dict[str, Any]]:
-        """Fetch a manifest or index; returns its media type (from the response) and the document."""
-        content_type, data = self._fetch(
-            f"/v2/{self.repository}/manifests/{reference}",
-            f"manifest `{reference}`",
-            ACCEPT,
-            f"{self.url} does not exist or you do not have permissions to see it." if top else "",
-        )
-        if digest:
-            verify_blob(data, digest, size, "manifest")
+        """A manifest or index; returns its media type (from the response, for a copy kept from an earlier
+        pull from the document alone) and the document, checked against ``digest`` if there is one."""
+        data = None if top else self._kept(digest, size)
+        content_type = ""
+        if data is None:
+            content_type, data = self._fetch(
+                f"/v2/{self.repository}/manifests/{reference}",
+                f"manifest `{reference}`",
+                ACCEPT,
+                f"{self.url} does not exist or you do not have permissions to see it." if top else "",
+                retry,
+            )
+            if digest:
+                verify_blob(data, digest, size, "manifest")
+                if not top:
+                    self._fetched[digest] = data
         doc = parse_object(data, f"manifest `{reference}`")
         media_type = doc.get("mediaType") if isinstance(doc.get("mediaType"), str) else content_type
         if content_type in SCHEMA1_TYPES or media_type in SCHEMA1_TYPES or doc.get("schemaVersion") == 1:
@@ -283,8 +335,7 @@ class RegistrySource:
 
     def resolve(self) -> ImageSpec:
         try:
-            self._ping()
-            media_type, doc = self._manifest(self.reference, self.reference if self.by_digest else "", top=True)
+            media_type, doc = self._top()
         except GraftfsError as exc:
             raise exc.wrap("fetching image reference") from exc
         try:
@@ -317,9 +368,28 @@ class RegistrySource:
     def _config(self, desc: dict[str, Any]) -> dict[str, Any]:
         digest = check_digest(desc.get("digest"), "config")
         size = desc.get("size", -1)
-        _, data = self._fetch(f"/v2/{self.repository}/blobs/{digest}", f"config blob `{digest}`")
-        verify_blob(data, digest, size, "config")
+        data = self._kept(digest, size)
+        if data is None:
+            _, data = self._fetch(f"/v2/{self.repository}/blobs/{digest}", f"config blob `{digest}`")
+            verify_blob(data, digest, size, "config")
+            self._fetched[digest] = data
         return parse_object(data, f"config `{digest}`")
+
+    def _kept(self, digest: str, size: object) -> bytes | None:
+        """The copy of a document kept from an earlier pull, if there is one and it matches ``digest`` and
+        ``size``."""
+        if not self.documents or not digest:
+            return None
+        try:
+            with open(os.path.join(self.documents, digest.replace(":", "-")), "rb") as f:
+                data = f.read(MAX_JSON + 1)
+        except OSError:
+            return None
+        try:
+            verify_blob(data, digest, size, "document")
+        except GraftfsError:
+            return None  # torn or damaged: fetched again, and replaced once the image is made
+        return data
 
     def _from_manifest(self, manifest: dict[str, Any]) -> ImageSpec:
         cfg_desc = manifest.get("config")
@@ -352,6 +422,29 @@ class RegistrySource:
             return resp, url
 
         return self.transport.body(resp, url, fetch, retry)
+
+
+#: How many kept manifests and configs a store holds: each create that fetched one adds it, and beyond this
+#: the oldest go (a few kilobytes each; one that goes is fetched again when it is next needed).
+MAX_DOCUMENTS = 1024
+
+
+def _prune(directory: str) -> None:
+    names = os.listdir(directory)
+    if len(names) <= MAX_DOCUMENTS:
+        return
+    aged = []
+    for name in names:
+        try:
+            aged.append((os.stat(os.path.join(directory, name)).st_mtime, name))
+        except OSError:
+            pass
+    aged.sort()
+    for _, name in aged[: len(aged) - MAX_DOCUMENTS * 3 // 4]:  # a quarter of room, so not every create prunes
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
 
 
 def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:

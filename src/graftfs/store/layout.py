@@ -7,6 +7,7 @@
 <store>/meta/dependencies/image:<id>.json              the volumes an image uses; its commit record
 <store>/meta/namespace.json                            the store's UID/GID mappings
 <store>/meta/plain-http/<host>                         insecure registries that speak plain HTTP
+<store>/meta/documents/sha256-<hex>                    registry manifests and configs by digest, kept
 <store>/meta/layer-repository.json                     the store's layer repository, if it has one
 <store>/meta/repository-layers/<hex>                   a repository layer's verdict (usable in place, or why not)
 <store>/meta/repository-chains/<chain-hex>             a repository layer used in place at that chain ID
@@ -105,6 +106,11 @@ class Layout:
     def plain_http_hosts(self) -> str:
         """Insecure registries found to speak plain HTTP, one empty file each (a hint for the next pull)."""
         return os.path.join(self.meta, "plain-http")
+
+    @property
+    def documents(self) -> str:
+        """Manifests and configs a registry named by digest, kept for the next pull (sources.registry)."""
+        return os.path.join(self.meta, "documents")
 
     @property
     def features_file(self) -> str:
