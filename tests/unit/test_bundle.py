@@ -1,0 +1,110 @@
+"""The CLI's start-up bundle (graftfs/__init__.py): graftfs's compiled modules in one file, used only while
+each module's source is the one it was compiled from. Run on a copy of the package, in fresh interpreters,
+as bin/graftfs runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import graftfs
+
+SRC = Path(graftfs.__file__).parent
+SCRIPT = Path(__file__).parents[2] / "bin" / "graftfs"
+#: Which loader served a few modules, the way bin/graftfs sets the import system up.
+PROBE = """
+import graftfs
+graftfs.use_bundle()
+import graftfs.cli.main, graftfs.store.images
+for name in ("graftfs.cli.main", "graftfs.store.images", "graftfs.errors"):
+    print(name, type(sys.modules[name].__spec__.loader).__name__)
+"""
+
+
+def _copy(tmp_path: Path) -> Path:
+    root = tmp_path / "pkg"
+    shutil.copytree(SRC, root / "graftfs", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def _env(root: Path, write: bool = True) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(root)
+    if not write:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def _graftfs(root: Path, write: bool = True) -> None:
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), "--version"], env=_env(root, write), capture_output=True, text=True, check=True
+    )
+    assert out.stdout.startswith("graftfs version "), out
+
+
+def _loaders(root: Path) -> dict[str, str]:
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys" + PROBE], env=_env(root), capture_output=True, text=True, check=True
+    ).stdout
+    return dict(line.split() for line in out.splitlines())
+
+
+def _bundle(root: Path) -> Path:
+    return root / "graftfs" / "__pycache__" / f"bundle.{sys.implementation.cache_tag}"
+
+
+def test_the_cli_writes_the_bundle_and_then_loads_from_it(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _graftfs(root)  # compiles the modules (their .pyc), then bundles them
+    assert _bundle(root).is_file()
+    loaders = _loaders(root)
+    assert loaders["graftfs.cli.main"] == "_Bundle" and loaders["graftfs.errors"] == "_Bundle", loaders
+    # A module the bundle lacks (store.images: --version does not load it) is imported as usual, and the
+    # next run adds it, keeping the rest.
+    assert loaders["graftfs.store.images"] == "SourceFileLoader", loaders
+    before = _bundle(root).stat().st_mtime_ns
+    subprocess.run(
+        [sys.executable, "-c", "import sys" + PROBE + "graftfs.refresh_bundle()"], env=_env(root), check=True
+    )
+    assert _bundle(root).stat().st_mtime_ns != before
+    assert set(_loaders(root).values()) == {"_Bundle"}
+    # Nothing to add: the file is left alone.
+    before = _bundle(root).stat().st_mtime_ns
+    _graftfs(root)
+    assert _bundle(root).stat().st_mtime_ns == before
+
+
+def test_a_changed_source_is_imported_from_itself(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _graftfs(root)
+    errors = root / "graftfs" / "errors.py"
+    errors.write_text(errors.read_text() + "\nCHANGED = True\n")
+    loaders = _loaders(root)
+    assert loaders["graftfs.errors"] == "SourceFileLoader" and loaders["graftfs.cli.main"] == "_Bundle", loaders
+    check = "import graftfs; graftfs.use_bundle(); import graftfs.errors as e; print(e.CHANGED)"
+    out = subprocess.run([sys.executable, "-c", check], env=_env(root), capture_output=True, text=True, check=True)
+    assert out.stdout == "True\n"
+    _graftfs(root)  # and the bundle takes the new one
+    assert _loaders(root)["graftfs.errors"] == "_Bundle"
+    out = subprocess.run([sys.executable, "-c", check], env=_env(root), capture_output=True, text=True, check=True)
+    assert out.stdout == "True\n"
+
+
+def test_a_damaged_bundle_is_ignored_and_replaced(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _graftfs(root)
+    data = _bundle(root).read_bytes()
+    for damaged in (b"", data[:100], b"garbage" * 100, data[: len(data) // 2]):
+        _bundle(root).write_bytes(damaged)
+        _graftfs(root)  # works, whatever the file holds
+        loaders = _loaders(root)  # each run put back what it had to import as usual
+        assert loaders["graftfs.cli.main"] == loaders["graftfs.errors"] == "_Bundle", (len(damaged), loaders)
+
+
+def test_nothing_is_written_without_bytecode(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _graftfs(root, write=False)
+    assert not _bundle(root).exists()
