@@ -48,6 +48,20 @@ def test_mountinfo_unescapes_paths() -> None:
     assert m.super_options == r"rw,lowerdir=/x\054y,upperdir=/u"
 
 
+def test_mountinfo_naming_a_path_parses_only_its_lines(tmp_path: Path) -> None:
+    """The filter matches the path as the kernel writes it (escaped), anywhere in a line."""
+    path = tmp_path / "mountinfo"
+    path.write_text(
+        "1 0 0:1 / / rw - ext4 /dev/a rw\n"
+        r"2 1 0:2 / /s\040t/images/x/rootfs rw - overlay overlay rw,upperdir=/s\040t/images/x/diff" + "\n"
+        "3 1 0:3 / /other rw - tmpfs tmpfs rw\n"
+    )
+    assert [m.point for m in kernel.mountinfo(str(path), naming="/s t")] == ["/s t/images/x/rootfs"]
+    assert [m.point for m in kernel.mountinfo(str(path))] == ["/", "/s t/images/x/rootfs", "/other"]
+    for odd in ("/a b", "/a\tb\nc\\d", "/plain"):
+        assert kernel._unescape(kernel._escape(odd)) == odd
+
+
 def test_mountinfo_keeps_what_is_not_an_escape() -> None:
     [m] = kernel.parse_mountinfo("1 0 0:1 / /a\\9b\\12\\ rw - tmpfs tmpfs rw\n")
     assert m.point == "/a\\9b\\12\\"
@@ -85,7 +99,7 @@ def test_mount_queries_read_one_parser(monkeypatch: pytest.MonkeyPatch, tmp_path
     path = tmp_path / "mountinfo"
     path.write_text(text)
     real = kernel.mountinfo
-    monkeypatch.setattr(kernel, "mountinfo", lambda: real(str(path)))
+    monkeypatch.setattr(kernel, "mountinfo", lambda naming="": real(str(path), naming))
     store = f"{base}/s t"
     assert kernel.mount_entries(store) == [
         (f"{store}/images/x/rootfs", "overlay"),
