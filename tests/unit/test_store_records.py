@@ -1,4 +1,4 @@
-"""Small pure pieces behind issue 5 and 6: the features record, kernel ID maps, metric names."""
+"""Small pure pieces: the features record, kernel ID maps, metric names, the commit records clean reads."""
 
 from __future__ import annotations
 
@@ -123,3 +123,24 @@ def test_kernel_maps_of_a_namespace() -> None:
 )
 def test_prometheus_names_in_base_units(name: str, unit: str, metric: str, scale: float) -> None:
     assert prometheus_name(name, unit) == (metric, scale)
+
+
+def test_clean_reads_records_only_until_its_candidates_are_all_named(tmp_path: Path) -> None:
+    """In a store of many images of the same few layers, clean stops reading commit records once every
+    candidate is named; a later refresh reads the rest, and one without a wish reads them all."""
+    from graftfs.store.gc import Records
+
+    layout = Layout.at(str(tmp_path))
+    deps = Path(layout.dependencies)
+    deps.mkdir(parents=True)
+    for i in range(50):
+        (deps / f"image:i{i}.json").write_text(json.dumps(["shared", f"own-{i}"]))
+    (deps / "image:broken.json").write_text("")
+    records = Records(layout)
+    assert "shared" in records.refresh({"shared"})
+    read = len(records.seen)
+    assert read <= 2  # it stops at the first good record (each names "shared"), the damaged one perhaps first
+    assert records.refresh(set()) == records.used and len(records.seen) == read  # nothing wanted: nothing read
+    assert records.refresh({"own-7", "missing"}) >= {"shared", "own-7"}
+    assert len(records.seen) == 51 and records.damaged == ["image:broken.json"]  # "missing" made it read all
+    assert records.refresh() == {"shared", *(f"own-{i}" for i in range(50))}

@@ -59,9 +59,14 @@ class Records:
         self.used: set[str] = set()
         self.damaged: list[str] = []  # records that name nothing readable: they could protect any volume
 
-    def refresh(self) -> set[str]:
+    def refresh(self, wanted: set[str] | None = None) -> set[str]:
         """Every volume a record names, now or at an earlier refresh (a volume freed meanwhile is kept until
-        the next clean: never the other way round)."""
+        the next clean: never the other way round). With ``wanted``, reading stops once each of those is
+        named: the records left unread could only name more, and clean asks about its candidates only (in a
+        store of a thousand images of a few layers, the first records name every layer there is)."""
+        remaining = None if wanted is None else wanted - self.used
+        if remaining is not None and not remaining:
+            return self.used
         for directory in self.directories:
             try:
                 entries = os.scandir(directory)
@@ -77,8 +82,12 @@ class Records:
                         deps = read_record(entry.path)
                         if deps is None:
                             self.damaged.append(entry.name)
-                        else:
-                            self.used.update(deps)
+                            continue
+                        self.used.update(deps)
+                        if remaining is not None:
+                            remaining.difference_update(deps)
+                            if not remaining:
+                                return self.used
         return self.used
 
 
@@ -163,14 +172,15 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
                 failures.append(f"cleaning up snapshots: {exc if isinstance(exc, GraftfsError) else os_reason(exc)}")
         recent = set().union(*(recently_released(s, keep_seconds) for s in [layout, *layout.members()]))
         records = Records(layout)
-        candidates = set(volumes.ids()) - records.refresh() - recent
+        present = set(volumes.ids()) - recent
+        candidates = present - records.refresh(present)
         held: dict[str, FileLock] = {}
         try:
             for volume_id in sorted(candidates):
                 lock = volumes.try_lock_exclusive(volume_id)
                 if lock is not None:
                     held[volume_id] = lock
-            used = records.refresh() | recent  # again, now that no create can start using what we hold
+            used = records.refresh(set(held)) | recent  # again, now that no create can start using what we hold
             if records.damaged:
                 # Which layers a damaged record protects is unknown: collect none until its image is deleted.
                 failures.append(f"{records.damaged[0]}: damaged, so no layer is collected until its image is deleted")
