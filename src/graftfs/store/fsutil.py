@@ -72,25 +72,27 @@ class CrossesMount(OSError):
     """A tree to remove holds another mount: its files belong to whoever mounted it."""
 
 
-def remove_tree(path: str) -> None:
+def remove_tree(path: str, mounts: set[str] | None = None) -> None:
     """Remove a file or a directory tree; missing is fine. Never follows symlinks out of the tree, and never
     descends into another mount (as ``rm --one-file-system``, and bind mounts of the same filesystem too):
     it stops with :class:`CrossesMount` naming the mount point, which it leaves in place with the
     directories above it. Mounts are known from ``/proc/self/mountinfo``, read once, and a directory on
     another device than the top is refused even if it is not listed there (mounted meanwhile, or a mount in
-    a namespace whose table we do not see).
+    a namespace whose table we do not see). ``mounts``: the mount points under ``path`` when the caller
+    has just read the table itself (an image's delete, which unmounted them all: none).
 
     Not ``shutil.rmtree``: importing shutil costs ~2 ms (it loads bz2 and lzma), a sixth of the interpreter's
     start-up, on every delete. This walks with directory fds as shutil does (a symlink put where a directory
     was is unlinked, never entered), and with a stack instead of recursion, so no tree is too deep.
     """
-    from ..mount.kernel import mounts_under
-
     top = _open_dir(None, path)
     if top is None:
         return
     real = os.path.realpath(path)
-    mounts = set(mounts_under(real))
+    if mounts is None:
+        from ..mount.kernel import mounts_under
+
+        mounts = set(mounts_under(real))
     if real in mounts:
         os.close(top)
         raise CrossesMount(errno.EBUSY, "a mount point", path)
