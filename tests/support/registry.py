@@ -35,6 +35,7 @@ class Registry:
     tls: ssl.SSLContext | None = None  # how a test client reaches it, when it speaks TLS
     push_flags: list[str] = field(default_factory=lambda: ["--dest-tls-verify=false"])
     auth: str = ""  # Authorization header for raw pushes
+    pid: int = 0  # the registry process's (benchmarks read the CPU it used)
 
     def url(self, repo: str, ref: str = "latest") -> str:
         sep = "@" if ref.startswith("sha256:") else ":"
@@ -149,7 +150,7 @@ def start_registry(work: Path, config: str = "", tls: ssl.SSLContext | None = No
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"registry did not start: {log.read_text(errors='replace')}")
             time.sleep(0.05)
-        yield Registry(f"127.0.0.1:{port}", log, work, tls)
+        yield Registry(f"127.0.0.1:{port}", log, work, tls, pid=proc.pid)
     finally:
         stop(proc)
         shutil.rmtree(work, ignore_errors=True)
