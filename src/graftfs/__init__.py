@@ -217,7 +217,14 @@ def refresh_bundle() -> None:
             and int.from_bytes(pyc[8:12], "little") == int(st.st_mtime) & 0xFFFFFFFF
             and int.from_bytes(pyc[12:16], "little") == st.st_size & 0xFFFFFFFF
         ):
-            add(name, spec.origin, st, spec.submodule_search_locations is not None, pyc[16:])
+            try:
+                code = marshal.loads(pyc[16:])
+            except (ValueError, EOFError, TypeError):
+                continue
+            # Named by the source's path, as the import system names what it loads from a .pyc (compileall
+            # may have written it with a relative one): what tracebacks show.
+            _imp._fix_co_filename(code, spec.origin)  # type: ignore[attr-defined]
+            add(name, spec.origin, st, spec.submodule_search_locations is not None, marshal.dumps(code))
             changed = True
     if not changed:
         return  # what it missed cannot be added (no .pyc, or one not matching its source)
@@ -235,6 +242,7 @@ def refresh_bundle() -> None:
             pass
 
 
+import _imp  # noqa: E402
 import os as _os  # noqa: E402
 import sys as _sys  # noqa: E402
 

@@ -108,3 +108,20 @@ def test_nothing_is_written_without_bytecode(tmp_path: Path) -> None:
     root = _copy(tmp_path)
     _graftfs(root, write=False)
     assert not _bundle(root).exists()
+
+
+def test_code_from_the_bundle_names_its_source_file(tmp_path: Path) -> None:
+    """Tracebacks name the source file by its path, even when the .pyc was compiled with a relative one
+    (``compileall src``, as bench/run does)."""
+    root = _copy(tmp_path)
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "graftfs"], cwd=root, env=_env(root), check=True, capture_output=True
+    )
+    _graftfs(root)
+    check = (
+        "import graftfs; graftfs.use_bundle(); import graftfs.errors as e, sys; "
+        "print(type(e.__spec__.loader).__name__, e.__file__, e.os_reason.__code__.co_filename)"
+    )
+    out = subprocess.run([sys.executable, "-c", check], env=_env(root), capture_output=True, text=True, check=True)
+    source = str(root / "graftfs" / "errors.py")
+    assert out.stdout.split() == ["_Bundle", source, source]
