@@ -299,6 +299,8 @@ def test_a_blob_not_matching_its_digest(gfs: Graftfs, server: Server) -> None:
     )
     assert server.image.chain_ids[0].partition(":")[2] not in gfs.volumes()
     _assert_clean(gfs, server.image, complete=False)
+    # The config it fetched and verified is kept only once an image is made from it.
+    assert not (gfs.store / "meta" / "documents").exists()
 
 
 def test_a_blob_of_the_wrong_size(gfs: Graftfs, tmp_path: Path) -> None:

@@ -17,8 +17,8 @@ known (pulling by digest, or a manifest chosen from an index), the config always
 asked of the registry on every pull (that request is also where the registry says whether the caller may
 have the image); what that names by digest below it (an index's manifest, the config) is kept in the store
 once an image is made from it (:attr:`RegistrySource.documents`) and read from there next time, checked
-against its digest as a fetched one is. A warm create of an image by tag is then one request. Layers are returned as
-live resumable streams and verified while they stream (see layers.stream). A layer whose descriptor has
+against its digest as a fetched one is. A warm create of an image by tag is then one request. Layers are
+returned as live resumable streams and verified while they stream (see layers.stream). A layer whose descriptor has
 ``urls`` (a foreign layer) is fetched from the first of them that answers, then from the registry.
 Requests may come from several threads at once (layers are pulled in parallel): connections are per
 thread and the token is shared under a lock.
