@@ -99,6 +99,9 @@ class _Bundle:
     def __init__(self, path: str) -> None:
         import marshal
 
+        # Entries name sources in this package only: a copy of an installed tree (cp -a, a relocated venv)
+        # must not run the original's code.
+        self.root = _os.path.dirname(_os.path.dirname(path)) + "/"
         self.missed = False  # a graftfs module was imported some other way: refresh() has something to add
         self.damaged: set[str] = set()  # entries that did not load
         self.index: dict[str, tuple[str, int, int, bool, int, int]] = {}
@@ -110,7 +113,7 @@ class _Bundle:
             head = int.from_bytes(start[4:8], "little")
             if start[:4] == _magic():
                 version, index = marshal.loads(_os.pread(self.fd, head, 8))
-                if version == _BUNDLE_VERSION:
+                if version == _BUNDLE_VERSION and isinstance(index, dict):
                     self.index, self.base = index, 8 + head
         except (OSError, ValueError, EOFError, TypeError):
             pass
@@ -128,8 +131,9 @@ class _Bundle:
         entry = self.index.get(name)
         if entry is not None:
             try:
-                st = _os.stat(entry[0])
-            except OSError:
+                source, _, _, _, _, _ = entry
+                st = _os.stat(source) if source.startswith(self.root) else None
+            except (OSError, TypeError, ValueError, AttributeError):
                 st = None
             if st is not None and st.st_mtime_ns == entry[1] and st.st_size == entry[2]:
                 import marshal
@@ -137,6 +141,8 @@ class _Bundle:
                 try:
                     code = marshal.loads(self.code(name))
                 except (OSError, ValueError, EOFError, TypeError):
+                    code = None
+                if not isinstance(code, _CodeType):
                     code = None  # a damaged file (a crash while it was written, say): the usual import
                     self.damaged.add(name)
                 if code is not None:
@@ -161,7 +167,9 @@ def _magic() -> bytes:
 
 
 def _bundle_path() -> str:
-    return _os.path.join(_os.path.dirname(__file__), "__pycache__", f"bundle.{_sys.implementation.cache_tag}")
+    # As .pyc files are named: one per interpreter and optimisation level (-O strips asserts).
+    level = f".opt-{_sys.flags.optimize}" if _sys.flags.optimize else ""
+    return _os.path.join(_os.path.dirname(__file__), "__pycache__", f"bundle.{_sys.implementation.cache_tag}{level}")
 
 
 def use_bundle() -> None:
@@ -247,6 +255,7 @@ import os as _os  # noqa: E402
 import sys as _sys  # noqa: E402
 
 _ModuleSpec: Any = type(_sys.__spec__)  # importlib.machinery's, without importing importlib
+_CodeType = type(_bundle_path.__code__)  # types.CodeType, without importing types
 
 
 def __getattr__(name: str) -> Any:

@@ -4,6 +4,7 @@ as bin/graftfs runs."""
 
 from __future__ import annotations
 
+import marshal
 import os
 import shutil
 import subprocess
@@ -125,3 +126,41 @@ def test_code_from_the_bundle_names_its_source_file(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", check], env=_env(root), capture_output=True, text=True, check=True)
     source = str(root / "graftfs" / "errors.py")
     assert out.stdout.split() == ["_Bundle", source, source]
+
+
+def test_a_copy_of_the_package_does_not_run_the_originals_code(tmp_path: Path) -> None:
+    """A copied tree (cp -a, a relocated venv) carries the original's bundle, whose entries name the
+    original's sources: the copy imports its own."""
+    root = _copy(tmp_path)
+    _graftfs(root)
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    loaders = _loaders(copy)
+    assert loaders["graftfs.cli.main"] == "SourceFileLoader", loaders
+
+
+def test_an_optimised_run_has_a_bundle_of_its_own(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _graftfs(root)
+    env = _env(root)
+    subprocess.run([sys.executable, "-O", str(SCRIPT), "--version"], env=env, capture_output=True, check=True)
+    tag = sys.implementation.cache_tag
+    assert {p.name for p in (root / "graftfs" / "__pycache__").glob("bundle.*")} == {
+        f"bundle.{tag}",
+        f"bundle.{tag}.opt-1",
+    }
+
+
+def test_an_entry_that_is_not_code_is_imported_as_usual(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _graftfs(root)
+    data = _bundle(root).read_bytes()
+    head = int.from_bytes(data[4:8], "little")
+    version, index = marshal.loads(data[8 : 8 + head])
+    fake = marshal.dumps("print('not code')")
+    source, mtime, size, package, _, _ = index["graftfs.cli.main"]
+    index["graftfs.cli.main"] = (source, mtime, size, package, len(data) - 8 - head, len(fake))
+    new_head = marshal.dumps((version, index))
+    _bundle(root).write_bytes(data[:4] + len(new_head).to_bytes(4, "little") + new_head + data[8 + head :] + fake)
+    loaders = _loaders(root)
+    assert loaders["graftfs.cli.main"] == "SourceFileLoader" and loaders["graftfs.errors"] == "_Bundle", loaders

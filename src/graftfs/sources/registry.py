@@ -430,7 +430,7 @@ MAX_DOCUMENTS = 1024
 
 
 def _prune(directory: str) -> None:
-    names = os.listdir(directory)
+    names = [name for name in os.listdir(directory) if name.startswith("sha256-")]  # ours, temp names too
     if len(names) <= MAX_DOCUMENTS:
         return
     aged = []

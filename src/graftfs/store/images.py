@@ -196,7 +196,7 @@ class Images:
         path = self.layout.image(image_id)
         if not os.path.lexists(path) and not self.is_committed(image_id):
             raise NotFound(f"Image `{image_id}` not found.")
-        self._unmount(path)
+        known = self._unmount(path)
         # Un-commit first: from here on the image is garbage to anyone who looks, never a half image.
         try:
             # Moved, not unlinked (same cost): the time of the move is when these layers were last used,
@@ -208,22 +208,27 @@ class Images:
         except FileNotFoundError:
             # No record (an uncommitted image), or a store from before released/ existed.
             unlink(self.layout.dependency_file(image_id))
-        self._remove_dir(path, unmounted=True)
+        self._remove_dir(path, unmounted=known)
 
     def remove_uncommitted(self, image_id: str) -> None:
         path = self.layout.image(image_id)
-        self._unmount(path)
-        self._remove_dir(path, unmounted=True)
+        self._remove_dir(path, unmounted=self._unmount(path))
 
-    def _unmount(self, path: str) -> None:
+    def _unmount(self, path: str) -> bool:
         """Unmount what graftfs mounted in an image directory: the rootfs overlay, idmapped layer binds under
         ``lowers/``, an ephemeral image's own tmpfs. Anything else mounted there belongs to someone else (a
         bind of a host directory, say): then nothing is unmounted and the delete fails naming it, so no file
-        of that filesystem is removed and the image stays as it was until the mount is gone."""
+        of that filesystem is removed and the image stays as it was until the mount is gone.
+
+        Returns whether the tree's removal may skip reading the mount table again: when there was nothing
+        mounted, or only filesystems of their own (the overlay, the tmpfs), which the removal would tell by
+        their device should an unmount have left one (umount2 answers EINVAL, taken for "not mounted", for
+        a mount locked in a user namespace too). A layer bind is of the store's own filesystem: after one,
+        the table is read again."""
         real = os.path.realpath(path)
         mounts = kernel.mount_entries(real)
         if not mounts:
-            return
+            return True
         rootfs = os.path.join(real, "rootfs")
         for point, fstype in mounts:
             if not is_own_mount(real, point, fstype):
@@ -231,11 +236,11 @@ class Images:
         # The overlay first (it uses the layer binds), the image's own tmpfs last (everything is on it).
         for point, _ in sorted(mounts, key=lambda m: (m[0] != rootfs, m[0] == real)):
             kernel.unmount(point)
+        return all(point in (rootfs, real) for point, _ in mounts)
 
     def _remove_dir(self, path: str, unmounted: bool = False) -> None:
-        """``unmounted``: :meth:`_unmount` has just read the mount table and unmounted everything there was
-        under ``path``, so the removal need not read it again (on a host running a thousand containers, the
-        table is a thousand overlay lines, ~8 ms to read); it still never leaves the filesystem."""
+        """``unmounted``: :meth:`_unmount` said the removal need not read the mount table again (on a host
+        running a thousand containers it is a thousand overlay lines, ~8 ms to read)."""
         if not os.path.lexists(path):
             return
         # Rename out of the way first so a crash in the middle of a long rmtree leaves a dot-name.
