@@ -63,7 +63,9 @@ class Records:
         """Every volume a record names, now or at an earlier refresh (a volume freed meanwhile is kept until
         the next clean: never the other way round). With ``wanted``, reading stops once each of those is
         named: the records left unread could only name more, and clean asks about its candidates only (in a
-        store of a thousand images of a few layers, the first records name every layer there is)."""
+        store of a thousand images of a few layers, the first records name every layer there is). A damaged
+        record left unread is reported by the first clean that has something to collect: until then it
+        could not have changed what is collected (nothing)."""
         remaining = None if wanted is None else wanted - self.used
         if remaining is not None and not remaining:
             return self.used
