@@ -88,7 +88,8 @@ class Metrics:
 # -- dropsonde ---------------------------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """A protobuf base-128 varint (also what the tests' CRI client encodes its requests with)."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -101,11 +102,11 @@ def _varint(n: int) -> bytes:
 
 
 def _field(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
+    return varint(number << 3 | wire_type)
 
 
 def _length_delimited(number: int, data: bytes) -> bytes:
-    return _field(number, 2) + _varint(len(data)) + data
+    return _field(number, 2) + varint(len(data)) + data
 
 
 def envelope(name: str, value: float, unit: str, timestamp_ns: int, origin: str = ORIGIN) -> bytes:
@@ -122,9 +123,9 @@ def envelope(name: str, value: float, unit: str, timestamp_ns: int, origin: str 
     return (
         _length_delimited(1, origin.encode())
         + _field(2, 0)
-        + _varint(_VALUE_METRIC)
+        + varint(_VALUE_METRIC)
         + _field(6, 0)
-        + _varint(timestamp_ns)
+        + varint(timestamp_ns)
         + _length_delimited(9, metric)
     )
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration import test_containerd_remote as remote
 from tests.integration.conftest import Graftfs
 from tests.integration.test_containerd import _start, _stop
 from tests.integration.test_containerd_remote import Image, _blobs_asked, _check_run, _run, _snapshot_rows, push_app
@@ -28,7 +28,7 @@ from tests.support import containerd as ctrd_support
 from tests.support import cri, ducc
 from tests.support import snapshots_wire as wire
 from tests.support.containerd import Containerd
-from tests.support.registry import REGISTRY, Registry, start_registry
+from tests.support.registry import REGISTRY, Registry
 
 pytestmark = [
     pytest.mark.skipif(
@@ -47,21 +47,10 @@ CRI_LABELS = (
 )
 
 
-@pytest.fixture(scope="module")
-def work() -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("integration tests need root")
-    path = Path(tempfile.mkdtemp(prefix="gfs-cri-"))  # short: unix socket paths have at most 107 bytes
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def registry(work: Path) -> Iterator[Registry]:
-    with start_registry(work / "registry") as reg:
-        yield reg
+# The remote-layer tests' module fixtures, for this module too: a short work directory (unix socket paths
+# have at most 107 bytes) and a registry in it.
+work = remote.work
+registry = remote.registry
 
 
 @pytest.fixture(scope="module")

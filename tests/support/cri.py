@@ -15,24 +15,14 @@ from __future__ import annotations
 
 import grpc
 
+from graftfs.metrics import varint
+
 SERVICE = "/runtime.v1.ImageService/"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (wire type 2: strings and messages)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 def _image_spec(image: str) -> bytes:
