@@ -424,8 +424,16 @@ class Store:
         own_ids = [volume_ids[i] for i in own]
         # Refuse an image the kernel could never mount (too many layers) before pulling anything.
         driver = "fuse-overlayfs" if feats.overlay == "fuse-overlayfs" else "kernel"
+        overlay_options = feats.overlay_options()
+        if options.mount and feats.volatile_overlay:
+            # The rootfs graftfs mounts is `volatile`, as CRI-O's and podman's --rm containers are: no container
+            # outlives its host's crash (and a power cut leaves this image garbage anyway: Images.commit), so
+            # the kernel skips every sync of the store's filesystem for it: the container's fsyncs, and the
+            # unmount's, which would otherwise write out the whole store filesystem's dirty data (every
+            # container's) before delete removes this layer. What --without-mount prints stays GrootFS's.
+            overlay_options += ("volatile",)
         overlay = self.images.overlay(
-            image_id, volume_ids, feats.overlay_options(), driver, idmap, in_place, unshifted_volumes=shared, hide=hide
+            image_id, volume_ids, overlay_options, driver, idmap, in_place, unshifted_volumes=shared, hide=hide
         )
         overlay.check()
         builder: LayerBuilder | None = None

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from graftfs.mount import kernel
 from tests.integration.conftest import GRAFTFS, Graftfs
 from tests.support.images import (
     TarBuilder,
@@ -167,12 +168,30 @@ def test_without_mount_returns_a_mount_the_caller_can_perform(gfs: Graftfs, work
     assert mount["destination"] == "/" and mount["type"] == "overlay" and mount["source"] == "overlay"
     [options] = mount["options"]
     assert options.startswith(f"lowerdir={gfs.store}/l/")
+    assert "volatile" not in options.split(",")  # GrootFS's: the runtime decides what its mount is
     subprocess.run(["mount", "-t", "overlay", "overlay", "-o", options, str(rootfs)], check=True)
     try:
         assert (rootfs / "top").read_bytes() == b"top"
     finally:
         subprocess.run(["umount", str(rootfs)], check=True)
     gfs.run("delete", "unmounted")
+
+
+def test_the_mounted_rootfs_is_volatile_and_delete_removes_all_of_it(gfs: Graftfs, workdir: Path) -> None:
+    info = write_oci_layout(workdir / "l", [busybox_layer()])
+    gfs.create(info.url(), "volatile")
+    rootfs = gfs.rootfs("volatile")
+    point, fstype, options = kernel.mount_of(str(rootfs))
+    # Shown as "volatile" (5.10) or, since overlayfs's fsync= (6.x), as "fsync=volatile".
+    assert (point, fstype) == (str(rootfs), "overlay"), (point, fstype)
+    assert {"volatile", "fsync=volatile"} & set(options.split(",")), options
+    # The container's fsync succeeds (it is not made durable); its data is there as it wrote it.
+    run_in_rootfs(rootfs, ["/bin/sh", "-c", "echo kept > /written && sync /written && sync"])
+    assert (rootfs / "written").read_text() == "kept\n"
+    # The kernel's marker of a volatile upper (workdir/work/incompat/volatile, mode 0) goes with the image.
+    assert (gfs.store / "images" / "volatile" / "workdir" / "work" / "incompat" / "volatile").is_dir()
+    gfs.run("delete", "volatile")
+    assert not os.path.ismount(rootfs) and not (gfs.store / "images" / "volatile").exists()
 
 
 def test_stats_measure_what_the_container_wrote(gfs: Graftfs, workdir: Path) -> None:

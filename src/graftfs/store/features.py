@@ -26,7 +26,8 @@ prints them. A store made by an older graftfs (no record) is probed on first use
   (:data:`CAPABILITY_COSTS`); refusals and ``graftfs features`` name them;
 * ``quota``: the name of the quota backend for this store's images: ``xfs`` (project quotas), ``btrfs``
   (qgroups) or ``none`` (measure only): see :mod:`graftfs.quota`;
-* ``idmapped_mounts``: the kernel supports idmapped mounts (5.19+ for overlay layers): reported, not used.
+* ``idmapped_mounts``: the kernel supports idmapped mounts (5.19+ for overlay layers): reported, not used;
+* ``volatile_overlay`` (derived from ``kernel``): the kernel's overlayfs takes ``volatile`` (5.10+).
 """
 
 from __future__ import annotations
@@ -144,14 +145,21 @@ class Features:
     def as_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in FIELDS}
 
-    @property
-    def idmapped_mounts(self) -> bool:
-        major, _, rest = str(self.kernel).partition(".")
-        minor = rest.partition(".")[0]
+    def _kernel_at_least(self, major: int, minor: int) -> bool:
+        first, _, rest = str(self.kernel).partition(".")
         try:
-            return (int(major), int(minor)) >= (5, 19)
+            return (int(first), int(rest.partition(".")[0])) >= (major, minor)
         except ValueError:
             return False
+
+    @property
+    def idmapped_mounts(self) -> bool:
+        return self._kernel_at_least(5, 19)
+
+    @property
+    def volatile_overlay(self) -> bool:
+        """Whether the kernel's overlayfs takes ``volatile`` (5.10+), which an image's own mount uses (graftfs.api)."""
+        return self.overlay == "kernel" and self._kernel_at_least(5, 10)
 
     def overlay_options(self) -> tuple[str, ...]:
         """Extra overlay mount options the layers need (their whiteout xattrs are ``user.*``)."""
