@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from graftfs.api import DiskLimit
+from graftfs.create import DiskLimit
 from graftfs.errors import InvalidArgument
 
 
