@@ -106,6 +106,24 @@ def test_idmapped_mounts_need_linux_5_19(kernel: str, idmapped: bool) -> None:
     assert features.Features(kernel=kernel).idmapped_mounts is idmapped
 
 
+@pytest.mark.parametrize(
+    ("kernel", "overlay", "volatile"),
+    [
+        ("6.18.44-fc", "kernel", True),
+        ("5.10.0", "kernel", True),
+        ("5.4.0", "kernel", False),
+        ("6.1", "fuse-overlayfs", False),
+    ],
+)
+def test_rootfs_mounts_are_volatile_where_the_kernel_overlay_takes_it(
+    kernel: str, overlay: str, volatile: bool
+) -> None:
+    feats = features.Features(kernel=kernel, overlay=overlay)
+    assert feats.volatile_overlay is volatile
+    [line] = [line for line in feats.describe("/s") if line.startswith("container writes ")]
+    assert line.startswith("container writes volatile: ") is volatile, line
+
+
 def test_kernel_maps_of_a_namespace() -> None:
     garden = [Mapping(0, 4294967294, 1), Mapping(1, 1, 4294967293)]
     assert Namespace(garden, garden).kernel_maps() == ("0 4294967294 1\n1 1 4294967293\n",) * 2

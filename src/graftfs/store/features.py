@@ -237,6 +237,13 @@ class Features:
                 else "not supported by this kernel"
             ),
             "disk quotas      " + _describe_quota(self.quota, self.filesystem),
+            "container writes "
+            + (
+                "volatile: the rootfs graftfs mounts skips every sync (a container's fsync, the unmount's); what "
+                "a container writes does not outlive a crash of the host, nor does the container"
+                if self.volatile_overlay
+                else "synced when the container asks (fsync), and the store's filesystem when a rootfs is unmounted"
+            ),
         ]
         costs = self.costs()
         if not costs:
