@@ -328,7 +328,8 @@ class Store:
         log = self.log.session("groot-listing", storePath=self.path)
         log.info("starting")
         try:
-            paths = [self.layout.image(i) for i in self.images.ids()]
+            prefix = self.layout.images + os.sep  # IDs are single path components (validate_image_id)
+            paths = [prefix + i for i in self.images.ids()]
             log.debug("list-images", imagePaths=paths)
             return paths
         finally:
