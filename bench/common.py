@@ -338,6 +338,8 @@ def print_targets(targets: list[dict[str, object]], markdown: bool) -> None:
         print("\n== targets")
     for t in targets:
         value, limit = (f"{n:.2f}" if isinstance(n, float) else str(n) for n in (t["value"], t["limit"]))
+        if value == limit and isinstance(t["value"], float) and t["value"] != t["limit"]:
+            value = f"{t['value']:.3f}"  # 1.503 against 1.50: the rounding must not hide which side it is on
         met = "yes" if t["met"] else "NO"
         print(
             f"| {t['what']} | {value} | {limit} | {met} |"
