@@ -1,4 +1,4 @@
-"""Making an image: the work of :meth:`graftfs.api.Store.create`, the data flow of :mod:`graftfs.api`::
+"""Making an image, the work of :meth:`graftfs.api.Store.create`: graftfs's data flow::
 
     URL ─► reference ─► source (manifest, config) ─► verified layer streams ─► volumes ─► image ─► mount
 
@@ -66,6 +66,7 @@ class DiskLimit:
 
 
 def create(store: Store, url: str, image_id: str, options: CreateOptions, log: Logger, start_ns: int) -> Image:
+    """:meth:`Store.create` once it has checked the ID and the store and opened its log session."""
     limit = DiskLimit(options.disk_limit_bytes, options.exclude_image_from_quota)
     if store.images.is_committed(image_id):
         raise AlreadyExists(f"image for id `{image_id}` already exists")
