@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from graftfs.idmap import Mapping, Namespace
 from graftfs.metrics import prometheus_name
 from graftfs.store import features
+from graftfs.store.images import Images
 from graftfs.store.layout import Layout
 
 
@@ -104,6 +106,19 @@ def test_no_mount_says_why_and_advises_only_what_works(
 )
 def test_idmapped_mounts_need_linux_5_19(kernel: str, idmapped: bool) -> None:
     assert features.Features(kernel=kernel).idmapped_mounts is idmapped
+
+
+def test_committed_images_are_those_with_a_directory_and_a_record(tmp_path: Path) -> None:
+    layout = Layout.at(str(tmp_path))
+    for name in ("listed", "no-record", ".dot-creating-1-ab", "record-is-a-dir"):
+        (tmp_path / "images" / name).mkdir(parents=True)
+    records = tmp_path / "meta" / "dependencies"
+    records.mkdir(parents=True)
+    for name in ("image:listed.json", "image:no-dir.json", "image:no-record.json-tmp-1-ab", "other.json"):
+        (records / name).write_text("[]")
+    (records / "image:record-is-a-dir.json").mkdir()
+    assert Images(layout).ids() == ["listed"]
+    assert [i for i in os.listdir(tmp_path / "images") if Images(layout).is_committed(i)] == ["listed"]
 
 
 @pytest.mark.parametrize(
