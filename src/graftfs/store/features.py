@@ -240,7 +240,7 @@ class Features:
             "container writes "
             + (
                 "volatile: the rootfs graftfs mounts skips every sync (a container's fsync, the unmount's); what "
-                "a container writes does not outlive a crash of the host, nor does the container"
+                "a container writes may be lost if the host crashes, as the container is"
                 if self.volatile_overlay
                 else "synced when the container asks (fsync), and the store's filesystem when a rootfs is unmounted"
             ),
