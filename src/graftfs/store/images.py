@@ -71,9 +71,9 @@ class Images:
         try:
             with os.scandir(self.layout.dependencies) as records:
                 for record in records:
-                    name = record.name  # image:<id>.json (being written: image:<id>.json-tmp-...)
-                    if name.startswith("image:") and name.endswith(".json") and record.is_file():
-                        committed.add(name[6:-5])
+                    owner, half_written = _record_owner(record.name)
+                    if owner is not None and not half_written and record.is_file():
+                        committed.add(owner)
         except FileNotFoundError:
             return []
         return [n for n in names if not n.startswith(".") and n in committed]
