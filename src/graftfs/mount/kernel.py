@@ -9,7 +9,7 @@ The API's callers import this module on every command, so it stays cheap: ``subp
 imported by the functions that need them, and the system calls are made through ``_ctypes``, the C half of
 ctypes, loaded only by the commands that make them. Not ``import ctypes``: its ``__init__`` builds dozens of
 classes and loads ``struct``, which costs about 2 ms, a sixth of the interpreter's start-up, on every create
-and delete. The types and the function classes defined in :func:`_c` are all that these calls need.
+and delete. The function class :func:`_function` defines is all that these calls need.
 """
 
 from __future__ import annotations
@@ -27,56 +27,50 @@ if TYPE_CHECKING:
 
     from .spec import Mount, OverlaySpec
 
-_calls: Any = None
+_calls: dict[str, Any] = {}  # name -> the C function, made at its first call
 
 
-def _c() -> Any:
-    """``(mount, umount2, unshare, get_errno, syscall, c_long)`` from the C library already loaded in this
-    process."""
-    global _calls
-    if _calls is None:
-        import _ctypes
+def _libc(name: str) -> Any:
+    """The C library's ``name`` (this process's, already loaded), its errno kept for :func:`_errno_now`.
 
-        class c_int(_ctypes._SimpleCData):  # type: ignore[type-arg]
-            _type_ = "i"
+    Called the plain ctypes way, without ``argtypes``: an int is passed as a C int, which the calling
+    convention widens to the register the C prototype reads (every flag and fd passed here is below 2**31),
+    bytes as a char pointer, None as NULL, and the result is a C int. Declaring argument types would take
+    ctypes's type classes (c_int, c_ulong...), and making those costs ~0.15 ms, more than a delete's one call.
+    """
+    fn = _calls.get(name)
+    if fn is None:
+        fn = _calls[name] = _function(name, None)
+    return fn
 
-        class c_ulong(_ctypes._SimpleCData):  # type: ignore[type-arg]
-            _type_ = "L"
 
-        class c_char_p(_ctypes._SimpleCData):  # type: ignore[type-arg]
-            _type_ = "z"
+def _function(name: str, restype: Any) -> Any:
+    import _ctypes
 
-        class Libc:
-            _handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # None: this process (with libc)
+    class Function(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        if restype is not None:
+            _restype_ = restype
 
-        class Function(_ctypes.CFuncPtr):
-            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-            _restype_ = c_int
+    # CFuncPtr only reads ``_handle`` from the library object: no need for ctypes.CDLL.
+    class Libc:
+        _handle = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # None: this process (with libc)
 
-        # CFuncPtr only reads ``_handle`` from the library object: no need for ctypes.CDLL.
-        mount = Function(("mount", Libc))  # type: ignore[arg-type]
-        mount.argtypes = (c_char_p, c_char_p, c_char_p, c_ulong, c_char_p)
-        umount2 = Function(("umount2", Libc))  # type: ignore[arg-type]
-        umount2.argtypes = (c_char_p, c_int)
-        unshare = Function(("unshare", Libc))  # type: ignore[arg-type]  # os.unshare is Python 3.12+
-        unshare.argtypes = (c_int,)
+    return Function((name, Libc))  # type: ignore[arg-type]
 
-        class c_long(_ctypes._SimpleCData):  # type: ignore[type-arg]
-            _type_ = "l"
 
-        class LongFunction(_ctypes.CFuncPtr):
-            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-            _restype_ = c_long
+def _errno_now() -> int:
+    """The errno of the last :func:`_libc` or :func:`_syscall` call of this thread."""
+    import _ctypes
 
-        # syscall(2) is variadic: callers pass every argument as c_long, so each fills a whole register.
-        syscall = LongFunction(("syscall", Libc))  # type: ignore[arg-type]
-        _calls = (mount, umount2, unshare, _ctypes.get_errno, syscall, c_long)
-    return _calls
+    return _ctypes.get_errno()
 
 
 def load() -> None:
-    """Load the C calls now rather than at the first call (before a fork, say)."""
-    _c()
+    """Load the C calls a forked child makes now rather than at its first call (a child importing _ctypes
+    could wait forever on an import lock another thread held at the fork)."""
+    _libc("unshare")
+    _errno_now()
 
 
 def _fs(path: str) -> bytes:
@@ -130,13 +124,12 @@ def _mount_kernel_overlay(spec: OverlaySpec) -> None:
 def _overlay_from(cwd: str, target: str, options: str) -> None:
     """Mount an overlay whose layer paths are relative to ``cwd``: made with the working directory there
     (and restored after), which is how layer paths stay short enough for the kernel's one page."""
-    mount, _, _, get_errno, *_ = _c()
     target = os.path.abspath(target)  # before the chdir
     old = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.chdir(cwd)
-        rc = mount(b"overlay", _fs(target), b"overlay", 0, options.encode())
-        err = get_errno()
+        rc = _libc("mount")(b"overlay", _fs(target), b"overlay", 0, options.encode())
+        err = _errno_now()
     finally:
         os.fchdir(old)
         os.close(old)
@@ -205,9 +198,8 @@ def move(source: str, target: str) -> None:
 
 
 def _call_mount(source: bytes, target: str, fstype: bytes | None, flags: int, data: bytes | None) -> None:
-    mount, _, _, get_errno, *_ = _c()
-    if mount(source, _fs(target), fstype, flags, data) != 0:
-        err = get_errno()
+    if _libc("mount")(source, _fs(target), fstype, flags, data) != 0:
+        err = _errno_now()
         raise KernelError(f"mounting {source.decode(errors='replace')} at {target}: {errno_reason(err)}", err)
 
 
@@ -222,11 +214,11 @@ def _mount_fuse(spec: OverlaySpec) -> None:
 def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
     """Unmount ``target``; not mounted is success. EBUSY is retried (bounded), as GrootFS does, because a
     container's last processes can take a moment to let go after the runtime kills them."""
-    _, umount2, _, get_errno, *_ = _c()
+    umount2 = _libc("umount2")
     for attempt in range(retries):
         if umount2(_fs(target), 0) == 0:
             return
-        err = get_errno()
+        err = _errno_now()
         if err in (_errno.EINVAL, _errno.ENOENT):  # not a mount point / already gone
             return
         if err != _errno.EBUSY or attempt == retries - 1:
@@ -253,9 +245,8 @@ CLONE_NEWUSER = 0x10000000
 
 
 def unshare(flags: int) -> None:
-    _, _, call, get_errno, *_ = _c()
-    if call(flags) != 0:
-        err = get_errno()
+    if _libc("unshare")(flags) != 0:  # os.unshare is Python 3.12+
+        err = _errno_now()
         raise KernelError(f"unshare: {errno_reason(err)}", err)
 
 
@@ -270,12 +261,26 @@ _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 
 
 def _syscall(name: str, number: int, *args: int | bytes) -> int:
-    _, _, _, get_errno, syscall, c_long = _c()
+    # syscall(2) is variadic and returns a long: every argument is passed as a c_long, so each fills a whole
+    # register, and the result is read as one.
+    syscall, c_long = _long_syscall()
     rc = int(syscall(c_long(number), *(a if isinstance(a, bytes) else c_long(a) for a in args)))
     if rc < 0:
-        err = get_errno()
+        err = _errno_now()
         raise KernelError(f"{name}: {errno_reason(err)}", err)
     return rc
+
+
+def _long_syscall() -> tuple[Any, Any]:
+    found = _calls.get("syscall")
+    if found is None:
+        import _ctypes
+
+        class c_long(_ctypes._SimpleCData):  # type: ignore[type-arg]
+            _type_ = "l"
+
+        found = _calls["syscall"] = (_function("syscall", c_long), c_long)
+    return found
 
 
 def bind_idmapped(source: str, target: str, ns_fd: int) -> None:
@@ -336,12 +341,12 @@ def mountinfo(path: str = "/proc/self/mountinfo", naming: str = "") -> list[Moun
     """This process's mounts (:func:`parse_mountinfo`); with ``naming``, only those whose line has that path
     in it (a superset of the mounts at or below it). Only those lines are parsed: a host running a thousand
     containers has a thousand overlay mounts, a line of a kilobyte or more each, and every delete asks."""
-    with open(path, encoding="utf-8", errors="surrogateescape") as f:  # paths as os.fsdecode makes them
-        text = f.read()
+    with open(path, "rb") as f:  # not text mode: a path's \r is not a line break (and no decoder to set up)
+        data = f.read()
     if naming:
-        wanted = _escape(naming)
-        text = "\n".join(line for line in text.split("\n") if wanted in line)
-    return parse_mountinfo(text)
+        wanted = os.fsencode(_escape(naming))
+        data = b"\n".join(line for line in data.split(b"\n") if wanted in line)
+    return parse_mountinfo(os.fsdecode(data))  # paths as os.fsdecode makes them
 
 
 def mount_entries(path: str) -> list[tuple[str, str]]:
