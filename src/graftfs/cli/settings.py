@@ -484,9 +484,11 @@ def read_file(path: str) -> dict[str, Any]:
     empty. Unknown keys are ignored (yaml.v2 non-strict, as GrootFS)."""
     if not path:
         return {}
+    from ..store.fsutil import text as decoded
+
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            text = decoded(f.read())
     except OSError as exc:
         # Go's wording (`open /x: no such file or directory`; a directory opens and fails on `read`).
         from ..errors import os_reason

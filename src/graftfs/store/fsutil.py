@@ -51,11 +51,19 @@ def unlink(path: str) -> None:
 
 
 def read_text(path: str, default: str = "") -> str:
+    """The file's UTF-8 text (:func:`text`), or ``default`` if there is no file."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            return text(f.read())
     except FileNotFoundError:
         return default
+
+
+def text(data: bytes) -> str:
+    """UTF-8 ``data`` as a text-mode read returns it (``\r\n`` and ``\r`` as ``\n``). Files are read as
+    bytes: a text-mode file object sets up a Python-level decoder per open, 20-40 us each."""
+    decoded = data.decode()
+    return decoded.replace("\r\n", "\n").replace("\r", "\n") if "\r" in decoded else decoded
 
 
 def read_int(path: str) -> int:
