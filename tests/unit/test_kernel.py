@@ -62,6 +62,16 @@ def test_mountinfo_naming_a_path_parses_only_its_lines(tmp_path: Path) -> None:
         assert kernel._unescape(kernel._escape(odd)) == odd
 
 
+def test_mountinfo_file_keeps_carriage_returns_and_undecodable_bytes(tmp_path: Path) -> None:
+    """The kernel escapes only space, tab, newline and backslash: a \\r or a byte that is not UTF-8 is part of
+    the path, as os.fsdecode names it."""
+    path = tmp_path / "mountinfo"
+    path.write_bytes(b"1 0 0:1 / /a\rb\xff rw - tmpfs tmpfs rw\n2 0 0:2 / /e rw - tmpfs tmpfs rw\n")
+    odd = os.fsdecode(b"/a\rb\xff")
+    assert [m.point for m in kernel.mountinfo(str(path))] == [odd, "/e"]
+    assert [m.point for m in kernel.mountinfo(str(path), naming=odd)] == [odd]
+
+
 def test_mountinfo_keeps_what_is_not_an_escape() -> None:
     [m] = kernel.parse_mountinfo("1 0 0:1 / /a\\9b\\12\\ rw - tmpfs tmpfs rw\n")
     assert m.point == "/a\\9b\\12\\"

@@ -127,6 +127,12 @@ def test_garden_config_is_read_whole(tmp_path: Path) -> None:
     )
 
 
+def test_windows_line_ends_read_as_newlines(tmp_path: Path) -> None:
+    path = tmp_path / "crlf.yml"
+    path.write_bytes(GARDEN.replace("\n", "\r\n").encode())
+    assert load(str(path)) == Settings(**{**vars(load(write(tmp_path, GARDEN))), "config": str(path)})
+
+
 def test_yaml_1_1_booleans_as_yaml_v2_reads_them(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, "create:\n  with_clean: yes\n  without_mount: on\n  skip_layer_validation: no\n"))
     assert (cfg.with_clean, cfg.without_mount, cfg.skip_layer_validation) == (True, True, False)
