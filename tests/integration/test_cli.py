@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -391,3 +392,58 @@ def test_clean_can_keep_layers_used_recently(gfs: Graftfs, workdir: Path) -> Non
     gfs.run("delete", "b")
     gfs.run("clean")
     assert gfs.volumes() == set()
+
+
+#: bin/graftfs, reporting on stderr the graftfs modules the import system asked the bundle for and those
+#: loaded by the end.
+_PROBE = """
+import json, os, sys
+import graftfs
+asked = []
+find_spec = graftfs._Bundle.find_spec
+def asking(self, name, path=None, target=None):
+    asked.append(name)
+    return find_spec(self, name, path, target)
+graftfs._Bundle.find_spec = asking
+exit = os._exit
+def report(code):
+    loaded = [name for name in sys.modules if name.startswith("graftfs")]
+    sys.stderr.write("PROBE " + json.dumps([[a for a in asked if a.startswith("graftfs")], loaded]) + "\\n")
+    exit(code)
+os._exit = report
+graftfs._command()
+"""
+
+
+def test_a_warm_create_and_a_delete_preload_what_they_import(workdir: Path, image: str) -> None:
+    """graftfs._HOT_* name what Garden's calls import: loaded from the bundle before the command runs, none of
+    them through the import system (but graftfs.sources.base, its package's own first import)."""
+    import shutil
+
+    import graftfs
+
+    root = workdir / "pkg"
+    shutil.copytree(Path(graftfs.__file__).parent, root / "graftfs", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": str(root)}
+    config = workdir / "config.yml"
+    config.write_text(f"store: {workdir / 'store'}\nlog_level: info\n")
+
+    def probe(*args: str) -> tuple[set[str], set[str]]:
+        argv = [sys.executable, "-c", _PROBE, *args]
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+        asked, loaded = json.loads(result.stderr.rpartition("PROBE ")[2])
+        return set(asked), set(loaded)
+
+    probe("--config", str(config), "init-store")
+    try:
+        probe("--config", str(config), "create", image, "cold")  # pulls, and writes the bundle
+        asked, loaded = probe("--config", str(config), "create", image, "warm")
+        assert asked == {"graftfs.sources.base"}
+        assert loaded == {"graftfs", "graftfs.sources.base", *graftfs._HOT_DELETE, *graftfs._HOT_CREATE}
+        asked, loaded = probe("--config", str(config), "delete", "warm")
+        assert (asked, loaded) == (set(), {"graftfs", *graftfs._HOT_DELETE})
+        asked, loaded = probe("--store", str(workdir / "store"), "delete", "cold")
+        assert (asked, loaded) == (set(), {"graftfs", *graftfs._HOT_DELETE} - {"graftfs.cli.miniyaml"})
+    finally:
+        for image_id in ("cold", "warm"):
+            subprocess.run([*GRAFTFS, "--config", str(config), "delete", image_id], check=True, capture_output=True)

@@ -164,3 +164,43 @@ def test_an_entry_that_is_not_code_is_imported_as_usual(tmp_path: Path) -> None:
     _bundle(root).write_bytes(data[:4] + len(new_head).to_bytes(4, "little") + new_head + data[8 + head :] + fake)
     loaders = _loaders(root)
     assert loaders["graftfs.cli.main"] == "SourceFileLoader" and loaders["graftfs.errors"] == "_Bundle", loaders
+
+
+def test_preloading_skips_what_it_cannot_load_as_importlib_would(tmp_path: Path) -> None:
+    """A module whose package is not loaded, one changed since it was bundled, one the bundle lacks: left to
+    the import system. One whose code fails is taken out of sys.modules, and fails again where imported."""
+    root = _copy(tmp_path)
+    (root / "graftfs" / "failing.py").write_text("import os\nif os.environ.get('FAIL'):\n    raise RuntimeError('x')\n")
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import graftfs; graftfs.use_bundle(); import graftfs.failing; graftfs.refresh_bundle()",
+        ],
+        env=_env(root),
+        check=True,
+    )
+    _graftfs(root)
+    errors = root / "graftfs" / "errors.py"
+    errors.write_text(errors.read_text() + "\nCHANGED = True\n")
+    check = """
+import sys
+import graftfs
+graftfs.use_bundle()
+bundle = sys.meta_path[0]
+bundle.preload(("graftfs.store.layout", "graftfs.cli", "graftfs.errors", "graftfs.nothing", "graftfs.cli.main"))
+print(" ".join(sorted(name for name in sys.modules if name.startswith("graftfs."))))
+print(type(sys.modules["graftfs.cli.main"].__spec__.loader).__name__, sys.modules["graftfs.cli"].main.__name__)
+bundle.preload(("graftfs.failing", "graftfs.log"))
+print("graftfs.failing" in sys.modules, "graftfs.log" in sys.modules)
+try:
+    import graftfs.failing
+except RuntimeError:
+    print("fails where imported")
+"""
+    env = _env(root) | {"FAIL": "1"}
+    out = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, check=True)
+    lines = out.stdout.splitlines()
+    # store.layout: its package (graftfs.store) was not loaded; cli.main imported errors, changed, as usual.
+    assert lines[0].split() == ["graftfs.cli", "graftfs.cli.main", "graftfs.cli.settings", "graftfs.errors"]
+    assert lines[1:] == ["_Bundle graftfs.cli.main", "False False", "fails where imported"]
