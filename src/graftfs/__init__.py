@@ -216,7 +216,7 @@ def _magic() -> bytes:
 
 
 #: What Garden's per-container calls import, each after what it imports (in the order their imports end), for
-#: _Bundle.preload: a delete, then what a create adds (graftfs.sources.base is its package's first import).
+#: _Bundle.preload: a delete, then what a create adds.
 #: A hint: a module missing here is imported when needed, one listed but not needed costs its load.
 #: tests/integration/test_cli.py checks the lists against what the commands import.
 _HOT_DELETE = (
@@ -241,6 +241,7 @@ _HOT_CREATE = (
     "graftfs.jsonc",
     "graftfs.layers",
     "graftfs.sources",
+    "graftfs.sources.base",
     "graftfs.create",
     "graftfs.store.features",
     "graftfs.sources.oci_layout",  # an OCI layout's, and a registry's (it names media types from there)

@@ -7,11 +7,9 @@ or writes to the store; verification happens in :mod:`graftfs.layers.stream` whi
 
 from __future__ import annotations
 
-from ..reference import ImageRef
-from .base import ImageSpec, LayerInfo
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..reference import ImageRef
     from .base import Source
 
 
@@ -48,4 +46,4 @@ def open_source(
     )
 
 
-__all__ = ["ImageSpec", "LayerInfo", "open_source"]
+__all__ = ["open_source"]
