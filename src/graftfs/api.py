@@ -236,7 +236,9 @@ class Store:
             self.require()
             found = features.load(self.layout)
             if found is None:  # a store from before features were recorded
-                found = features.probe(self.layout)
+                from .store import probe
+
+                found = probe.probe(self.layout)
                 features.save(self.layout, found)
             self._features = found
         return self._features

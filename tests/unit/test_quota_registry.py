@@ -9,7 +9,7 @@ import pytest
 
 from graftfs import quota
 from graftfs.errors import FailedPrecondition
-from graftfs.store import features
+from graftfs.store import features, probe
 from graftfs.store.layout import Layout
 
 
@@ -26,7 +26,7 @@ def test_an_unknown_backend_is_named() -> None:
     with pytest.raises(FailedPrecondition, match=r"^unknown quota backend `zfs`$"):
         quota.load("zfs", Layout("/nonexistent"))
     # `graftfs features` still describes such a store (as measure only); creates refuse it.
-    described = features.Features(filesystem="zfs", quota="zfs").describe("/s")
+    described = probe.describe(features.Features(filesystem="zfs", quota="zfs"), "/s")
     assert "disk quotas      none on zfs here: limits are checked against the image" in "\n".join(described)
 
 

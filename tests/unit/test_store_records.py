@@ -10,7 +10,7 @@ import pytest
 
 from graftfs.idmap import Mapping, Namespace
 from graftfs.metrics import prometheus_name
-from graftfs.store import features
+from graftfs.store import features, probe
 from graftfs.store.images import Images
 from graftfs.store.layout import Layout
 
@@ -39,16 +39,16 @@ def test_missing_capabilities_are_read_from_capeff(tmp_path: Path) -> None:
     status = tmp_path / "status"
     # Docker's default set (no CAP_SYS_ADMIN, bit 21), less CAP_SETFCAP (bit 31).
     status.write_text("Name:\tx\nCapPrm:\t00000000a80425fb\nCapEff:\t00000000280425fb\n")
-    assert features._caps_missing(str(status)) == ["CAP_SETFCAP", "CAP_SYS_ADMIN"]
+    assert probe._caps_missing(str(status)) == ["CAP_SETFCAP", "CAP_SYS_ADMIN"]
     status.write_text("CapEff:\t000001ffffffffff\n")
-    assert features._caps_missing(str(status)) == []
+    assert probe._caps_missing(str(status)) == []
     status.write_text("Name:\tx\n")
-    assert features._caps_missing(str(status)) == []  # unknown: nothing is claimed missing
+    assert probe._caps_missing(str(status)) == []  # unknown: nothing is claimed missing
 
 
 def test_features_name_missing_capabilities_and_what_each_costs() -> None:
     lacking = ["CAP_CHOWN", "CAP_FOWNER", "CAP_SETFCAP"]
-    report = features.Features(ids="single", caps_missing=lacking).describe("/s")
+    report = probe.describe(features.Features(ids="single", caps_missing=lacking), "/s")
     assert "file owners      this process lacks CAP_CHOWN: every file belongs to root in the container" in report
     # Files all keep the caller's own ID: no override (CAP_FOWNER) is needed to unpack them.
     assert [line.split(":")[0] for line in report if "missing" in line] == [
@@ -56,10 +56,10 @@ def test_features_name_missing_capabilities_and_what_each_costs() -> None:
         "                 missing CAP_SETFCAP",
     ]
     assert any("security.capability" in line and "fail to unpack" in line for line in report), report
-    report = features.Features(ids="all", caps_missing=["CAP_FOWNER"]).describe("/s")
+    report = probe.describe(features.Features(ids="all", caps_missing=["CAP_FOWNER"]), "/s")
     assert report[-1].startswith("capabilities     missing CAP_FOWNER: layers with files owned by other users")
-    assert features.Features().describe("/s")[-1] == "capabilities     all that graftfs uses"
-    one_id = features.Features(ids="single", userns=True).describe("/s")
+    assert probe.describe(features.Features(), "/s")[-1] == "capabilities     all that graftfs uses"
+    one_id = probe.describe(features.Features(ids="single", userns=True), "/s")
     assert "file owners      only one ID is mapped here: every file belongs to root in the container" in one_id
 
 
@@ -98,7 +98,7 @@ def test_no_mount_says_why_and_advises_only_what_works(
 ) -> None:
     feats = features.Features(filesystem=filesystem, overlay="none", fuse=fuse, caps_missing=caps)
     assert feats.no_mount() == (why, advice)
-    assert f"overlay          cannot be mounted here: {why}: {advice}" in feats.describe("/s")
+    assert f"overlay          cannot be mounted here: {why}: {advice}" in probe.describe(feats, "/s")
 
 
 @pytest.mark.parametrize(
@@ -135,7 +135,7 @@ def test_rootfs_mounts_are_volatile_where_the_kernel_overlay_takes_it(
 ) -> None:
     feats = features.Features(kernel=kernel, overlay=overlay)
     assert feats.volatile_overlay is volatile
-    [line] = [line for line in feats.describe("/s") if line.startswith("container writes ")]
+    [line] = [line for line in probe.describe(feats, "/s") if line.startswith("container writes ")]
     assert line.startswith("container writes volatile: ") is volatile, line
 
 

@@ -267,7 +267,9 @@ def _root_only(settings: Settings) -> FailedPrecondition:
 def cmd_features(settings: Settings, args: list[str]) -> int:
     store = _store(settings)
     mode, idmapped = store.layers_mode()
-    lines = store.features().describe(store.path, idmapped)
+    from ..store import probe
+
+    lines = probe.describe(store.features(), store.path, idmapped)
     lines.insert(2, f"layers           {mode}")
     repository = store.layer_repository()
     if repository:

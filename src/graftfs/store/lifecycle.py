@@ -57,9 +57,9 @@ def init(
     if owner != (0, 0):
         os.chown(store.path, *owner)
     os.chmod(store.path, 0o700)
-    from . import features
+    from . import features, probe
 
-    found = features.probe(store.layout)
+    found = probe.probe(store.layout)
     features.save(store.layout, found)
     if repository:
         _record_repository(store, repository, wanted, log)
