@@ -66,7 +66,7 @@ class Harness:
                 os.mkdir(os.path.join(path, sub))
             return self.exclusive(path)
         finally:
-            self.images._unmount(path)
+            self.images.unmount(path)
             subprocess.run(["rm", "-rf", "--one-file-system", path], check=True)
             self.backend.release(path)
 

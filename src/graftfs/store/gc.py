@@ -17,11 +17,11 @@ import os
 import stat
 import time
 
-from ..errors import FailedPrecondition, GraftfsError, os_reason
-from .fsutil import read_int, remove_tree
-from .images import Images, read_record
-from .layout import Layout
-from .locks import FileLock
+from ..errors import FailedPrecondition, GraftfsError, KernelError, os_reason
+from .fsutil import read_int, remove_tree, unlink
+from .images import Images, read_record, record_owner, remove
+from .layout import COLLECTING, GC_PREFIX, INCOMPLETE, Layout
+from .locks import FileLock, discard_orphans
 from .volumes import Volumes
 
 GC_LOCK_WAIT = 3.0  # GrootFS's bound: a second clean gives up rather than queue
@@ -163,7 +163,7 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
             return CleanResult(ran=False)
         result = CleanResult(ran=True)
         failures: list[str] = []
-        result.leftovers.extend(images.sweep(failures))
+        result.leftovers.extend(sweep_images(images, failures))
         if os.path.isdir(os.path.join(layout.root, "snapshots")):
             # What a killed snapshot verb left, first: a record of its that outlived it keeps layers.
             from .snapshots import Snapshotter
@@ -200,9 +200,134 @@ def clean(layout: Layout, threshold: int = 0, keep_seconds: float = 0) -> CleanR
         finally:
             for lock in held.values():
                 lock.release()
-        result.leftovers.extend(volumes.sweep(failures))
+        result.leftovers.extend(sweep_volumes(volumes, failures))
         result.leftovers.extend(sweep_repository_temps(layout, failures))
         if failures:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise FailedPrecondition(f"clean: {failures[0]}{more}")
         return result
+
+
+# -- leftovers of interrupted work --------------------------------------------------------------------------
+
+
+def sweep_images(images: Images, failures: list[str]) -> list[str]:
+    """Remove what interrupted creates and deletes left, once its owner is gone (the image's lock is
+    free): dot-named directories, uncommitted image directories (unmounted first), commit records without
+    a directory or half written, and lock files of images that do not exist. Everything here may be
+    going away under us (a delete or create finishing): what has vanished is skipped. Returns what was
+    removed; what could not be is added to ``failures``, and the sweep goes on."""
+    removed: list[str] = []
+    # One listing of each directory, not a stat per image: in a store of a thousand images the stats
+    # were most of a clean. The listings only pick candidates; each is checked again under its lock.
+    names = os.listdir(images.layout.images)
+    present = set(names)
+    records = set(os.listdir(images.layout.dependencies))
+    for name in names:
+        leftover = name.startswith(".")  # .<id>-creating-… or .<id>-deleting-…
+        if not leftover and f"image:{name}.json" in records:
+            continue
+        path = os.path.join(images.layout.images, name)
+        image_id = name[1:].rsplit("-", 3)[0] if leftover else name
+        with _Unheld(images.lock(image_id)) as free:
+            if not free or not os.path.lexists(path) or (not leftover and images.is_committed(name)):
+                continue  # in use, gone, or committed meanwhile
+            try:
+                images.unmount(path)
+                remove(path)
+                images.release(path)
+                removed.append(name)
+            except (OSError, KernelError) as exc:
+                failures.append(f"removing {name}: {exc if isinstance(exc, KernelError) else os_reason(exc)}")
+    for name in records:
+        # A record whose image directory is gone (a delete killed between its two steps), or one that was
+        # being written when its create was killed (``image:<id>.json-tmp-…``).
+        owner, temp = record_owner(name)
+        if owner is None or (not temp and owner in present):
+            continue
+        with _Unheld(images.lock(owner)) as free:
+            if free and (temp or not os.path.lexists(images.layout.image(owner))):
+                unlink(os.path.join(images.layout.dependencies, name))
+                removed.append(name)
+    discard_orphans(
+        images.layout.locks,
+        "image",
+        lambda image_id: image_id in present or f"image:{image_id}.json" in records,
+        lambda image_id: os.path.lexists(images.layout.image(image_id)) or images.is_committed(image_id),
+    )
+    return removed
+
+
+def sweep_volumes(volumes: Volumes, failures: list[str]) -> list[str]:
+    """Remove leftovers of interrupted work whose owner is gone (the volume's lock is free): ``gc.``
+    directories, ``-incomplete-`` builds, size records, links and lock files of volumes that do not
+    exist. Returns what it removed; what it could not remove is added to ``failures`` and the sweep goes
+    on: one leftover it cannot remove must not keep it from the others."""
+    removed: list[str] = []
+    for volume_id, path, kind in _volume_leftovers(volumes):
+        lock = volumes.try_lock_exclusive(volume_id)
+        if lock is None:
+            continue  # its builder or collector is at work
+        try:
+            if kind == "tree":
+                remove_tree(path)
+            elif kind == "file":
+                unlink(path)  # a size record being written belongs to the builder holding the lock
+            elif kind == "record" and not volumes.exists(volume_id):
+                volumes.forget(volume_id)
+            elif kind == "link" and not os.path.exists(path):
+                unlink(path)  # its volume was collected (a builder re-creates it before committing)
+            removed.append(os.path.basename(path))
+        except OSError as exc:
+            failures.append(f"removing {os.path.basename(path)}: {os_reason(exc)}")
+        finally:
+            lock.release()
+    # Lock files of volumes that are gone, with nothing of theirs left to sweep (a failed pull, a
+    # collection killed before it discarded its lock): one per layer ever pulled, otherwise.
+    unfinished = {_volume_owner(name) for name in os.listdir(volumes.layout.volumes)}
+    discard_orphans(volumes.layout.locks, "volume", unfinished.__contains__, volumes.exists)
+    return removed
+
+
+def _volume_leftovers(volumes: Volumes) -> list[tuple[str, str, str]]:
+    """``(volume id, path, kind)`` of everything that may be a leftover; the sweep decides under the
+    volume's lock."""
+    found = []
+    for name in os.listdir(volumes.layout.volumes):
+        if name.startswith(GC_PREFIX) or f"-{INCOMPLETE}-" in name:
+            found.append((_volume_owner(name), os.path.join(volumes.layout.volumes, name), "tree"))
+    existing = set(volumes.ids())
+    for name in os.listdir(volumes.layout.volume_meta_dir):
+        if name.startswith("volume-"):
+            volume_id, temp, _ = name[len("volume-") :].partition("-tmp-")
+            if temp or volume_id not in existing:
+                found.append(
+                    (volume_id, os.path.join(volumes.layout.volume_meta_dir, name), "file" if temp else "record")
+                )
+    for name in os.listdir(volumes.layout.links):
+        link = os.path.join(volumes.layout.links, name)
+        if not os.path.exists(link) and os.path.islink(link):
+            found.append((os.path.basename(os.readlink(link)), link, "link"))
+    return found
+
+
+def _volume_owner(name: str) -> str:
+    """The volume a directory in ``volumes/`` belongs to: itself, or the one it was being built as or
+    collected from (``<id>-incomplete-…``, ``gc.<id>-collecting-…``; ``gc.<id>`` from older versions)."""
+    if name.startswith(GC_PREFIX):
+        return name[len(GC_PREFIX) :].split(f"-{COLLECTING}-", 1)[0]
+    return name.split(f"-{INCOMPLETE}-", 1)[0]
+
+
+class _Unheld:
+    """``with _Unheld(images.lock(id)) as free:`` the image's lock, taken without waiting; ``free`` says whether
+    it was (nobody is creating or deleting that image). Released on exit either way."""
+
+    def __init__(self, lock: FileLock) -> None:
+        self.lock = lock
+
+    def __enter__(self) -> bool:
+        return self.lock.try_acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()

@@ -17,7 +17,7 @@ from ..errors import AlreadyExists, KernelError, NotFound, os_reason
 from ..mount import kernel
 from .fsutil import atomic_write, read_int, remove_tree, temp_name, unlink
 from .layout import Layout, validate_image_id
-from .locks import FileLock, discard_orphans
+from .locks import FileLock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class Images:
         try:
             with os.scandir(self.layout.dependencies) as records:
                 for record in records:
-                    owner, half_written = _record_owner(record.name)
+                    owner, half_written = record_owner(record.name)
                     if owner is not None and not half_written and record.is_file():
                         committed.add(owner)
         except FileNotFoundError:
@@ -179,7 +179,7 @@ class Images:
                 quota.limit(tmp, quota_bytes)
             quota.rename(tmp, path)
         except BaseException:
-            self._unmount(tmp)  # a backend's own mount (tmpfs)
+            self.unmount(tmp)  # a backend's own mount (tmpfs)
             remove_tree(tmp)
             quota.release(tmp)
             raise
@@ -206,7 +206,7 @@ class Images:
         path = self.layout.image(image_id)
         if not os.path.lexists(path) and not self.is_committed(image_id):
             raise NotFound(f"Image `{image_id}` not found.")
-        known = self._unmount(path)
+        known = self.unmount(path)
         # Un-commit first: from here on the image is garbage to anyone who looks, never a half image.
         try:
             # Moved, not unlinked (same cost): the time of the move is when these layers were last used,
@@ -222,9 +222,9 @@ class Images:
 
     def remove_uncommitted(self, image_id: str) -> None:
         path = self.layout.image(image_id)
-        self._remove_dir(path, unmounted=self._unmount(path))
+        self._remove_dir(path, unmounted=self.unmount(path))
 
-    def _unmount(self, path: str) -> bool:
+    def unmount(self, path: str) -> bool:
         """Unmount what graftfs mounted in an image directory: the rootfs overlay, idmapped layer binds under
         ``lowers/``, an ephemeral image's own tmpfs. Anything else mounted there belongs to someone else (a
         bind of a host directory, say): then nothing is unmounted and the delete fails naming it, so no file
@@ -249,7 +249,7 @@ class Images:
         return all(point in (rootfs, real) for point, _ in mounts)
 
     def _remove_dir(self, path: str, unmounted: bool = False) -> None:
-        """``unmounted``: :meth:`_unmount` said the removal need not read the mount table again (on a host
+        """``unmounted``: :meth:`unmount` said the removal need not read the mount table again (on a host
         running a thousand containers it is a thousand overlay lines, ~8 ms to read)."""
         if not os.path.lexists(path):
             return
@@ -257,9 +257,9 @@ class Images:
         doomed = temp_name(os.path.join(self.layout.images, "." + os.path.basename(path)), "deleting")
         os.rename(path, doomed)
         remove(doomed, mounts=set() if unmounted else None)
-        self._release(path)
+        self.release(path)
 
-    def _release(self, path: str) -> None:
+    def release(self, path: str) -> None:
         """What a quota backend holds for the removed image directory ``path`` outside it is freed by that
         backend: the store's. Only a backend's record says there is any (one stat, no import, otherwise)."""
         if os.path.lexists(self.layout.quota_record(path)):
@@ -267,52 +267,6 @@ class Images:
 
             recorded = features.load(self.layout)
             self._backend(recorded.quota if recorded is not None else "none").release(path)
-
-    def sweep(self, failures: list[str]) -> list[str]:
-        """Remove what interrupted creates and deletes left, once its owner is gone (the image's lock is
-        free): dot-named directories, uncommitted image directories (unmounted first), commit records without
-        a directory or half written, and lock files of images that do not exist. Everything here may be
-        going away under us (a delete or create finishing): what has vanished is skipped. Returns what was
-        removed; what could not be is added to ``failures``, and the sweep goes on."""
-        removed: list[str] = []
-        # One listing of each directory, not a stat per image: in a store of a thousand images the stats
-        # were most of a clean. The listings only pick candidates; each is checked again under its lock.
-        names = os.listdir(self.layout.images)
-        present = set(names)
-        records = set(os.listdir(self.layout.dependencies))
-        for name in names:
-            leftover = name.startswith(".")  # .<id>-creating-… or .<id>-deleting-…
-            if not leftover and f"image:{name}.json" in records:
-                continue
-            path = os.path.join(self.layout.images, name)
-            image_id = name[1:].rsplit("-", 3)[0] if leftover else name
-            with self._unheld(image_id) as free:
-                if not free or not os.path.lexists(path) or (not leftover and self.is_committed(name)):
-                    continue  # in use, gone, or committed meanwhile
-                try:
-                    self._unmount(path)
-                    remove(path)
-                    self._release(path)
-                    removed.append(name)
-                except (OSError, KernelError) as exc:
-                    failures.append(f"removing {name}: {exc if isinstance(exc, KernelError) else os_reason(exc)}")
-        for name in records:
-            # A record whose image directory is gone (a delete killed between its two steps), or one that was
-            # being written when its create was killed (``image:<id>.json-tmp-…``).
-            owner, temp = _record_owner(name)
-            if owner is None or (not temp and owner in present):
-                continue
-            with self._unheld(owner) as free:
-                if free and (temp or not os.path.lexists(self.layout.image(owner))):
-                    unlink(os.path.join(self.layout.dependencies, name))
-                    removed.append(name)
-        discard_orphans(
-            self.layout.locks,
-            "image",
-            lambda image_id: image_id in present or f"image:{image_id}.json" in records,
-            lambda image_id: os.path.lexists(self.layout.image(image_id)) or self.is_committed(image_id),
-        )
-        return removed
 
     def _backend(self, name: str) -> Backend:
         from .. import quota
@@ -330,9 +284,6 @@ class Images:
             if (real, "tmpfs") in kernel.mount_entries(real):
                 return quota.load(quota.EPHEMERAL, self.layout)
         return quota.load(store_backend, self.layout)
-
-    def _unheld(self, image_id: str) -> _Unheld:
-        return _Unheld(self.lock(image_id))
 
     def usage(self, image_id: str, quota_backend: str = "none") -> DiskUsage:
         validate_image_id(image_id)
@@ -394,7 +345,7 @@ def read_record(path: str) -> list[str] | None:
     return deps
 
 
-def _record_owner(name: str) -> tuple[str | None, bool]:
+def record_owner(name: str) -> tuple[str | None, bool]:
     """``(image id, half written?)`` of a name in ``meta/dependencies/``; ``(None, False)`` for others."""
     if not name.startswith("image:"):
         return None, False
@@ -410,17 +361,3 @@ def remove(path: str, action: str = "deleting image path", mounts: set[str] | No
         remove_tree(path, mounts)
     except OSError as exc:
         raise KernelError(f"{action}: {exc.filename or path}: {os_reason(exc)}", exc.errno or 0) from None
-
-
-class _Unheld:
-    """``with images._unheld(id) as free:`` the image's lock, taken without waiting; ``free`` says whether
-    it was (nobody is creating or deleting that image). Released on exit either way."""
-
-    def __init__(self, lock: FileLock) -> None:
-        self.lock = lock
-
-    def __enter__(self) -> bool:
-        return self.lock.try_acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()

@@ -19,10 +19,10 @@ import os
 import time
 
 from .. import jsonc
-from ..errors import FailedPrecondition, os_reason
+from ..errors import FailedPrecondition
 from .fsutil import atomic_write, read_text, remove_tree, temp_name, unlink
 from .layout import COLLECTING, GC_PREFIX, INCOMPLETE, Layout
-from .locks import MIN_SLEEP, FileLock, discard_orphans
+from .locks import MIN_SLEEP, FileLock
 
 TYPE_CHECKING = False  # keep typing and collections.abc off the start-up path
 if TYPE_CHECKING:
@@ -225,10 +225,10 @@ class Volumes:
         layer and that no later collection of the same layer collides with; ``sweep`` finishes it."""
         doomed = temp_name(os.path.join(self.layout.volumes, GC_PREFIX + volume_id), COLLECTING)
         os.rename(self.layout.volume(volume_id), doomed)
-        self._forget(volume_id)
+        self.forget(volume_id)
         remove_tree(doomed)
 
-    def _forget(self, volume_id: str) -> None:
+    def forget(self, volume_id: str) -> None:
         link = self.layout.link(volume_id)
         try:
             if os.path.basename(os.readlink(link)) == volume_id:
@@ -237,65 +237,6 @@ class Volumes:
             pass
         unlink(self.layout.volume_meta(volume_id))
 
-    def sweep(self, failures: list[str]) -> list[str]:
-        """Remove leftovers of interrupted work whose owner is gone (the volume's lock is free): ``gc.``
-        directories, ``-incomplete-`` builds, size records, links and lock files of volumes that do not
-        exist. Returns what it removed; what it could not remove is added to ``failures`` and the sweep goes
-        on: one leftover it cannot remove must not keep it from the others."""
-        removed: list[str] = []
-        for volume_id, path, kind in self._leftovers():
-            lock = self.try_lock_exclusive(volume_id)
-            if lock is None:
-                continue  # its builder or collector is at work
-            try:
-                if kind == "tree":
-                    remove_tree(path)
-                elif kind == "file":
-                    unlink(path)  # a size record being written belongs to the builder holding the lock
-                elif kind == "record" and not self.exists(volume_id):
-                    self._forget(volume_id)
-                elif kind == "link" and not os.path.exists(path):
-                    unlink(path)  # its volume was collected (a builder re-creates it before committing)
-                removed.append(os.path.basename(path))
-            except OSError as exc:
-                failures.append(f"removing {os.path.basename(path)}: {os_reason(exc)}")
-            finally:
-                lock.release()
-        # Lock files of volumes that are gone, with nothing of theirs left to sweep (a failed pull, a
-        # collection killed before it discarded its lock): one per layer ever pulled, otherwise.
-        unfinished = {_owner(name) for name in os.listdir(self.layout.volumes)}
-        discard_orphans(self.layout.locks, "volume", unfinished.__contains__, self.exists)
-        return removed
-
-    def _leftovers(self) -> list[tuple[str, str, str]]:
-        """``(volume id, path, kind)`` of everything that may be a leftover; the sweep decides under the
-        volume's lock."""
-        found = []
-        for name in os.listdir(self.layout.volumes):
-            if name.startswith(GC_PREFIX) or f"-{INCOMPLETE}-" in name:
-                found.append((_owner(name), os.path.join(self.layout.volumes, name), "tree"))
-        existing = set(self.ids())
-        for name in os.listdir(self.layout.volume_meta_dir):
-            if name.startswith("volume-"):
-                volume_id, temp, _ = name[len("volume-") :].partition("-tmp-")
-                if temp or volume_id not in existing:
-                    found.append(
-                        (volume_id, os.path.join(self.layout.volume_meta_dir, name), "file" if temp else "record")
-                    )
-        for name in os.listdir(self.layout.links):
-            link = os.path.join(self.layout.links, name)
-            if not os.path.exists(link) and os.path.islink(link):
-                found.append((os.path.basename(os.readlink(link)), link, "link"))
-        return found
-
 
 def _below(volume_ids: Sequence[str], index: int) -> str:
     return volume_ids[index - 1] if index > 0 else ""
-
-
-def _owner(name: str) -> str:
-    """The volume a directory in ``volumes/`` belongs to: itself, or the one it was being built as or
-    collected from (``<id>-incomplete-…``, ``gc.<id>-collecting-…``; ``gc.<id>`` from older versions)."""
-    if name.startswith(GC_PREFIX):
-        return name[len(GC_PREFIX) :].split(f"-{COLLECTING}-", 1)[0]
-    return name.split(f"-{INCOMPLETE}-", 1)[0]
