@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from ..errors import FailedPrecondition, GraftfsError, InvalidArgument, NotFound
+from ..errors import GraftfsError, InvalidArgument, NotFound
 from .settings import Flag, Settings, command_flags, create_options, resolve, validate
 
 TYPE_CHECKING = False  # typing, dataclasses and friends cost more than the interpreter's own start-up
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from ..idmap import Mapping
     from ..log import Logger
     from ..metrics import Metrics
-    from ..repository.s3 import S3Client
 
 VERSION = "0.1.0"
 #: The command's metrics destination, when one is configured (see :func:`run`).
@@ -224,58 +223,20 @@ def _store(settings: Settings, init_mappings: tuple[list[Mapping], list[Mapping]
     return Store(settings.store, _logger(settings), rootless=rootless, metrics=_metrics)
 
 
+def _later(module: str, name: str) -> Callable[[Settings, list[str]], int]:
+    """The command ``name`` of graftfs.cli.<module>, imported when it runs: this module is what every create
+    and delete loads, the other commands live in :mod:`.commands` and :mod:`.thin`."""
+
+    def run(settings: Settings, args: list[str]) -> int:
+        found = __import__(f"graftfs.cli.{module}", fromlist=[name])
+        command: Callable[[Settings, list[str]], int] = getattr(found, name)
+        return command(settings, args)
+
+    return run
+
+
 def _usage_error(cmd: str) -> InvalidArgument:
     return InvalidArgument(f"invalid arguments - usage: {COMMANDS[cmd].usage}")
-
-
-def cmd_init_store(settings: Settings, args: list[str]) -> int:
-    from ..idmap import parse_all
-
-    uid_mappings = parse_all(settings.uid_mappings)
-    gid_mappings = parse_all(settings.gid_mappings)
-    rootless = os.geteuid() != 0
-    if rootless:
-        # An ordinary user can make a store where the user may write, but never a backing store (loop
-        # devices and mounts need root).
-        if settings.store_size_bytes > 0:
-            raise _root_only(settings)
-        # Rootless: the store records the mappings its namespace gets, the user's own by default.
-        from .. import userns
-
-        uid_mappings = uid_mappings or userns.default_mappings("uid")
-        gid_mappings = gid_mappings or userns.default_mappings("gid")
-    store = _store(settings, (uid_mappings, gid_mappings))
-    try:
-        store.init(
-            uid_mappings, gid_mappings, settings.store_size_bytes, settings.shared_layers, settings.layer_repository
-        )
-    except OSError as exc:
-        import errno
-
-        if rootless and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise _root_only(settings) from exc
-        raise
-    return 0
-
-
-def _root_only(settings: Settings) -> FailedPrecondition:
-    """GrootFS's answer to anyone but root (graftfs says it only where an ordinary user's store cannot be
-    made), which scripts provisioning stores as root recognise."""
-    return FailedPrecondition(f"store {settings.store} can only be initialized by Root user")
-
-
-def cmd_features(settings: Settings, args: list[str]) -> int:
-    store = _store(settings)
-    mode, idmapped = store.layers_mode()
-    from ..store import probe
-
-    lines = probe.describe(store.features(), store.path, idmapped)
-    lines.insert(2, f"layers           {mode}")
-    repository = store.layer_repository()
-    if repository:
-        lines.insert(3, f"layer repository {repository}")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return 0
 
 
 def cmd_create(settings: Settings, args: list[str]) -> int:
@@ -341,99 +302,8 @@ def cmd_delete(settings: Settings, args: list[str]) -> int:
     return 0
 
 
-def cmd_stats(settings: Settings, args: list[str]) -> int:
-    usage = _store(settings).stats(args[0])
-    sys.stdout.write(go_json({"disk_usage": usage.as_dict()}) + "\n")
-    return 0
-
-
-def cmd_list(settings: Settings, args: list[str]) -> int:
-    paths = _store(settings).list()
-    print("\n".join(paths) if paths else "Store empty")
-    return 0
-
-
-def cmd_clean(settings: Settings, args: list[str]) -> int:
-    store = _store(settings)
-    if not store.exists():
-        # GrootFS: not an error, and said on both streams.
-        print(f"no store found at {store.path}")
-        sys.stderr.write(f"no store found at {store.path}")
-        return 0
-    result = store.clean(settings.threshold_bytes, settings.keep_used_within_seconds)
-    print("clean completed" if result.ran else "threshold not reached: skipping clean")
-    return 0
-
-
-def cmd_capacity(settings: Settings, args: list[str]) -> int:
-    sys.stdout.write(go_json({"capacity": settings.store_size_bytes}) + "\n")
-    return 0
-
-
-def cmd_delete_store(settings: Settings, args: list[str]) -> int:
-    _store(settings).delete_store()
-    return 0
-
-
-def cmd_generate_volume_size_metadata(settings: Settings, args: list[str]) -> int:
-    _store(settings).regenerate_volume_sizes()
-    return 0
-
-
-def cmd_serve_containerd_snapshotter(settings: Settings, args: list[str]) -> int:
-    from ..log import LEVELS
-
-    try:
-        from ..server.containerd import serve  # grpc and protobuf: only this command loads them
-    except ImportError as exc:
-        from ..errors import Unsupported
-
-        extra = "graftfs's containerd extra (grpcio, protobuf)"
-        raise Unsupported(f"serve containerd-snapshotter needs {extra}: {exc}") from None
-
-    log = _logger(settings)
-    # A server has no stdout line to fail with: what it cannot answer is logged, whatever --log-level says.
-    log.level = min(log.level, LEVELS["error"])
-    return serve(settings.store, settings.socket, log, namespace=settings.snapshot_namespace)
-
-
-def _thin(name: str) -> Callable[[Settings, list[str]], int]:
-    """``thin <name>``'s function, from graftfs.cli.thin (imported only when a thin command runs)."""
-
-    def run(settings: Settings, args: list[str]) -> int:
-        from . import thin
-
-        command: Callable[[Settings, list[str]], int] = getattr(thin, f"cmd_thin_{name}")
-        return command(settings, args)
-
-    return run
-
-
 _REGISTRY_FLAGS = ("insecure-registry", "skip-layer-validation", "username", "password")
 _S3_FLAGS = ("s3-endpoint", "s3-bucket", "s3-region")
-
-
-def cmd_serve_docker_graphdriver(settings: Settings, args: list[str]) -> int:
-    from ..log import LEVELS
-    from ..server.docker import serve
-
-    log = _logger(settings)
-    log.level = min(log.level, LEVELS["error"])
-    publishing = None
-    if settings.publish_commits:
-        # docker commit of a thin image's container publishes its changes to the bucket (Diff).
-        if not settings.s3_bucket:
-            raise InvalidArgument("invalid argument: --publish-commits needs --s3-bucket (thin.s3_bucket)")
-        from ..server.docker.driver import Publishing
-        from .thin import s3_client
-
-        def client() -> S3Client:
-            return s3_client(settings, log)
-
-        client().close()  # the settings checked (credentials there, the endpoint a URL) before dockerd needs them
-        wait = settings.wait_timeout_seconds if settings.wait else 0
-        publishing = Publishing(client, settings.publish_compression, settings.repository_name, wait)
-    return serve(settings.store, settings.socket, log, publishing)
 
 
 COMMANDS: dict[str, Command] = {
@@ -444,7 +314,7 @@ COMMANDS: dict[str, Command] = {
             "init-store [options]",
             "initialize a store directory",
             ("uid-mapping", "gid-mapping", "store-size-bytes", "shared-layers", "layer-repository", "with-direct-io"),
-            cmd_init_store,
+            _later("commands", "cmd_init_store"),
             nargs=0,
         ),
         Command(
@@ -471,31 +341,38 @@ COMMANDS: dict[str, Command] = {
             flag_help={"threshold-bytes": "clean threshold for --with-clean"},
         ),
         Command("delete", "delete <id|image path>", "delete an image", (), cmd_delete),
-        Command("stats", "stats [options] <id|image path>", "print an image's disk usage", (), cmd_stats, nargs=1),
+        Command(
+            "stats",
+            "stats [options] <id|image path>",
+            "print an image's disk usage",
+            (),
+            _later("commands", "cmd_stats"),
+            nargs=1,
+        ),
         Command(
             "clean",
             "clean [options]",
             "remove unused layers and leftovers of interrupted work",
             ("threshold-bytes", "keep-used-within-seconds"),
-            cmd_clean,
+            _later("commands", "cmd_clean"),
         ),
-        Command("list", "list", "list images", (), cmd_list),
-        Command("capacity", "capacity", "print the configured store capacity", (), cmd_capacity),
+        Command("list", "list", "list images", (), _later("commands", "cmd_list")),
+        Command("capacity", "capacity", "print the configured store capacity", (), _later("commands", "cmd_capacity")),
         Command(
             "features",
             "features",
             "print what this caller can do in the store (overlay, xattrs, whiteouts, owners, idmapped mounts)",
             (),
-            cmd_features,
+            _later("commands", "cmd_features"),
             nargs=0,
         ),
-        Command("delete-store", "delete-store", "delete the whole store", (), cmd_delete_store),
+        Command("delete-store", "delete-store", "delete the whole store", (), _later("commands", "cmd_delete_store")),
         Command(
             "generate-volume-size-metadata",
             "generate-volume-size-metadata",
             "recompute layer sizes",
             (),
-            cmd_generate_volume_size_metadata,
+            _later("commands", "cmd_generate_volume_size_metadata"),
             nargs=0,
             hidden=True,
         ),
@@ -511,7 +388,7 @@ COMMANDS: dict[str, Command] = {
                     "thin convert [options] SOURCE --repository DIR --output oci:///PATH[:TAG]",
                     "ingest an image's layers into a layer repository and write the thin image naming them",
                     ("repository", "repository-name", "output", *_REGISTRY_FLAGS),
-                    _thin("convert"),
+                    _later("thin", "cmd_thin_convert"),
                 ),
                 Command(
                     "thin publish",
@@ -526,14 +403,14 @@ COMMANDS: dict[str, Command] = {
                         "repository",
                         "wait-timeout-seconds",
                     ),
-                    _thin("publish"),
+                    _later("thin", "cmd_thin_publish"),
                 ),
                 Command(
                     "thin publisher",
                     "thin publisher [options] --repository DIR --s3-bucket BUCKET [--once]",
                     "ingest the layers published to S3 into a layer repository, verified (long-running)",
                     ("repository", *_S3_FLAGS, "once", "poll-interval-seconds", "ingest-command"),
-                    _thin("publisher"),
+                    _later("thin", "cmd_thin_publisher"),
                 ),
             ),
         ),
@@ -549,7 +426,7 @@ COMMANDS: dict[str, Command] = {
                     "serve containerd-snapshotter --socket PATH [--store DIR] [--namespace NAME]",
                     "serve containerd's snapshot service (a proxy plugin) over the store on a unix socket",
                     ("store", "socket", "namespace"),
-                    cmd_serve_containerd_snapshotter,
+                    _later("commands", "cmd_serve_containerd_snapshotter"),
                     nargs=0,
                 ),
                 Command(
@@ -566,7 +443,7 @@ COMMANDS: dict[str, Command] = {
                         "wait",
                         "wait-timeout-seconds",
                     ),
-                    cmd_serve_docker_graphdriver,
+                    _later("commands", "cmd_serve_docker_graphdriver"),
                     nargs=0,
                     optional=("s3-bucket",),
                     flag_help={
