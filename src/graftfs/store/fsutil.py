@@ -96,7 +96,7 @@ def remove_tree(path: str, mounts: set[str] | None = None) -> None:
     top = _open_dir(None, path)
     if top is None:
         return
-    real = os.path.realpath(path)
+    real = os.path.realpath(path) if mounts is None or mounts else path  # only ever compared with mount points
     if mounts is None:
         from ..mount.kernel import mounts_under
 
