@@ -149,11 +149,10 @@ class _Bundle:
         entry = self.index.get(name)
         if entry is None:
             return None
+        root = self.root if name.startswith("graftfs.") else _stdlib()
         try:
             source, _, _, _, _, _ = entry
-            st = (
-                _os.stat(source) if source.startswith(self.root if name.startswith("graftfs.") else _stdlib()) else None
-            )
+            st = _os.stat(source) if source.startswith(root) else None
         except (OSError, TypeError, ValueError, AttributeError):
             st = None
         if st is None or st.st_mtime_ns != entry[1] or st.st_size != entry[2]:
@@ -178,7 +177,7 @@ class _Bundle:
         return spec
 
     def preload(self, names: tuple[str, ...]) -> None:
-        """Import ``names`` (graftfs's modules, in :data:`_HOT`'s order) as importlib would: the module made
+        """Import ``names`` (graftfs's modules, as :func:`_hot` lists them) as importlib would: the module made
         from its spec, entered in sys.modules, its code run, then named in its package. Without importlib's
         work around that for each (the module's lock, the finders asked in turn, the bookkeeping), ~70 us a
         module, 2 ms of a create. A module whose package is not loaded yet is skipped, as is one the bundle
@@ -215,8 +214,8 @@ def _magic() -> bytes:
     return _sys.modules["_frozen_importlib_external"].MAGIC_NUMBER  # type: ignore[no-any-return]
 
 
-#: What Garden's per-container calls import, each after what it imports (in the order their imports end), for
-#: _Bundle.preload: a delete, then what a create adds.
+#: What Garden's per-container calls import, for _Bundle.preload: a delete's, then what a create adds; each
+#: after its package and after what it imports.
 #: A hint: a module missing here is imported when needed, one listed but not needed costs its load.
 #: tests/integration/test_cli.py checks the lists against what the commands import.
 _HOT_DELETE = (
