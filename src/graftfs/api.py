@@ -19,7 +19,7 @@ from .errors import (
     VerificationError,
 )
 from .log import NULL, Logger
-from .store.fsutil import atomic_write, read_text
+from .store.fsutil import read_text
 from .store.images import DiskUsage, Images
 from .store.layout import Layout, validate_image_id
 
@@ -200,34 +200,6 @@ class Store:
 
         self._features = lifecycle.init(self, uid_mappings, gid_mappings, size_bytes, shared_layers, layer_repository)
 
-    def layers_mode(self) -> tuple[str, bool]:
-        """How this store keeps its layers, in words (for ``graftfs features``), and whether its mounts are
-        idmapped."""
-        shared = self.layout.shared_layers()
-        namespace = self.namespace()
-        mapped = bool(namespace.uid_mappings or namespace.gid_mappings)
-        if shared is None:
-            return "this store's own" + (", unpacked with its ID mappings applied" if mapped else ""), False
-        mode = f"shared, unshifted, with every store using {shared}"
-        return mode + ("; this store's ID mappings are applied by idmapped mounts" if mapped else ""), mapped
-
-    def layer_repository(self) -> str:
-        """The store's layer repository and how its creates use it, in words ("" when it has none)."""
-        record = read_text(self.layout.layer_repository_file)
-        if not record:
-            return ""
-        from .repository import layers
-
-        root, idmapped, why = layers.parse(record)
-        if self.rootless:
-            return f"{root}: not used (rootless: its files would show with IDs this namespace does not map)"
-        namespace = self.namespace()
-        if not (namespace.uid_mappings or namespace.gid_mappings):
-            return f"{root}: layers found there are used in place, not pulled"
-        if idmapped:
-            return f"{root}: layers found there are used in place, mounted idmapped with this store's mappings"
-        return f"{root}: not used, layers are pulled (this store has ID mappings, and {why})"
-
     def features(self) -> Features:
         """What this caller can do in this store (probed by ``init``, kept in ``meta/features.json``)."""
         if self._features is None:
@@ -340,22 +312,9 @@ class Store:
     def regenerate_volume_sizes(self) -> None:
         """Recompute every volume's size record from what is on disk (GrootFS's hidden
         generate-volume-size-metadata, used after upgrades)."""
-        from . import jsonc
+        from .store import lifecycle
 
-        self.require()
-        for volume_id in self.volumes.ids():
-            size = 0
-            for root, _dirs, files in os.walk(self.layout.volume(volume_id)):
-                for name in files:
-                    st = os.lstat(os.path.join(root, name))
-                    if not os.path.islink(os.path.join(root, name)):
-                        size += st.st_size
-            try:
-                record = jsonc.loads(read_text(self.layout.volume_meta(volume_id), "{}"))
-            except ValueError:
-                record = {}
-            record = {**record, "Size": size} if isinstance(record, dict) else {"Size": size}  # keeps its Parent
-            atomic_write(self.layout.volume_meta(volume_id), jsonc.dumps(record).encode() + b"\n")
+        lifecycle.regenerate_volume_sizes(self)
 
     def stats(self, image_id_or_path: str) -> DiskUsage:
         image_id = self.resolve_id(image_id_or_path)

@@ -116,6 +116,18 @@ def test_capacity_reports_the_configured_size(gfs: Graftfs, workdir: Path) -> No
     assert gfs.run("--config", str(config), "capacity").stdout == '{"capacity":123456}\n'
 
 
+def test_generate_volume_size_metadata_rewrites_the_sizes_and_keeps_the_parents(gfs: Graftfs, image: str) -> None:
+    gfs.create(image, "sized", "--without-mount")
+    [volume] = gfs.volumes()
+    record = gfs.store / "meta" / f"volume-{volume}"
+    written = json.loads(record.read_text())
+    assert written["Size"] > 0
+    record.write_text(json.dumps({**written, "Size": 0}))
+    gfs.run("generate-volume-size-metadata")
+    assert json.loads(record.read_text()) == written
+    gfs.run("delete", "sized")
+
+
 def test_config_file_keys_and_precedence(workdir: Path, image: str) -> None:
     config = workdir / "config.yml"
     store = workdir / "from-config"

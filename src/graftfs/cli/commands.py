@@ -53,13 +53,13 @@ def _root_only(settings: Settings) -> FailedPrecondition:
 
 
 def cmd_features(settings: Settings, args: list[str]) -> int:
-    store = main._store(settings)
-    mode, idmapped = store.layers_mode()
     from ..store import probe
 
+    store = main._store(settings)
+    mode, idmapped = probe.layers_mode(store)
     lines = probe.describe(store.features(), store.path, idmapped)
     lines.insert(2, f"layers           {mode}")
-    repository = store.layer_repository()
+    repository = probe.layer_repository(store)
     if repository:
         lines.insert(3, f"layer repository {repository}")
     sys.stdout.write("\n".join(lines) + "\n")

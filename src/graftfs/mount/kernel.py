@@ -14,7 +14,6 @@ and delete. The function class :func:`_function` defines is all that these calls
 
 from __future__ import annotations
 
-import errno as _errno
 import os
 import time
 
@@ -219,9 +218,11 @@ def unmount(target: str, retries: int = 50, interval: float = 0.1) -> None:
         if umount2(_fs(target), 0) == 0:
             return
         err = _errno_now()
-        if err in (_errno.EINVAL, _errno.ENOENT):  # not a mount point / already gone
+        import errno  # here, not at the top: an import, even of a built-in module, costs a delete ~0.1 ms
+
+        if err in (errno.EINVAL, errno.ENOENT):  # not a mount point / already gone
             return
-        if err != _errno.EBUSY or attempt == retries - 1:
+        if err != errno.EBUSY or attempt == retries - 1:
             raise KernelError(f"unmounting {target}: {errno_reason(err)}", err)
         time.sleep(interval)
 

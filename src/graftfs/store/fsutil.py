@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 
@@ -103,7 +102,7 @@ def remove_tree(path: str, mounts: set[str] | None = None) -> None:
         mounts = set(mounts_under(real))
     if real in mounts:
         os.close(top)
-        raise CrossesMount(errno.EBUSY, "a mount point", path)
+        raise _crosses(path)
     device = os.fstat(top).st_dev
     # Each entry: a directory's fd, its name in the one below it on the stack, the subdirectories left.
     stack: list[tuple[int, str, list[str]]] = [(top, path, [])]
@@ -119,7 +118,7 @@ def remove_tree(path: str, mounts: set[str] | None = None) -> None:
                     if os.fstat(child).st_dev != device or (
                         mounts and os.path.join(real, *(entry[1] for entry in stack[1:])) in mounts
                     ):
-                        raise CrossesMount(errno.EBUSY, "a mount point", os.path.join(*(e[1] for e in stack)))
+                        raise _crosses(os.path.join(*(e[1] for e in stack)))
                     stack[-1] = (child, child_name, _clear(child))
                 continue
             stack.pop()
@@ -134,6 +133,12 @@ def remove_tree(path: str, mounts: set[str] | None = None) -> None:
         raise
 
 
+def _crosses(path: str) -> CrossesMount:
+    import errno
+
+    return CrossesMount(errno.EBUSY, "a mount point", path)
+
+
 def _open_dir(dir_fd: int | None, name: str) -> int | None:
     """Open a directory to empty it; ``None`` if it is gone, or was not a directory (then it is unlinked)."""
     try:
@@ -141,6 +146,8 @@ def _open_dir(dir_fd: int | None, name: str) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
+        import errno  # here, not at the top: an import, even of a built-in module, costs a delete ~0.1 ms
+
         if not isinstance(exc, NotADirectoryError) and exc.errno != errno.ELOOP:
             raise
     try:

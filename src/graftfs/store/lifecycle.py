@@ -221,3 +221,23 @@ def _store_key(path: str) -> str:
     from hashlib import sha256
 
     return sha256(path.encode()).hexdigest()[:16]
+
+
+def regenerate_volume_sizes(store: Store) -> None:
+    """What :meth:`graftfs.api.Store.regenerate_volume_sizes` does."""
+    from .. import jsonc
+
+    store.require()
+    for volume_id in store.volumes.ids():
+        size = 0
+        for root, _dirs, files in os.walk(store.layout.volume(volume_id)):
+            for name in files:
+                st = os.lstat(os.path.join(root, name))
+                if not os.path.islink(os.path.join(root, name)):
+                    size += st.st_size
+        try:
+            record = jsonc.loads(read_text(store.layout.volume_meta(volume_id), "{}"))
+        except ValueError:
+            record = {}
+        record = {**record, "Size": size} if isinstance(record, dict) else {"Size": size}  # keeps its Parent
+        atomic_write(store.layout.volume_meta(volume_id), jsonc.dumps(record).encode() + b"\n")

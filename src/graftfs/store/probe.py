@@ -1,6 +1,6 @@
 """How ``init-store`` finds what this caller may do in a store (tried for real, in the store's ``tmp/``), and
-how ``graftfs features`` says what the answers mean. The answers, and what creates read from them, are
-:mod:`graftfs.store.features`: a create never loads this module.
+how ``graftfs features`` says what the answers mean, and how the store keeps its layers. The answers, and
+what creates read from them, are :mod:`graftfs.store.features`: a create never loads this module.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .fsutil import read_text, remove_tree, temp_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ..api import Store
     from .layout import Layout
 
 # The capabilities graftfs's unpacking and mounting use (their numbers in linux/capability.h), in the order
@@ -239,3 +240,33 @@ def describe(features: Features, store: str, idmapped_in_use: bool = False) -> l
     for index, (cap, cost) in enumerate(missing):
         lines.append(("capabilities" if index == 0 else "").ljust(17) + f"missing {cap}: {cost}")
     return lines
+
+
+def layers_mode(store: Store) -> tuple[str, bool]:
+    """How this store keeps its layers, in words (for ``graftfs features``), and whether its mounts are
+    idmapped."""
+    shared = store.layout.shared_layers()
+    namespace = store.namespace()
+    mapped = bool(namespace.uid_mappings or namespace.gid_mappings)
+    if shared is None:
+        return "this store's own" + (", unpacked with its ID mappings applied" if mapped else ""), False
+    mode = f"shared, unshifted, with every store using {shared}"
+    return mode + ("; this store's ID mappings are applied by idmapped mounts" if mapped else ""), mapped
+
+
+def layer_repository(store: Store) -> str:
+    """The store's layer repository and how its creates use it, in words ("" when it has none)."""
+    record = read_text(store.layout.layer_repository_file)
+    if not record:
+        return ""
+    from ..repository import layers
+
+    root, idmapped, why = layers.parse(record)
+    if store.rootless:
+        return f"{root}: not used (rootless: its files would show with IDs this namespace does not map)"
+    namespace = store.namespace()
+    if not (namespace.uid_mappings or namespace.gid_mappings):
+        return f"{root}: layers found there are used in place, not pulled"
+    if idmapped:
+        return f"{root}: layers found there are used in place, mounted idmapped with this store's mappings"
+    return f"{root}: not used, layers are pulled (this store has ID mappings, and {why})"
