@@ -270,10 +270,13 @@ def _bundle_path() -> str:
     return _os.path.join(_os.path.dirname(__file__), "__pycache__", f"bundle.{_sys.implementation.cache_tag}{level}")
 
 
-def use_bundle() -> None:
-    """Serve graftfs's modules from the bundle, if there is one (the CLI calls this first)."""
-    if not any(isinstance(f, _Bundle) for f in _sys.meta_path):
-        _sys.meta_path.insert(0, _Bundle(_bundle_path()))
+def use_bundle() -> _Bundle:
+    """Serve graftfs's modules from the bundle, if there is one (the CLI calls this first); returns its finder."""
+    finder = next((f for f in _sys.meta_path if isinstance(f, _Bundle)), None)
+    if finder is None:
+        finder = _Bundle(_bundle_path())
+        _sys.meta_path.insert(0, finder)
+    return finder
 
 
 def refresh_bundle() -> None:
@@ -370,10 +373,7 @@ def _command() -> None:
     # tens of thousands of objects that live until exit, so those collections cost ~1.5 ms a run and free
     # nothing. Refcounting still frees everything else at once; cycles wait a little longer.
     gc.set_threshold(20_000, 50, 50)
-    use_bundle()
-    bundle = _sys.meta_path[0]
-    if isinstance(bundle, _Bundle):
-        bundle.preload(_hot(_sys.argv[1:]))
+    use_bundle().preload(_hot(_sys.argv[1:]))
     from .cli.main import run
 
     code = run(_sys.argv[1:])

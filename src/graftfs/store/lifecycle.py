@@ -6,6 +6,7 @@ which Garden runs once per container, never run any of it and so should not load
 from __future__ import annotations
 
 import os
+import stat
 
 from ..errors import FailedPrecondition, InvalidArgument, KernelError, Unsupported, os_reason
 from ..idmap import Namespace
@@ -233,7 +234,7 @@ def regenerate_volume_sizes(store: Store) -> None:
         for root, _dirs, files in os.walk(store.layout.volume(volume_id)):
             for name in files:
                 st = os.lstat(os.path.join(root, name))
-                if not os.path.islink(os.path.join(root, name)):
+                if not stat.S_ISLNK(st.st_mode):
                     size += st.st_size
         try:
             record = jsonc.loads(read_text(store.layout.volume_meta(volume_id), "{}"))
