@@ -115,6 +115,8 @@ class _Parser:
 
 def _strip_comment(line: str) -> str:
     """The line without a trailing comment; a ``#`` inside quotes (or not after a space) is text."""
+    if "#" not in line:
+        return line  # most lines: no walk over every character (a fifth of a delete's config read)
     quote = ""
     for i, char in enumerate(line):
         if quote:

@@ -350,18 +350,19 @@ def mountinfo(path: str = "/proc/self/mountinfo", naming: str = "") -> list[Moun
     return parse_mountinfo(os.fsdecode(data))  # paths as os.fsdecode makes them
 
 
-def mount_entries(path: str) -> list[tuple[str, str]]:
+def mount_entries(path: str, resolved: bool = False) -> list[tuple[str, str]]:
     """``(mount point, filesystem type)`` of every mount at or below ``path``, deepest first; a point
-    mounted over twice is listed twice."""
-    top = os.path.realpath(path).rstrip("/")
+    mounted over twice is listed twice. ``resolved``: ``path`` is a ``realpath`` already (the table names
+    mount points so), which spares resolving it again, an ``lstat`` for each of its components."""
+    top = (path if resolved else os.path.realpath(path)).rstrip("/")
     prefix = top + "/"
     found = [(m.point, m.fstype) for m in mountinfo(naming=top) if m.point == top or m.point.startswith(prefix)]
     return sorted(found, key=lambda entry: len(entry[0]), reverse=True)
 
 
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below ``path``, deepest first."""
-    return [point for point, _ in mount_entries(path)]
+def mounts_under(path: str, resolved: bool = False) -> list[str]:
+    """Mount points at or below ``path``, deepest first (``resolved`` as for :func:`mount_entries`)."""
+    return [point for point, _ in mount_entries(path, resolved)]
 
 
 def mount_of(path: str) -> tuple[str, str, str]:

@@ -99,7 +99,7 @@ def remove_tree(path: str, mounts: set[str] | None = None) -> None:
     if mounts is None:
         from ..mount.kernel import mounts_under
 
-        mounts = set(mounts_under(real))
+        mounts = set(mounts_under(real, resolved=True))
     if real in mounts:
         os.close(top)
         raise _crosses(path)

@@ -236,7 +236,7 @@ class Images:
         a mount locked in a user namespace too). A layer bind is of the store's own filesystem: after one,
         the table is read again."""
         real = os.path.realpath(path)
-        mounts = kernel.mount_entries(real)
+        mounts = kernel.mount_entries(real, resolved=True)
         if not mounts:
             return True
         rootfs = os.path.join(real, "rootfs")
@@ -281,7 +281,7 @@ class Images:
 
         if kernel.is_mountpoint(path):
             real = os.path.realpath(path)
-            if (real, "tmpfs") in kernel.mount_entries(real):
+            if (real, "tmpfs") in kernel.mount_entries(real, resolved=True):
                 return quota.load(quota.EPHEMERAL, self.layout)
         return quota.load(store_backend, self.layout)
 

@@ -177,7 +177,7 @@ def _refuse_foreign_mounts(store: Store) -> None:
 
     real = os.path.realpath(store.path)
     images = os.path.join(real, "images") + "/"
-    for point, fstype in kernel.mount_entries(real):
+    for point, fstype in kernel.mount_entries(real, resolved=True):
         if point == real:
             continue  # the store's own backing filesystem (init-store --store-size-bytes)
         image_dir = images + point[len(images) :].split("/", 1)[0] if point.startswith(images) else ""
