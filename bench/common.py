@@ -4,6 +4,7 @@ commands (one at a time, or many at once), summaries, the results table and each
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import importlib.metadata
 import json
@@ -71,8 +72,27 @@ def unmount_under(path: Path) -> None:
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
+_LAUNCHER: list[str] = []
+
+
 def graftfs_script() -> str:
-    """The installed ``graftfs`` console script next to this interpreter, its package byte-compiled."""
+    """The graftfs command as scripts/setup-and-demo installs it: the launcher (graftfs.launcher) for this
+    interpreter, written once per run into a directory of its own (removed at exit); the package
+    byte-compiled."""
+    if not _LAUNCHER:
+        from graftfs import launcher
+
+        where = tempfile.mkdtemp(prefix="graftfs-bench-launcher-")
+        atexit.register(shutil.rmtree, where, ignore_errors=True)
+        launcher.write(os.path.join(where, "graftfs"))
+        _LAUNCHER.append(os.path.join(where, "graftfs"))
+    pip_script()
+    return _LAUNCHER[0]
+
+
+def pip_script() -> str:
+    """The ``graftfs`` script pip installed next to this interpreter (bin/graftfs, with ``site``), its package
+    byte-compiled."""
     import graftfs as package
 
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(package.__file__).parent)], check=True)

@@ -15,9 +15,14 @@ stderr, which is read to the end, as Garden reads it), ``create:``, ``clean:`` a
   ``docker-registry`` named in ``insecure_registries``, ``docker://127.0.0.1:PORT/bench/small:latest``: the
   tag is resolved, the manifest and config fetched, on every create.
 
+``graftfs`` is the command ``scripts/setup-and-demo`` installs: the launcher (:mod:`graftfs.launcher`, the
+interpreter without ``site``). The privileged create and delete are timed through ``bin/graftfs`` too, the
+script pip installs, which starts the interpreter with ``site``: shown beside the launcher's, no target.
+
 The image is the small one (busybox, one layer), cached in both stores before timing starts. Then rounds of
-``python -c pass``, a create and a delete in the privileged store, and a create and a delete in the
-unprivileged one, every one a process of its own, rotated so each takes each place in turn (``--runs``
+``python -c pass``, a create and a delete in the privileged store (by the launcher, then by pip's script),
+and a create and a delete in the unprivileged one, every one a process of its own, rotated so each takes
+each place in turn (``--runs``
 rounds, 60 by default): wall time, and CPU time (user + sys, from ``wait4``: the process and the children
 it waited for).
 Then N (1, 10, 50) warm ``docker://`` creates started at once in the unprivileged store, and their deletes
@@ -52,6 +57,7 @@ from bench.common import (
     environment,
     graftfs_script,
     part_main,
+    pip_script,
     run_all,
     run_usage,
     summary,
@@ -65,6 +71,7 @@ from tests.support.registry import start_registry
 FLOOR = "python -c pass"
 PRIVILEGED = "privileged"
 UNPRIVILEGED = "unprivileged"
+PIP = "privileged, bin/graftfs"  # the privileged store through the script pip installs, for comparison
 # Garden's unprivileged store: container root is the host's "maximus", every other ID is itself.
 GARDEN_MAPPINGS = ("0:4294967294:1", "1:1:4294967293")
 CORES = os.cpu_count() or 1
@@ -75,6 +82,8 @@ COMMANDS_OF = {
     f"delete {PRIVILEGED}": "graftfs --config F delete (privileged, mounted)",
     f"create {UNPRIVILEGED}": "graftfs --config F create docker://… (unprivileged, without mount)",
     f"delete {UNPRIVILEGED}": "graftfs --config F delete (unprivileged)",
+    f"create {PIP}": "bin/graftfs --config F create oci://… (pip's script, with site; privileged)",
+    f"delete {PIP}": "bin/graftfs --config F delete (pip's script, with site; privileged)",
 }
 
 
@@ -258,7 +267,10 @@ def run_part(quick: bool, runs: int | None) -> Results:
             store.create("warmup")
             store.delete("warmup")
             stores.append(store)
-        configs = {store.name: store.config.read_text() for store in stores}
+        # The launcher (graftfs.launcher) is what setup-and-demo installs and the targets are measured with;
+        # the script pip installs starts the interpreter with site, shown beside it.
+        stores.append(Store(PIP, pip_script(), stores[0].config, stores[0].image))
+        configs = {store.name: store.config.read_text() for store in stores[:2]}
         samples = serial(stores, runs)
         one = {op: statistics.median(u.cpu for u in samples[f"{op} {UNPRIVILEGED}"]) for op in ("create", "delete")}
         one["floor"] = statistics.median(u.cpu for u in samples[FLOOR])

@@ -6,11 +6,13 @@ temp dir; whatever is left is unmounted (so one failure does not cascade) and th
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +23,24 @@ from graftfs.mount import kernel
 from tests.support.leftovers import unmount_under
 
 
-def graftfs_command() -> list[str]:
-    """The installed console script next to this interpreter (what Garden would run)."""
+def pip_script() -> list[str]:
+    """The console script pip installed next to this interpreter (bin/graftfs)."""
     script = Path(sys.executable).with_name("graftfs")
     if script.exists():
         return [str(script)]
     found = shutil.which("graftfs")
     return [found] if found else [sys.executable, "-m", "graftfs"]
+
+
+def graftfs_command() -> list[str]:
+    """What Garden runs: the launcher scripts/setup-and-demo installs (graftfs.launcher: this interpreter
+    without ``site``), written for this test run into a directory of its own, removed at exit."""
+    from graftfs import launcher
+
+    where = Path(tempfile.mkdtemp(prefix="graftfs-launcher-"))
+    atexit.register(shutil.rmtree, where, ignore_errors=True)
+    launcher.write(str(where / "graftfs"))
+    return [str(where / "graftfs")]
 
 
 GRAFTFS = graftfs_command()

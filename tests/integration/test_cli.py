@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import GRAFTFS, Graftfs
+from tests.integration.conftest import GRAFTFS, Graftfs, pip_script
 from tests.integration.test_safety import store_state
 from tests.support.images import TarBuilder, busybox_layer, write_oci_layout, write_rootfs_tar
 
@@ -26,6 +26,22 @@ def test_version_and_help() -> None:
     assert out.startswith("graftfs version ")
     out = subprocess.run([*GRAFTFS, "--help"], capture_output=True, text=True, check=True).stdout
     assert "init-store" in out and "create" in out
+
+
+def test_pips_script_runs_graftfs_as_the_launcher_does(workdir: Path, image: str) -> None:
+    """The suite runs the launcher (GRAFTFS); bin/graftfs, the script pip installs, with site, runs the same."""
+    config = workdir / "config.yml"
+    config.write_text(f"store: {workdir / 'store'}\nlog_level: info\ncreate:\n  without_mount: false\n")
+    outputs = []
+    for command in (pip_script(), GRAFTFS):
+        run = [*command, "--config", str(config)]
+        subprocess.run([*run, "init-store"], check=True, capture_output=True)
+        created = subprocess.run([*run, "create", image, "x"], check=True, capture_output=True, text=True)
+        assert os.path.ismount(workdir / "store" / "images" / "x" / "rootfs")
+        deleted = subprocess.run([*run, "delete", "x"], check=True, capture_output=True, text=True)
+        outputs.append((json.loads(created.stdout)["root"]["path"], deleted.stdout, len(deleted.stderr.splitlines())))
+    assert outputs[0] == outputs[1]
+    assert outputs[0][1] == "Image x deleted\n"
 
 
 def test_unknown_flag_prints_usage_and_exits_1(gfs: Graftfs) -> None:

@@ -1,0 +1,102 @@
+"""``python -m graftfs.launcher PATH``: write the graftfs command at ``PATH`` as a script that starts this
+interpreter without Python's ``site`` module (``python -S``), for Garden to run.
+
+Garden starts one graftfs process per container create and per delete, and ``site`` costs each of them ~2 ms
+here before graftfs runs at all: it reads the installation's ``pyvenv.cfg`` and every ``.pth`` file in its
+site-packages (setuptools' ``distutils-precedence.pth`` imports a module), looks for the user's site-packages,
+and searches the whole path for ``sitecustomize`` and ``usercustomize``. Of all that graftfs needs only the
+directories ``site`` puts on ``sys.path``: the launcher names them, as they are when it is written (the
+installation's site-packages, and what its ``.pth`` files add, such as an editable install's source
+directory), after the interpreter's own, where ``site`` puts them. What it gives up, for graftfs only: the
+code in ``.pth`` files, ``sitecustomize``, ``usercustomize`` and the user's site-packages, none of which a
+command run as root should pick up anyway. Run it again after moving the installation or changing what its
+``.pth`` files add; ``bin/graftfs``, the script pip installs, starts with ``site`` and needs nothing of the kind.
+
+``scripts/setup-and-demo`` installs the launcher as ``/usr/local/bin/graftfs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+#: The longest ``#!`` line Linux reads whole (BINPRM_BUF_SIZE, 5.1+); a longer one is cut, silently.
+_SHEBANG_LIMIT = 255
+
+_PATH = "import json, sys; print(json.dumps(sys.path))"
+
+
+def site_directories(interpreter: str) -> list[str]:
+    """What ``site`` adds to ``interpreter``'s ``sys.path``, in its order: its path with ``site`` less its path
+    without, both free of the environment (``-E``) and of a script's directory (``-P``)."""
+
+    def path(*flags: str) -> list[str]:
+        out = subprocess.run([interpreter, "-E", "-P", *flags, "-c", _PATH], capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError(f"{interpreter} failed: {out.stderr.strip().splitlines()[-1:]}")
+        found = json.loads(out.stdout)
+        assert isinstance(found, list)
+        return [str(p) for p in found]
+
+    without = set(path("-S"))
+    return [p for p in path() if p not in without]
+
+
+def script(interpreter: str, directories: list[str]) -> str:
+    """The launcher's text."""
+    shebang = f"#!{interpreter} -S"
+    if any(c.isspace() for c in interpreter) or len(shebang.encode()) > _SHEBANG_LIMIT:
+        raise ValueError(f"{interpreter}: a #! line cannot name it (blanks, or longer than {_SHEBANG_LIMIT} bytes)")
+    return (
+        f"{shebang}\n"
+        "# The graftfs command, started without Python's site module: written by `python -m graftfs.launcher`,\n"
+        "# which says why. Run that again after moving the installation.\n"
+        "import sys\n"
+        "\n"
+        "if not sys.flags.safe_path:\n"
+        "    del sys.path[0]  # this script's directory, as bin/graftfs drops it\n"
+        "# What site would add, after the interpreter's own directories:\n"
+        f"sys.path += {directories!r}\n"
+        "import graftfs\n"
+        "\n"
+        "graftfs._command()\n"
+    )
+
+
+def write(path: str, interpreter: str = sys.executable) -> list[str]:
+    """Write the launcher at ``path`` (replaced whole, never half written) and check that it runs graftfs;
+    returns the directories it puts on the path."""
+    directories = site_directories(interpreter)
+    text = script(interpreter, directories)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    out = subprocess.run([path, "--version"], capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.startswith("graftfs"):
+        raise RuntimeError(f"{path} does not run graftfs: {(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+    return directories
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        print("usage: python -m graftfs.launcher PATH", file=sys.stderr)
+        return 2
+    try:
+        directories = write(argv[0])
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"graftfs.launcher: {exc}", file=sys.stderr)
+        return 1
+    print(f"{argv[0]}: {sys.executable} -S, with {', '.join(directories) or 'nothing'} on its path")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
