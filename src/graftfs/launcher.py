@@ -26,25 +26,27 @@ import sys
 _SHEBANG_LIMIT = 255
 
 _PATH = "import json, sys; print(json.dumps(sys.path))"
+_PACKAGE = "import graftfs, json, os; print(json.dumps(os.path.dirname(os.path.dirname(graftfs.__file__))))"
 
 
-def site_directories(interpreter: str) -> list[str]:
-    """What ``site`` adds to ``interpreter``'s ``sys.path``, in its order: its path with ``site`` less its path
-    without, both free of the environment (``-E``) and of a script's directory (``-P``)."""
-
-    def path(*flags: str) -> list[str]:
-        out = subprocess.run([interpreter, "-E", "-P", *flags, "-c", _PATH], capture_output=True, text=True)
-        if out.returncode != 0:
-            raise RuntimeError(f"{interpreter} failed: {out.stderr.strip().splitlines()[-1:]}")
-        found = json.loads(out.stdout)
-        assert isinstance(found, list)
-        return [str(p) for p in found]
-
-    without = set(path("-S"))
-    return [p for p in path() if p not in without]
+def _ask(interpreter: str, code: str, *flags: str) -> object:
+    """What ``code`` prints (JSON) in ``interpreter``, free of the environment (``-E``) and of a script's
+    directory (``-P``)."""
+    out = subprocess.run([interpreter, "-E", "-P", *flags, "-c", code], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{interpreter} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return json.loads(out.stdout)
 
 
-def script(interpreter: str, directories: list[str]) -> str:
+def site_directories(interpreter: str) -> tuple[str, list[str]]:
+    """The directory ``interpreter`` imports graftfs from, and what ``site`` adds to its ``sys.path``, in its
+    order: its path with ``site`` less its path without."""
+    with_site, without, package = _ask(interpreter, _PATH), _ask(interpreter, _PATH, "-S"), _ask(interpreter, _PACKAGE)
+    assert isinstance(with_site, list) and isinstance(without, list) and isinstance(package, str)
+    return package, [str(p) for p in with_site if p not in without]
+
+
+def script(interpreter: str, package: str, directories: list[str]) -> str:
     """The launcher's text."""
     shebang = f"#!{interpreter} -S"
     if any(c.isspace() for c in interpreter) or len(shebang.encode()) > _SHEBANG_LIMIT:
@@ -57,10 +59,14 @@ def script(interpreter: str, directories: list[str]) -> str:
         "\n"
         "if not sys.flags.safe_path:\n"
         "    del sys.path[0]  # this script's directory, as bin/graftfs drops it\n"
-        "# What site would add, after the interpreter's own directories:\n"
-        f"sys.path += {directories!r}\n"
+        "# graftfs from where it was when this was written: found at once, not after searching the interpreter's\n"
+        "# own directories (~0.4 ms), which nothing a create or a delete imports needs.\n"
+        f"sys.path.insert(0, {package!r})\n"
         "import graftfs\n"
         "\n"
+        "del sys.path[0]\n"
+        "# What site would add, after the interpreter's own directories:\n"
+        f"sys.path += {directories!r}\n"
         "graftfs._command()\n"
     )
 
@@ -68,8 +74,8 @@ def script(interpreter: str, directories: list[str]) -> str:
 def write(path: str, interpreter: str = sys.executable) -> list[str]:
     """Write the launcher at ``path`` (replaced whole, never half written) and check that it runs graftfs;
     returns the directories it puts on the path."""
-    directories = site_directories(interpreter)
-    text = script(interpreter, directories)
+    package, directories = site_directories(interpreter)
+    text = script(interpreter, package, directories)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w") as f:

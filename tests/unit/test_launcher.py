@@ -15,10 +15,11 @@ from graftfs import launcher
 
 
 def test_the_directories_are_those_site_adds_in_its_order() -> None:
-    found = launcher.site_directories(sys.executable)
+    package, found = launcher.site_directories(sys.executable)
+    assert package == str(Path(graftfs.__file__).parents[1])  # site-packages, or an editable install's source
     assert found[0] == sysconfig.get_paths()["purelib"]  # this installation's site-packages first, as site has it
     assert sysconfig.get_paths()["stdlib"] not in found  # the interpreter's own stay where -S puts them
-    assert str(Path(graftfs.__file__).parents[1]) in found  # site-packages, or an editable install's source
+    assert package in found
 
 
 def test_written_it_runs_graftfs_without_site(tmp_path: Path) -> None:
@@ -32,16 +33,15 @@ def test_written_it_runs_graftfs_without_site(tmp_path: Path) -> None:
     # What graftfs sees when the launcher runs it: no site module, this checkout's graftfs, the path it names.
     probe = "import sys, graftfs; print(int('site' in sys.modules), graftfs.__file__, sys.path[-len(%r):] == %r)"
     code = probe % (directories, directories)
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", text.split("import graftfs")[0] + code], capture_output=True, text=True, check=True
-    ).stdout.split()
-    assert out == ["0", graftfs.__file__, "True"]
+    setup = text.rpartition("graftfs._command()")[0]  # the launcher, up to running the command
+    out = subprocess.run([sys.executable, "-S", "-c", setup + code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["0", graftfs.__file__, "True"]
 
 
 @pytest.mark.parametrize("interpreter", ["/opt/my python/bin/python3", "/" + "p" * 300])
 def test_an_interpreter_a_shebang_cannot_name_is_refused(interpreter: str) -> None:
     with pytest.raises(ValueError, match="a #! line cannot name it"):
-        launcher.script(interpreter, [])
+        launcher.script(interpreter, "/site-packages", [])
 
 
 def test_its_command_line(tmp_path: Path) -> None:
