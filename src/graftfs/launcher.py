@@ -77,10 +77,12 @@ def write(path: str, interpreter: str = sys.executable) -> list[str]:
     package, directories = site_directories(interpreter)
     text = script(interpreter, package, directories)
     tmp = f"{path}.{os.getpid()}.tmp"
+    # A new file of our own (never through a link someone put at that name), executable whatever the umask.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o700)
     try:
-        with open(tmp, "w") as f:
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o755)
             f.write(text)
-        os.chmod(tmp, 0o755)
         os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
