@@ -15,7 +15,7 @@ from graftfs import launcher
 
 
 def test_the_directories_are_those_site_adds_in_its_order() -> None:
-    package, found = launcher.site_directories(sys.executable)
+    package, found = launcher.locations(sys.executable)
     assert package == str(Path(graftfs.__file__).parents[1])  # site-packages, or an editable install's source
     assert found[0] == sysconfig.get_paths()["purelib"]  # this installation's site-packages first, as site has it
     assert sysconfig.get_paths()["stdlib"] not in found  # the interpreter's own stay where -S puts them
