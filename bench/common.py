@@ -4,7 +4,6 @@ commands (one at a time, or many at once), summaries, the results table and each
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import importlib.metadata
 import json
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ParamSpec
 
+from tests.support.launcher import launcher
 from tests.support.rss import measured_argv, read_report
 
 Results = dict[str, object]
@@ -72,22 +72,11 @@ def unmount_under(path: Path) -> None:
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-_LAUNCHER: list[str] = []
-
-
 def graftfs_script() -> str:
     """The graftfs command as scripts/setup-and-demo installs it: the launcher (graftfs.launcher) for this
-    interpreter, written once per run into a directory of its own (removed at exit); the package
-    byte-compiled."""
-    if not _LAUNCHER:
-        from graftfs import launcher
-
-        where = tempfile.mkdtemp(prefix="graftfs-bench-launcher-")
-        atexit.register(shutil.rmtree, where, ignore_errors=True)
-        launcher.write(os.path.join(where, "graftfs"))
-        _LAUNCHER.append(os.path.join(where, "graftfs"))
+    interpreter, written once per run (tests.support.launcher); the package byte-compiled."""
     pip_script()
-    return _LAUNCHER[0]
+    return launcher()
 
 
 def pip_script() -> str:

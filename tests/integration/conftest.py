@@ -6,13 +6,11 @@ temp dir; whatever is left is unmounted (so one failure does not cascade) and th
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from graftfs.mount import kernel
+from tests.support.launcher import launcher
 from tests.support.leftovers import unmount_under
 
 
@@ -34,13 +33,8 @@ def pip_script() -> list[str]:
 
 def graftfs_command() -> list[str]:
     """What Garden runs: the launcher scripts/setup-and-demo installs (graftfs.launcher: this interpreter
-    without ``site``), written for this test run into a directory of its own, removed at exit."""
-    from graftfs import launcher
-
-    where = Path(tempfile.mkdtemp(prefix="graftfs-launcher-"))
-    atexit.register(shutil.rmtree, where, ignore_errors=True)
-    launcher.write(str(where / "graftfs"))
-    return [str(where / "graftfs")]
+    without ``site``), written for this test run."""
+    return [launcher()]
 
 
 GRAFTFS = graftfs_command()
