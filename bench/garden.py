@@ -22,9 +22,8 @@ script pip installs, which starts the interpreter with ``site``: shown beside th
 The image is the small one (busybox, one layer), cached in both stores before timing starts. Then rounds of
 ``python -c pass``, a create and a delete in the privileged store (by the launcher, then by pip's script),
 and a create and a delete in the unprivileged one, every one a process of its own, rotated so each takes
-each place in turn (``--runs``
-rounds, 60 by default): wall time, and CPU time (user + sys, from ``wait4``: the process and the children
-it waited for).
+each place in turn (``--runs`` rounds, 60 by default): wall time, and CPU time (user + sys, from ``wait4``:
+the process and the children it waited for).
 Then N (1, 10, 50) warm ``docker://`` creates started at once in the unprivileged store, and their deletes
 at once: wall time from the first start to the last exit, failures, and the CPU they used (3 runs of each
 level; 1 with ``--quick``). N creates that never wait on each other take N x the CPU per create, spread
