@@ -75,17 +75,21 @@ ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 def graftfs_script() -> str:
     """The graftfs command as scripts/setup-and-demo installs it: the launcher (graftfs.launcher) for this
     interpreter, written once per run (tests.support.launcher); the package byte-compiled."""
-    pip_script()
+    _compile_package()
     return launcher()
 
 
 def pip_script() -> str:
-    """The ``graftfs`` script pip installed next to this interpreter (bin/graftfs, with ``site``), its package
+    """The ``graftfs`` script pip installed next to this interpreter (bin/graftfs, with ``site``), the package
     byte-compiled."""
+    _compile_package()
+    return str(Path(sys.executable).with_name("graftfs"))
+
+
+def _compile_package() -> None:
     import graftfs as package
 
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(package.__file__).parent)], check=True)
-    return str(Path(sys.executable).with_name("graftfs"))
 
 
 def installed(*commands: str) -> bool:

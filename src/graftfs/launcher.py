@@ -22,31 +22,32 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
+
+from .errors import GraftfsError
+from .mount import kernel
 
 #: The longest ``#!`` line Linux reads whole (BINPRM_BUF_SIZE, 5.1+); a longer one is cut, silently.
 _SHEBANG_LIMIT = 255
 
 _PATH = "import json, sys; print(json.dumps(sys.path))"
-_PACKAGE = "import graftfs, json, os; print(json.dumps(os.path.dirname(os.path.dirname(graftfs.__file__))))"
+# With site: the path, and the directory graftfs is imported from, in one run.
+_PATH_AND_PACKAGE = "import graftfs, json, os, sys; print(json.dumps([sys.path, os.path.dirname(graftfs.__path__[0])]))"
 
 
 def _ask(interpreter: str, code: str, *flags: str) -> object:
-    """What ``code`` prints (JSON) in ``interpreter``, free of the environment (``-E``) and of a script's
-    directory (``-P``)."""
-    out = subprocess.run([interpreter, "-E", "-P", *flags, "-c", code], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{interpreter} failed: {out.stderr.strip().splitlines()[-1:]}")
-    return json.loads(out.stdout)
+    """What ``code`` prints (JSON) in ``interpreter`` (run by :func:`kernel.run`, which describes a failure in
+    one line), free of the environment (``-E``) and of a script's directory (``-P``)."""
+    return json.loads(kernel.run(interpreter, "-E", "-P", *flags, "-c", code))
 
 
 def locations(interpreter: str) -> tuple[str, list[str]]:
     """The directory ``interpreter`` imports graftfs from, and what ``site`` adds to its ``sys.path``, in its
     order: its path with ``site`` less its path without."""
-    with_site, without, package = _ask(interpreter, _PATH), _ask(interpreter, _PATH, "-S"), _ask(interpreter, _PACKAGE)
-    assert isinstance(with_site, list) and isinstance(without, list) and isinstance(package, str)
-    return package, [str(p) for p in with_site if p not in without]
+    found, without = _ask(interpreter, _PATH_AND_PACKAGE), _ask(interpreter, _PATH, "-S")
+    assert isinstance(found, list) and isinstance(without, list)
+    with_site, package = found
+    return str(package), [str(p) for p in with_site if p not in without]
 
 
 def script(interpreter: str, package: str, directories: list[str]) -> str:
@@ -90,9 +91,9 @@ def write(path: str, interpreter: str = sys.executable) -> list[str]:
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-    out = subprocess.run([path, "--version"], capture_output=True, text=True)
-    if out.returncode != 0 or not out.stdout.startswith("graftfs"):
-        raise RuntimeError(f"{path} does not run graftfs: {(out.stderr or out.stdout).strip().splitlines()[-1:]}")
+    version = kernel.run(path, "--version")
+    if not version.startswith("graftfs"):
+        raise RuntimeError(f"{path} does not run graftfs: it printed {version.strip()[:80]!r}")
     return directories
 
 
@@ -102,7 +103,7 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         directories = write(argv[0])
-    except (OSError, ValueError, RuntimeError) as exc:
+    except (OSError, ValueError, RuntimeError, GraftfsError) as exc:
         print(f"graftfs.launcher: {exc}", file=sys.stderr)
         return 1
     print(f"{argv[0]}: {sys.executable} -S, with {', '.join(directories) or 'nothing'} on its path")
